@@ -1,0 +1,147 @@
+"""What training leaves behind: model/ (packed by SageMaker), model.tar.gz, curves, failure.
+
+``model/`` holds ``model.pt`` (the best epoch's state_dict, loadable with
+``torch.load(..., weights_only=True)``), ``hyperparams.json`` (the resolved configuration
+serving rebuilds the model from) and ``model_info.json`` (class names, best epoch and its
+metrics, versions). It never holds a tarball: SageMaker packs the folder itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segcontainer import __version__
+from segcontainer.augment import MEAN, STD
+from segcontainer.hyperparameters import Config
+from segcontainer.metrics import Scores
+from segcontainer.models import build_model
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "hyperparams.json"
+INFO_FILE = "model_info.json"
+FORMAT_VERSION = 1
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a stop mid-write leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
+    """hyperparams.json: every resolved hyperparameter plus what serving needs to rebuild."""
+    return {
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "label_maps": label_maps,
+        "normalization": {"mean": list(MEAN), "std": list(STD)},
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def save_model(
+    model_dir: Path,
+    model: nn.Module,
+    record: dict,
+    epoch: int,
+    scores: Scores,
+    class_names: tuple[str, ...],
+) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
+    _write_json(model_dir / CONFIG_FILE, record)
+    names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]
+    _write_json(
+        model_dir / INFO_FILE,
+        {
+            "class_names": names,
+            "class_names_given": bool(class_names),
+            "best_epoch": epoch,
+            "validation_mIOU": scores.miou,
+            "validation_pixel_accuracy": scores.pixel_accuracy,
+            "validation_per_class_IOU": dict(zip(names, scores.per_class_iou, strict=True)),
+            "segcontainer_version": __version__,
+            "torch_version": torch.__version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the trained model from model/ (the same builder training used)."""
+    record = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = build_model(record["algorithm"], record["backbone"], record["num_classes"])
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, record
+
+
+def pack_model(model_dir: Path, tarball: Path) -> None:
+    """model.tar.gz as SageMaker packs model/: the folder's files at the archive root."""
+
+    def write(tmp: Path) -> None:
+        # Level 1: float weights barely compress, and level 9 takes many times longer.
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as archive:
+            for item in sorted(model_dir.iterdir()):
+                if not item.name.startswith("."):
+                    archive.add(item, arcname=item.name)
+
+    _write_atomically(tarball, write)
+
+
+class TrainingCurves:
+    """Per-epoch figures in output/data/: training_curves.csv and training_curves.png."""
+
+    FIELDS = (
+        "epoch",
+        "train_loss",
+        "validation_mIOU",
+        "validation_pixel_accuracy",
+        "learning_rate",
+        "epoch_seconds",
+        "images_per_second",
+    )
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.rows: list[dict] = []
+
+    def add(self, **row: float) -> None:
+        self.rows.append(row)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "training_curves.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self._plot()
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display in a container
+        from matplotlib import pyplot as plt
+
+        epochs = [r["epoch"] for r in self.rows]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        left.plot(epochs, [r["train_loss"] for r in self.rows], marker="o")
+        left.set(title="train loss", xlabel="epoch")
+        for key in ("validation_mIOU", "validation_pixel_accuracy"):
+            right.plot(epochs, [r[key] for r in self.rows], marker="o", label=key)
+        right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+        right.legend()
+        fig.tight_layout()
+        fig.savefig(self.folder / "training_curves.png", dpi=80)
+        plt.close(fig)

@@ -1,0 +1,192 @@
+"""Every /opt/ml path and the three SageMaker config files, in one place.
+
+The base directory is ``/opt/ml`` unless ``SAGEMAKER_BASE_DIR`` (the SageMaker training
+toolkit's name for it) points elsewhere, so tests and local runs use a temporary folder.
+Nothing is read or created at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segcontainer.errors import UserError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+INPUT_MODES = ("File", "FastFile", "Pipe")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The /opt/ml layout (contract §1.2), derived from one base directory."""
+
+    base: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        return cls(Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)))
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.config_dir / "hyperparameters.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.config_dir / "inputdataconfig.json"
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "input" / "data"
+
+    def channel(self, name: str) -> Path:
+        return self.data_dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @property
+    def success_file(self) -> Path:
+        return self.output_dir / "success"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    input_mode: str = "File"
+    content_type: str | None = None
+    record_wrapper: str = "None"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    current_host: str = "algo-1"
+    hosts: tuple[str, ...] = ("algo-1",)
+    network_interface_name: str | None = None
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path} ({what}) is not valid JSON: {exc}. Fix the file's syntax."
+        ) from exc
+
+
+def _unquote(value: object) -> object:
+    """Strip one level of JSON quoting: framework estimators send '"resnet-50"'."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            inner = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(inner, str):
+            return inner
+    return value
+
+
+def read_hyperparameters(paths: Paths) -> dict[str, str]:
+    """Read hyperparameters.json as a name -> string map.
+
+    SageMaker sends every value as a string; non-string JSON values (hand-written files) are
+    turned into their string form so one parser handles both. HPO's reserved
+    ``_tuning_objective_metric`` and the SDK's ``sagemaker_*`` keys are dropped.
+    """
+    path = paths.hyperparameters_file
+    if not path.exists():
+        return {}
+    raw = _read_json(path, "hyperparameters")
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path} must hold a JSON object of name -> value, got {type(raw).__name__}."
+        )
+    result: dict[str, str] = {}
+    for key, value in raw.items():
+        if key == "_tuning_objective_metric" or key.startswith("sagemaker_"):
+            continue
+        value = _unquote(value)
+        if isinstance(value, bool):
+            value = str(value)
+        elif not isinstance(value, str):
+            value = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        result[key] = value
+    return result
+
+
+def read_input_data_config(paths: Paths) -> dict[str, ChannelConfig]:
+    """Read inputdataconfig.json; absent means File mode for every channel found on disk."""
+    path = paths.input_data_config_file
+    if not path.exists():
+        if not paths.data_dir.is_dir():
+            return {}
+        return {
+            p.name: ChannelConfig(p.name) for p in sorted(paths.data_dir.iterdir()) if p.is_dir()
+        }
+    raw = _read_json(path, "input data config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a JSON object of channel name -> settings.")
+    channels = {}
+    for name, settings in raw.items():
+        settings = settings if isinstance(settings, dict) else {}
+        mode = settings.get("TrainingInputMode", "File")
+        if mode not in INPUT_MODES:
+            raise UserError(
+                f"Channel '{name}' has TrainingInputMode '{mode}'; "
+                f"supported: {', '.join(INPUT_MODES)}."
+            )
+        known = {"TrainingInputMode", "ContentType", "RecordWrapperType"}
+        channels[name] = ChannelConfig(
+            name=name,
+            input_mode=mode,
+            content_type=settings.get("ContentType"),
+            record_wrapper=settings.get("RecordWrapperType", "None"),
+            extra={k: v for k, v in settings.items() if k not in known},
+        )
+    return channels
+
+
+def read_resource_config(paths: Paths) -> ResourceConfig:
+    """Read resourceconfig.json; absent (a local run) means one host called algo-1."""
+    path = paths.resource_config_file
+    if not path.exists():
+        return ResourceConfig()
+    raw = _read_json(path, "resource config")
+    if not isinstance(raw, dict) or "current_host" not in raw:
+        raise UserError(f"{path} must be a JSON object with at least 'current_host' and 'hosts'.")
+    current = str(raw["current_host"])
+    hosts = tuple(str(h) for h in raw.get("hosts", [current]))
+    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+
+
+def running_under_sagemaker() -> bool:
+    """SageMaker (and its local mode) set TRAINING_JOB_NAME; a plain docker run does not."""
+    return bool(os.environ.get("TRAINING_JOB_NAME"))

@@ -1,0 +1,261 @@
+"""The hyperparameters: the built-in's 24 (contract §2.2) plus a few of this project's.
+
+Each one is defined once below with its default and the reason for it. SageMaker sends every
+value as a string, so each parser takes a string; every violation names the parameter, the
+value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from segcontainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REQUIRED = object()  # sentinel: the parameter has no default
+
+
+@dataclass(frozen=True)
+class Param:
+    default: object
+    parse: Callable[[str], object]  # str -> value; raises ValueError with the allowed values
+    reason: str  # why this default, one line
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError("True or False (case-insensitive)")
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            number = float(text.strip())  # "16.0" is what some tuners send for integers
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not number.is_integer() or number < low or (high is not None and number > high):
+            raise ValueError(allowed)
+        return int(number)
+
+    return parse
+
+
+def real(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    allowed = f"a number in {lo}{low}, {high}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            number = float(text.strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        too_low = number <= low if low_open else number < low
+        too_high = number >= high if high_open else number > high
+        if math.isnan(number) or too_low or too_high:
+            raise ValueError(allowed)
+        return number
+
+    return parse
+
+
+def epoch_list(text: str) -> tuple[int, ...]:
+    allowed = 'comma-separated, increasing epoch numbers > 0, e.g. "10, 20"'
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not steps or any(s <= 0 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(allowed)
+    return steps
+
+
+def class_weights(text: str) -> str | tuple[float, ...]:
+    allowed = 'none, auto (median-frequency balancing) or one positive number per class, e.g. "1,5"'
+    value = text.strip().lower()
+    if value in ("none", "auto"):
+        return value
+    try:
+        weights = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError(allowed) from None
+    if any(not w > 0 for w in weights):
+        raise ValueError(allowed)
+    return weights
+
+
+def workers(text: str) -> str | int:
+    value = text.strip().lower()
+    if value == "auto":
+        return value
+    try:
+        return integer(0, 64)(value)
+    except ValueError:
+        raise ValueError("auto or an integer from 0 to 64") from None
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# --- the hyperparameters ---------------------------------------------------------------------
+
+BUILTIN: dict[str, Param] = {
+    "backbone": Param(
+        "resnet-50", choice("resnet-50", "resnet-101"), "the built-in's default encoder"
+    ),
+    "algorithm": Param("fcn", choice("fcn", "psp", "deeplab"), "the built-in's default decoder"),
+    "use_pretrained_model": Param(True, boolean, "ImageNet encoders converge far faster"),
+    "num_classes": Param(
+        REQUIRED, integer(2, 254), "depends on the data; 255 is reserved for ignore"
+    ),
+    "num_training_samples": Param(None, integer(1), "optional here: the trainer counts the files"),
+    "base_size": Param(520, integer(17), "long side before the 0.5-2.0 random rescale"),
+    "crop_size": Param(240, integer(17), "training crop; rounded up to a multiple of 8"),
+    "early_stopping": Param(False, boolean, "the built-in trains all epochs unless asked"),
+    "early_stopping_min_epochs": Param(5, integer(0), "let the schedule warm up before judging"),
+    "early_stopping_patience": Param(
+        4, integer(0), "epochs without enough mIoU gain before stopping"
+    ),
+    "early_stopping_tolerance": Param(
+        0.0, real(0, 1), "relative mIoU gain that counts as improved"
+    ),
+    "epochs": Param(10, integer(1), "the built-in's default"),
+    "gamma1": Param(0.9, real(0, 1), "rmsprop squared-gradient decay"),
+    "gamma2": Param(0.9, real(0, 1), "rmsprop momentum"),
+    "learning_rate": Param(0.001, real(0, 1, low_open=True), "the built-in's default"),
+    "lr_scheduler": Param(
+        "poly", choice("poly", "step", "cosine"), "poly is the segmentation norm"
+    ),
+    "lr_scheduler_factor": Param(0.1, real(0, 1), "lr multiplier at each step epoch"),
+    "lr_scheduler_step": Param(None, epoch_list, "needed only by the step scheduler"),
+    "mini_batch_size": Param(16, integer(1), "the built-in's default, per host"),
+    "momentum": Param(0.9, real(0, 1, low_open=True), "sgd and nag momentum"),
+    "optimizer": Param(
+        "sgd", choice("sgd", "nag", "adam", "adagrad", "rmsprop"), "built-in default"
+    ),
+    "syncbn": Param(False, boolean, "batch-norm statistics across GPUs; needs several GPUs"),
+    "validation_mini_batch_size": Param(
+        16, integer(1), "whole validation images, padded per batch"
+    ),
+    "weight_decay": Param(0.0001, real(0, 1, low_open=True, high_open=True), "sgd and nag only"),
+}
+
+# This project's additions; each default keeps the built-in's behaviour.
+EXTRA: dict[str, Param] = {
+    "precision": Param(
+        "auto", choice("auto", "fp32", "bf16", "fp16"), "auto: bf16 on GPU, fp32 on CPU"
+    ),
+    "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
+    "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
+    "class_names": Param((), name_list, "optional names for logs, model info and serving"),
+    "seed": Param(0, integer(0), "fixed seed: two runs with the same data give the same model"),
+}
+
+SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
+
+
+class Config(dict):
+    """The resolved hyperparameters: a plain dict with attribute access for readability."""
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _problem(name: str, text: str, allowed: str) -> str:
+    return f"hyperparameter '{name}' = '{text}' is not valid: expected {allowed}"
+
+
+def resolve(given: dict[str, str]) -> Config:
+    """Turn SageMaker's string map into typed values, or raise UserError listing every problem."""
+    problems: list[str] = []
+    values: dict[str, object] = {}
+    for name, text in given.items():
+        if name not in SPEC:
+            close = difflib.get_close_matches(name, SPEC, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"unknown hyperparameter '{name}'.{hint} Valid: {', '.join(SPEC)}")
+            continue
+        try:
+            values[name] = SPEC[name].parse(text)
+        except ValueError as exc:
+            problems.append(_problem(name, text, str(exc)))
+    for name, param in SPEC.items():
+        if name not in values and name not in given:
+            if param.default is REQUIRED:
+                problems.append(f"hyperparameter '{name}' is required ({param.reason})")
+            else:
+                values[name] = param.default
+    if not problems:
+        problems += _cross_checks(values, given)
+    if problems:
+        raise UserError("Invalid hyperparameters: " + "; ".join(problems) + ".")
+
+    if values["crop_size"] % 8:
+        rounded = -(-values["crop_size"] // 8) * 8
+        log.info("crop_size %d rounded up to %d (a multiple of 8)", values["crop_size"], rounded)
+        values["crop_size"] = rounded
+    if values["lr_scheduler"] != "step" and values["lr_scheduler_step"] is not None:
+        log.warning("lr_scheduler_step is ignored: lr_scheduler is %s", values["lr_scheduler"])
+    if values["optimizer"] not in ("sgd", "nag") and (
+        "momentum" in given or "weight_decay" in given
+    ):
+        log.warning(
+            "momentum and weight_decay apply to sgd and nag only; ignored for %s",
+            values["optimizer"],
+        )
+    return Config({name: values[name] for name in SPEC})
+
+
+def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]:
+    problems = []
+    if values["lr_scheduler"] == "step" and values["lr_scheduler_step"] is None:
+        problems.append(
+            "lr_scheduler=step needs lr_scheduler_step, the epochs after which the learning rate "
+            'is multiplied by lr_scheduler_factor, e.g. "10, 20"'
+        )
+    weights = values["class_weights"]
+    if isinstance(weights, tuple) and len(weights) != values["num_classes"]:
+        problems.append(
+            f"class_weights has {len(weights)} numbers but num_classes is {values['num_classes']}: "
+            "give one weight per class, or 'auto'"
+        )
+    names = values["class_names"]
+    if names and len(names) != values["num_classes"]:
+        problems.append(
+            f"class_names has {len(names)} names but num_classes is {values['num_classes']}: "
+            "give one name per class"
+        )
+    return problems
+
+
+def describe(config: Config) -> str:
+    """One line per hyperparameter, for the start-of-job log."""
+    width = max(map(len, config))
+    return "\n".join(f"  {name:<{width}} = {config[name]!r}" for name in config)
