@@ -1,0 +1,68 @@
+"""Shared fixtures: a temporary /opt/ml laid out as SageMaker's local mode lays it out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from segcontainer.demo import make_dataset, write_local_mode_config
+from segcontainer.environment import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small, fast settings for a from-scratch model on the CPU.
+FAST_HYPERPARAMETERS = {
+    "backbone": "resnet-50",
+    "algorithm": "fcn",
+    "use_pretrained_model": "False",
+    "num_classes": "3",
+    "epochs": "1",
+    "base_size": "48",
+    "crop_size": "32",
+    "mini_batch_size": "4",
+    "validation_mini_batch_size": "4",
+    "workers": "0",
+}
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A container root named like local mode's (algo-1-xxxxx), set as SAGEMAKER_BASE_DIR."""
+    base = tmp_path / "algo-1-x7k2q"
+    base.mkdir()
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    monkeypatch.delenv("TRAINING_JOB_NAME", raising=False)
+    return base
+
+
+@pytest.fixture
+def paths(base_dir: Path) -> Paths:
+    return Paths(base_dir)
+
+
+@pytest.fixture
+def small_dataset(base_dir: Path) -> Path:
+    """8 training and 4 validation pairs of the demo task (3 classes), 48x40 pixels."""
+    data = base_dir / "input" / "data"
+    make_dataset(data, train=8, validation=4, size=(48, 40))
+    return data
+
+
+def write_config(base: Path, **overrides: str) -> None:
+    write_local_mode_config(base, {**FAST_HYPERPARAMETERS, **overrides}, host="algo-1-x7k2q")
+
+
+def train_command() -> list[str]:
+    """The repository's `train` executable (its shebang finds python3 on PATH, see below)."""
+    return [str(REPO / "train")]
+
+
+def subprocess_env(base: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1", **extra}
+    # The executables' `#!/usr/bin/env python3` must find this environment's interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("TRAINING_JOB_NAME", None)
+    return env
