@@ -35,8 +35,12 @@ class Sample:
 
 
 def _files(folder: Path) -> list[Path]:
-    # Hidden files (.DS_Store, S3 "folder" markers) and manifests are not samples.
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Hidden files and folders (.DS_Store, .ipynb_checkpoints/) are not samples.
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def pair_samples(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], list[Path], list[Path]]:
@@ -119,8 +123,8 @@ def read_label_maps(paths: Paths) -> dict[str, dict]:
         if file.is_file():
             try:
                 found[split] = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{file} is not valid JSON: {exc}.") from exc
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"{file} is not valid UTF-8 JSON: {exc}.") from exc
             label_map_lut(found[split], str(file))  # validate early
     if folder.is_dir() and not found:
         raise UserError(
@@ -142,7 +146,8 @@ def load_image(path: Path) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # Pillow's convert() would clip 16-bit values at 255 (a white image); scale instead.
         array = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        sixteen_bit = image.mode.startswith("I;16") or array.max(initial=0) > 255
+        peak = 65535.0 if sixteen_bit else 255.0
         image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -152,8 +157,8 @@ def load_mask_pixels(path: Path) -> np.ndarray:
     with Image.open(path) as opened:
         if opened.mode not in MASK_MODES:
             raise UserError(
-                f"{path.name} is a {opened.mode} image; masks must be single-channel PNGs (mode P "
-                "or L) whose values are class ids."
+                f"{path.name} is a {opened.mode} image; masks must be single-channel 8-bit PNGs "
+                "(mode P or L) whose values are class ids."
             )
         mask = ImageOps.exif_transpose(opened)
         return np.array(mask, dtype=np.uint8)

@@ -25,8 +25,8 @@ DEMO_HYPERPARAMETERS = {
     "crop_size": "64",
     "mini_batch_size": "8",
     "validation_mini_batch_size": "8",
-    "learning_rate": "0.01",
-    "optimizer": "sgd",
+    "learning_rate": "0.001",
+    "optimizer": "adam",
     "class_names": "background,rectangle,ellipse",
 }
 

@@ -32,8 +32,8 @@ PROBLEMS = {
     "no_image": "masks without an image of the same base name in {split}",
     "bad_image": "images Pillow cannot read (unreadable, truncated or not an image)",
     "bad_mask": "masks that are not readable PNGs",
-    "colour_mask": "masks in a colour mode (RGB/RGBA/LA...); masks must be single-channel "
-    "P or L PNGs of class ids",
+    "colour_mask": "masks that are not single-channel 8-bit (RGB, RGBA, LA, 16-bit...); masks "
+    "must be P or L PNGs of class ids",
     "size": "masks whose size differs from their image's",
     "values": "masks with values outside 0..{last} after the label map (255 = ignore is allowed)",
 }
@@ -63,7 +63,9 @@ def _check_sample(sample: Sample, lut: np.ndarray, num_classes: int):
     try:
         pixels = load_mask_pixels(sample.mask)
     except UserError:
-        return problems + [("colour_mask", sample.mask.name)], None, set()
+        with Image.open(sample.mask) as mask:
+            mode = mask.mode
+        return problems + [("colour_mask", f"{sample.mask.name} (mode {mode})")], None, set()
     except Exception as exc:
         return problems + [("bad_mask", f"{sample.mask.name} ({exc})")], None, set()
     if size is not None and pixels.shape[::-1] != size:

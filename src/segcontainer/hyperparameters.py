@@ -102,7 +102,7 @@ def class_weights(text: str) -> str | tuple[float, ...]:
         weights = tuple(float(part) for part in value.split(","))
     except ValueError:
         raise ValueError(allowed) from None
-    if any(not w > 0 for w in weights):
+    if any(not (w > 0 and math.isfinite(w)) for w in weights):
         raise ValueError(allowed)
     return weights
 

@@ -134,8 +134,11 @@ def build_encoder(backbone: str, pretrained: bool) -> nn.Module:
         resnet = builder(
             weights=weights if pretrained else None,
             replace_stride_with_dilation=[False, True, True],  # output stride 8
+            # From scratch, residual blocks start as identities (Goyal et al. 2017): a deep
+            # encoder then trains like a shallow one at first and converges much sooner.
+            zero_init_residual=not pretrained,
         )
-    except (RuntimeError, OSError, EOFError) as exc:
+    except Exception as exc:  # torch.load raises pickle, zip, OS and runtime errors alike
         raise UserError(
             f"The pretrained weights file {pretrained_weights_file(backbone)} could not be loaded "
             f"({exc}). Replace it with torchvision's {weights.url}, or set "

@@ -1,0 +1,90 @@
+"""Models: every algorithm x backbone at odd sizes, batch of one, pretrained encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segcontainer.errors import UserError
+from segcontainer.models import ENCODERS, HEADS, build_model, pretrained_weights_file
+
+
+@pytest.mark.parametrize("backbone", list(ENCODERS))
+@pytest.mark.parametrize("algorithm", list(HEADS))
+def test_output_has_input_size_at_odd_sizes(algorithm: str, backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(algorithm, backbone, num_classes=5).eval()
+    with torch.no_grad():
+        for height, width in [(33, 47), (41, 29)]:
+            logits = model(torch.randn(2, 3, height, width))
+            assert logits.shape == (2, 5, height, width)
+            assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("algorithm", list(HEADS))
+def test_training_step_with_a_batch_of_one(algorithm: str) -> None:
+    """Pooling branches (ASPP image pooling, PSP's 1-bin stage) must not crash on one image."""
+    torch.manual_seed(0)
+    model = build_model(algorithm, "resnet-50", num_classes=3).train()
+    logits = model(torch.randn(1, 3, 35, 43))
+    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (1, 35, 43)))
+    loss.backward()
+    grads = [p.grad for p in model.head.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_batch_of_one_does_not_change_pooling_running_stats() -> None:
+    model = build_model("deeplab", "resnet-50", num_classes=3).train()
+    pooling_bn = [m for m in model.head.modules() if type(m).__name__ == "PoolBatchNorm"]
+    assert pooling_bn, "the ASPP image-pooling branch uses PoolBatchNorm"
+    before = pooling_bn[0].running_mean.clone()
+    model(torch.randn(1, 3, 32, 32))
+    assert torch.equal(before, pooling_bn[0].running_mean)
+    model(torch.randn(2, 3, 32, 32))  # a real batch updates them as usual
+    assert not torch.equal(before, pooling_bn[0].running_mean)
+
+
+def test_unknown_model_names_the_choices() -> None:
+    with pytest.raises(UserError, match="fcn, psp, deeplab"):
+        build_model("unet", "resnet-50", 3)
+
+
+def test_missing_pretrained_weights_say_where_and_how_to_fix(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet101-63fe2227.pth"
+    assert pretrained_weights_file("resnet-101") == expected
+    with pytest.raises(UserError) as error:
+        build_model("fcn", "resnet-101", 3, pretrained=True)
+    message = str(error.value)
+    assert str(expected) in message
+    assert "use_pretrained_model=False" in message
+    assert "provide it" in message
+
+
+def test_pretrained_weights_come_from_the_local_cache(tmp_path, monkeypatch) -> None:
+    """torchvision's weights API reads TORCH_HOME's cache: place a file there, no network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from torchvision.models import resnet50
+
+    reference = resnet50()
+    with torch.no_grad():
+        reference.conv1.weight.fill_(0.25)
+        reference.layer4[2].conv3.weight.fill_(-0.5)
+    file = pretrained_weights_file("resnet-50")
+    file.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), file)
+
+    model = build_model("psp", "resnet-50", 4, pretrained=True)
+    assert torch.all(model.encoder.conv1.weight == 0.25)
+    assert torch.all(model.encoder.layer4[2].conv3.weight == -0.5)
+    # the decoder is never pretrained: a fresh head, not something read from the file
+    assert model.head[-1].out_channels == 4
+
+
+def test_corrupt_pretrained_file_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    file = pretrained_weights_file("resnet-50")
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not be loaded"):
+        build_model("fcn", "resnet-50", 3, pretrained=True)
