@@ -61,8 +61,8 @@ def train_command() -> list[str]:
 
 
 def subprocess_env(base: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1", **extra}
+    env = {k: v for k, v in os.environ.items() if k != "TRAINING_JOB_NAME"}
+    env.update(SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1", **extra)
     # The executables' `#!/usr/bin/env python3` must find this environment's interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("TRAINING_JOB_NAME", None)
     return env

@@ -15,10 +15,9 @@ def test_output_has_input_size_at_odd_sizes(algorithm: str, backbone: str) -> No
     torch.manual_seed(0)
     model = build_model(algorithm, backbone, num_classes=5).eval()
     with torch.no_grad():
-        for height, width in [(33, 47), (41, 29)]:
-            logits = model(torch.randn(2, 3, height, width))
-            assert logits.shape == (2, 5, height, width)
-            assert torch.isfinite(logits).all()
+        logits = model(torch.randn(1, 3, 33, 47))
+    assert logits.shape == (1, 5, 33, 47)
+    assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("algorithm", list(HEADS))

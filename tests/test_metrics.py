@@ -1,0 +1,93 @@
+"""Metric arithmetic on hand-made confusion matrices, and the metric lines SageMaker parses."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from segcontainer.metrics import METRIC_DEFINITIONS, ConfusionMatrix, Scores, metric_lines
+from tests.conftest import REPO
+
+
+def test_perfect_prediction() -> None:
+    scores = Scores.from_matrix(torch.tensor([[5, 0], [0, 3]]))
+    assert scores.miou == 1.0
+    assert scores.pixel_accuracy == 1.0
+    assert scores.per_class_iou == (1.0, 1.0)
+
+
+def test_two_class_arithmetic() -> None:
+    # rows: truth, columns: prediction
+    scores = Scores.from_matrix(torch.tensor([[3, 1], [2, 4]]))
+    iou0 = 3 / (3 + 1 + 2)
+    iou1 = 4 / (4 + 2 + 1)
+    assert scores.per_class_iou == pytest.approx((iou0, iou1))
+    assert scores.miou == pytest.approx((iou0 + iou1) / 2)
+    assert scores.pixel_accuracy == pytest.approx(7 / 10)
+
+
+def test_class_absent_from_truth_and_prediction_is_left_out_of_the_mean() -> None:
+    matrix = torch.tensor([[4, 0, 0], [1, 5, 0], [0, 0, 0]])
+    scores = Scores.from_matrix(matrix)
+    assert scores.per_class_iou[2] is None
+    assert scores.miou == pytest.approx((4 / 5 + 5 / 6) / 2)
+
+
+def test_class_predicted_but_never_true_counts_as_zero() -> None:
+    matrix = torch.tensor([[4, 0, 1], [0, 5, 0], [0, 0, 0]])
+    scores = Scores.from_matrix(matrix)
+    assert scores.per_class_iou[2] == 0.0
+    assert scores.miou == pytest.approx((4 / 5 + 1 + 0) / 3)
+
+
+def test_empty_matrix_gives_zero_not_nan() -> None:
+    scores = Scores.from_matrix(torch.zeros(3, 3, dtype=torch.int64))
+    assert scores.miou == 0.0 and scores.pixel_accuracy == 0.0
+
+
+def test_update_ignores_255_and_accumulates_over_batches() -> None:
+    matrix = ConfusionMatrix(3)
+    truth = torch.tensor([[0, 1, 255], [2, 2, 255]], dtype=torch.uint8)
+    prediction = torch.tensor([[0, 2, 1], [2, 1, 0]])
+    matrix.update(truth, prediction)
+    matrix.update(truth, prediction)
+    expected = torch.tensor([[2, 0, 0], [0, 0, 2], [0, 2, 2]])
+    assert torch.equal(matrix.matrix, expected)
+    assert matrix.scores().pixel_accuracy == pytest.approx(4 / 8)
+
+
+def readme_metric_regexes() -> dict[str, str]:
+    """The metric_definitions exactly as the README gives them to users."""
+    text = (REPO / "README.md").read_text()
+    found = dict(re.findall(r'\{"Name": "([^"]+)", "Regex": r?"([^"]+)"\}', text))
+    return {name: regex.replace("\\\\", "\\") for name, regex in found.items()}
+
+
+def test_readme_gives_the_three_metric_definitions_the_code_uses() -> None:
+    readme = readme_metric_regexes()
+    assert set(readme) == {"train:loss", "validation:mIOU", "validation:pixel_accuracy"}
+    assert readme == {d["Name"]: d["Regex"] for d in METRIC_DEFINITIONS}
+
+
+def test_metric_lines_parse_with_the_readme_regexes() -> None:
+    scores = Scores(miou=0.6123, pixel_accuracy=0.9123, per_class_iou=(0.5, 0.7))
+    lines = metric_lines("algo-1", 3, 0.4123, scores)
+    assert lines == [
+        "#quality_metric: host=algo-1, epoch=3, train loss <loss>=0.4123",
+        "#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6123",
+        "#quality_metric: host=algo-1, epoch=3, validation pixel_accuracy <score>=0.9123",
+    ]
+    values = {}
+    for name, regex in readme_metric_regexes().items():
+        matches = [m.group(1) for line in lines if (m := re.search(regex, line))]
+        assert len(matches) == 1, name
+        values[name] = float(matches[0])
+    assert values == {
+        "train:loss": 0.4123,
+        "validation:mIOU": 0.6123,
+        "validation:pixel_accuracy": 0.9123,
+    }
+    assert not math.isnan(values["train:loss"])
