@@ -20,6 +20,7 @@ from torch import nn
 
 from segcontainer import __version__
 from segcontainer.augment import MEAN, STD
+from segcontainer.errors import UserError
 from segcontainer.hyperparameters import Config
 from segcontainer.metrics import Scores
 from segcontainer.models import build_model
@@ -145,3 +146,19 @@ class TrainingCurves:
         fig.tight_layout()
         fig.savefig(self.folder / "training_curves.png", dpi=80)
         plt.close(fig)
+
+
+def extract_model_tarball(tarball: Path, destination: Path) -> Path:
+    """Unpack a model.tar.gz safely: absolute paths, '..' and links leaving the folder are
+    refused (tarfile's "data" filter) with a message naming the member."""
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tarball) as archive:
+            archive.extractall(destination, filter="data")
+    except tarfile.FilterError as exc:
+        raise UserError(
+            f"{tarball} holds an unsafe member ({exc}); refusing to extract it."
+        ) from exc
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{tarball} is not a readable .tar.gz ({exc}).") from exc
+    return destination

@@ -138,11 +138,13 @@ def read_label_maps(paths: Paths) -> dict[str, dict]:
 # --- decoding --------------------------------------------------------------------------------
 
 
-def load_image(path: Path) -> Image.Image:
-    """Any Pillow-readable image as RGB, EXIF orientation applied; 16-bit scaled to 8-bit."""
-    with Image.open(path) as opened:
-        image = ImageOps.exif_transpose(opened)
-        image.load()
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as RGB, EXIF orientation applied; 16-bit scaled to 8-bit, not clipped.
+
+    Training and serving both prepare images through this function.
+    """
+    image = ImageOps.exif_transpose(image)
+    image.load()
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # Pillow's convert() would clip 16-bit values at 255 (a white image); scale instead.
         array = np.asarray(image, dtype=np.float32)
@@ -150,6 +152,11 @@ def load_image(path: Path) -> Image.Image:
         peak = 65535.0 if sixteen_bit else 255.0
         image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(path: Path) -> Image.Image:
+    with Image.open(path) as opened:
+        return to_rgb(opened)
 
 
 def load_mask_pixels(path: Path) -> np.ndarray:

@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segcontainer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train from the /opt/ml channels (SAGEMAKER_BASE_DIR)")
-    commands.add_parser("serve", help="host the trained model (not in this version yet)")
+    commands.add_parser("serve", help="host model/ with nginx + gunicorn (SAGEMAKER_BASE_DIR)")
+    predict_parser = commands.add_parser("predict", help="masks for a folder of images")
+    predict_parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    predict_parser.add_argument("input", type=Path, help="folder of images")
+    predict_parser.add_argument("output", type=Path, help="folder for <name>.png masks")
+    predict_parser.add_argument("--overlay", action="store_true", help="also write overlays")
     demo_parser = commands.add_parser("demo", help="train on a generated demo dataset")
     demo_parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     demo_parser.add_argument("--epochs", type=int, default=3)
@@ -79,11 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         return train_main()
     if args.command == "demo":
         return demo(args.dir, args.epochs)
-    print(
-        "serve: the inference server is not part of this version yet (see the README).",
-        file=sys.stderr,
-    )
-    return 2
+    if args.command == "predict":
+        from segcontainer.errors import UserError
+        from segcontainer.predict import predict_folder
+
+        try:
+            failed = predict_folder(args.model, args.input, args.output, args.overlay)
+        except UserError as exc:
+            print(f"predict: {exc}", file=sys.stderr)
+            return 1
+        print(f"masks written to {args.output}" + (f"; {failed} files skipped" if failed else ""))
+        return 1 if failed else 0
+    from segcontainer.serving.server import main as serve_main
+
+    return serve_main()
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class ProgressLog:
         self.epoch, self.total, self.interval = epoch, total, interval
         self.start = self.last = time.monotonic()
 
-    def step(self, done: int, images: int, loss: float | None = None) -> None:
+    def step(self, done: int, images: int) -> None:
         now = time.monotonic()
         if now - self.last < self.interval or done >= self.total:
             return

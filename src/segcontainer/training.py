@@ -157,6 +157,8 @@ def run(paths: Paths, stop: StopSignal) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = engine.Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
+    if config.syncbn:
+        log.info("syncbn=True: one process on one device here, so plain batch norm is the same")
 
     model = build_model(
         config.algorithm,

@@ -1,0 +1,1 @@
+"""Serving: nginx in front of gunicorn + flask, answering /ping and /invocations."""

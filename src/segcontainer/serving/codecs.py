@@ -1,0 +1,123 @@
+"""Request decoding and response encoding for /invocations.
+
+Requests: one image, ``image/jpeg``, ``image/png`` or ``application/x-image``; the bytes are
+checked, not only the header. Responses by Accept:
+
+- ``image/png``: a palette (P) PNG of class ids, index i = class i, PASCAL VOC colours;
+- ``application/x-recordio-protobuf`` / ``application/x-protobuf``: softmax probabilities
+  (see ``protobuf_record``);
+- ``application/json``: a summary (shape, pixels and fraction per class, class names).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from segcontainer.channels import to_rgb
+
+PNG = "image/png"
+JSON = "application/json"
+PROBABILITY_TYPES = ("application/x-recordio-protobuf", "application/x-protobuf")
+ACCEPT_TYPES = (PNG, *PROBABILITY_TYPES, JSON)
+CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
+JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+class RequestError(Exception):
+    """A bad request: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";")[0].strip().lower()
+
+
+def decode_image(body: bytes, content_type: str | None) -> Image.Image:
+    """The request body as an RGB image (EXIF orientation applied), or RequestError."""
+    media = _media_type(content_type)
+    if media not in CONTENT_TYPES:
+        raise RequestError(
+            415,
+            f"Content-Type '{content_type}' is not supported; send one image as "
+            "image/jpeg, image/png or application/x-image",
+        )
+    if not body:
+        raise RequestError(400, "the request body is empty; send the image bytes")
+    if media != "application/x-image" and not body.startswith((JPEG_MAGIC, PNG_MAGIC)):
+        raise RequestError(400, f"the body is not a JPEG or PNG image (Content-Type {media})")
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            return to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"image too large: {exc}") from exc
+    except Exception as exc:  # Pillow raises several types for broken or truncated files
+        raise RequestError(400, f"the image could not be decoded ({exc})") from exc
+
+
+def choose_accept(header: str | None, default: str) -> str:
+    """The response type: the first supported type listed in Accept; */* or none -> default."""
+    listed = [_media_type(part) for part in (header or "").split(",") if part.strip()]
+    if not listed:
+        return default
+    for media in listed:
+        if media in ACCEPT_TYPES:
+            return media
+        if media in ("*/*", "image/*"):
+            return default if media == "*/*" else PNG
+    raise RequestError(
+        406, f"Accept '{header}' is not supported; use one of {', '.join(ACCEPT_TYPES)}"
+    )
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map: 256 RGB triples; class 0 black, 1 dark red, 2 green..."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+PALETTE = voc_palette()
+
+
+def mask_image(class_map: np.ndarray) -> Image.Image:
+    """(H, W) uint8 class ids -> palette image whose index i is class i."""
+    image = Image.fromarray(class_map.astype(np.uint8, copy=False), "L").convert("P")
+    image.putpalette(PALETTE)
+    return image
+
+
+def encode_png(class_map: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    mask_image(class_map).save(buffer, format="PNG", compress_level=1)  # speed over bytes
+    return buffer.getvalue()
+
+
+def encode_json(class_map: np.ndarray, class_names: list[str]) -> bytes:
+    counts = np.bincount(class_map.ravel(), minlength=len(class_names))
+    total = int(class_map.size)
+    return json.dumps(
+        {
+            "height": int(class_map.shape[0]),
+            "width": int(class_map.shape[1]),
+            "num_classes": len(class_names),
+            "classes": [
+                {"id": i, "name": name, "pixels": int(n), "fraction": round(int(n) / total, 6)}
+                for i, (name, n) in enumerate(zip(class_names, counts.tolist(), strict=False))
+            ],
+        }
+    ).encode()

@@ -1,0 +1,115 @@
+"""The ``serve`` entry point: nginx in front of gunicorn (flask app) on a unix socket.
+
+SIGTERM stops both gracefully and exits 0; if either process dies, the other is stopped and
+``serve`` exits non-zero, so SageMaker replaces the container.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from segcontainer.serving.settings import ServingSettings
+
+log = logging.getLogger("segcontainer.serve")
+STOP_GRACE_SECONDS = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
+
+
+def nginx_config(settings: ServingSettings, run_dir: Path, socket: Path) -> str:
+    template = resources.files("segcontainer.serving").joinpath("nginx.conf.template")
+    # As root, nginx workers would otherwise run as nobody and could not reach the socket.
+    user = "user root;" if os.geteuid() == 0 else ""
+    return string.Template(template.read_text()).substitute(
+        user_line=user,
+        run_dir=run_dir,
+        socket=socket,
+        port=settings.port,
+        max_body_mb=settings.max_body_bytes // (1024 * 1024),
+        timeout=settings.timeout,
+    )
+
+
+def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise SystemExit("serve needs nginx: install it (apt-get install nginx)")
+    socket = run_dir / "gunicorn.sock"
+    config = run_dir / "nginx.conf"
+    config.write_text(nginx_config(settings, run_dir, socket))
+    gunicorn = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"unix:{socket}",
+            "--workers",
+            str(settings.workers),
+            "--worker-class",
+            "sync",  # one request per worker: a model call saturates its cores
+            "--timeout",
+            str(settings.timeout),
+            "--graceful-timeout",
+            str(STOP_GRACE_SECONDS),
+            "--log-level",
+            "info",
+            "segcontainer.serving.wsgi:app",
+        ]
+    )
+    nginx_process = subprocess.Popen([nginx, "-c", str(config), "-p", str(run_dir)])
+    return nginx_process, gunicorn
+
+
+def main() -> int:
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s"
+    )
+    settings = ServingSettings.from_env()
+    log.info(
+        "serving %s on port %d with %d workers (timeout %d s, body limit %d MB)",
+        settings.model_dir,
+        settings.port,
+        settings.workers,
+        settings.timeout,
+        settings.max_body_bytes // (1024 * 1024),
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="segcontainer-serve-"))
+    nginx, gunicorn = start(settings, run_dir)
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("signal %d: stopping nginx and gunicorn", signum)
+        for process, sig in ((nginx, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
+            if process.poll() is None:
+                process.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while nginx.poll() is None and gunicorn.poll() is None:
+            time.sleep(0.2)
+        failed = not stopping
+        if failed:
+            dead = "nginx" if nginx.poll() is not None else "gunicorn"
+            log.error("%s exited unexpectedly; stopping the server", dead)
+            stop(signal.SIGTERM, None)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in (nginx, gunicorn):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 1 if failed else 0
