@@ -6,6 +6,9 @@ ENV PYTHONUNBUFFERED=TRUE \
     TORCH_HOME=/opt/torch \
     PATH="/opt/program:${PATH}"
 
+RUN apt-get update && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/program
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src

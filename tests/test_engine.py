@@ -153,3 +153,39 @@ def test_precision_on_cpu_is_fp32_without_a_scaler() -> None:
         precision = Precision.choose(requested, torch.device("cpu"))
         assert precision.dtype == torch.float32
         assert not precision.scaler.is_enabled()
+
+
+def test_progress_lines_carry_iterations_rate_and_eta(caplog) -> None:
+    import logging
+
+    from segcontainer.engine import ProgressLog
+
+    caplog.set_level(logging.INFO)
+    progress = ProgressLog(epoch=2, total=10, interval=0.0)
+    progress.step(4, 32)
+    progress.step(10, 80)  # the epoch's end is summarised by the epoch line instead
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("epoch 2: 4/10 iterations,")
+    assert "it/s" in line and "img/s" in line and "eta" in line
+
+
+def test_progress_is_quiet_within_the_interval(caplog) -> None:
+    import logging
+
+    from segcontainer.engine import ProgressLog
+
+    caplog.set_level(logging.INFO)
+    progress = ProgressLog(epoch=0, total=1000, interval=3600)
+    for done in range(1, 999):
+        progress.step(done, done * 4)
+    assert not caplog.records
+
+
+def test_auto_class_weights_are_median_frequency_balancing() -> None:
+    import numpy as np
+
+    from segcontainer.training import median_frequency_weights
+
+    weights = median_frequency_weights(np.array([100, 300, 0, 600]))
+    # frequencies 0.1, 0.3, -, 0.6; median of the present ones 0.3; absent class gets 1
+    assert weights.tolist() == pytest.approx([3.0, 1.0, 1.0, 0.5])

@@ -62,7 +62,7 @@ def test_update_ignores_255_and_accumulates_over_batches() -> None:
 def readme_metric_regexes() -> dict[str, str]:
     """The metric_definitions exactly as the README gives them to users."""
     text = (REPO / "README.md").read_text()
-    found = dict(re.findall(r'\{"Name": "([^"]+)", "Regex": r?"([^"]+)"\}', text))
+    found = dict(re.findall(r'"Name":\s*"([^"]+)",\s*"Regex":\s*r?"([^"]+)"', text))
     return {name: regex.replace("\\\\", "\\") for name, regex in found.items()}
 
 

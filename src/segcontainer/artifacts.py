@@ -148,12 +148,37 @@ class TrainingCurves:
         plt.close(fig)
 
 
+def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
+    """Why extracting ``member`` under ``root`` would be unsafe, or None."""
+    name = Path(member.name)
+    if name.is_absolute():
+        return f"absolute path {member.name}"
+    if ".." in name.parts:
+        return f"path {member.name} climbs out with '..'"
+    if member.issym() or member.islnk():
+        base = root if member.islnk() else (root / name).parent
+        target = (base / member.linkname).resolve()
+        if Path(member.linkname).is_absolute() or not target.is_relative_to(root):
+            return f"link {member.name} -> {member.linkname} leaves the folder"
+    if member.isdev():
+        return f"device file {member.name}"
+    return None
+
+
 def extract_model_tarball(tarball: Path, destination: Path) -> Path:
-    """Unpack a model.tar.gz safely: absolute paths, '..' and links leaving the folder are
-    refused (tarfile's "data" filter) with a message naming the member."""
+    """Unpack a model.tar.gz, refusing absolute paths, '..' and links leaving the folder
+    (named in the message); tarfile's "data" filter guards the extraction itself too."""
     destination.mkdir(parents=True, exist_ok=True)
+    root = destination.resolve()
     try:
         with tarfile.open(tarball) as archive:
+            for member in archive.getmembers():
+                reason = _unsafe_member(member, root)
+                if reason:
+                    raise UserError(
+                        f"{tarball} holds an unsafe member ({reason}); refusing to "
+                        "extract it. Use a model.tar.gz written by train."
+                    )
             archive.extractall(destination, filter="data")
     except tarfile.FilterError as exc:
         raise UserError(

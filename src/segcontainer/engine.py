@@ -101,8 +101,8 @@ class ProgressLog:
     """Logs iterations, rate and ETA every PROGRESS_SECONDS (a line per step would flood
     CloudWatch; tqdm's carriage returns do not survive it either)."""
 
-    def __init__(self, epoch: int, total: int, interval: float = PROGRESS_SECONDS):
-        self.epoch, self.total, self.interval = epoch, total, interval
+    def __init__(self, epoch: int, total: int, interval: float = PROGRESS_SECONDS, done: int = 0):
+        self.epoch, self.total, self.interval, self.first = epoch, total, interval, done
         self.start = self.last = time.monotonic()
 
     def step(self, done: int, images: int) -> None:
@@ -110,7 +110,7 @@ class ProgressLog:
         if now - self.last < self.interval or done >= self.total:
             return
         self.last = now
-        rate = done / (now - self.start)
+        rate = (done - self.first) / (now - self.start)
         eta = (self.total - done) / rate
         log.info(
             "epoch %d: %d/%d iterations, %.2f it/s, %.1f img/s, eta %ds",
@@ -149,18 +149,24 @@ def train_one_epoch(
     epoch: int,
     class_weight: torch.Tensor | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    done: int = 0,
+    loss_sum: float = 0.0,
 ) -> EpochStats:
+    """Train over ``loader``; ``done`` batches (summed loss ``loss_sum``) of this epoch were
+    trained before a resume. A stop request raises TrainingStopped carrying the progress."""
     model.train()
     channels_last = device.type == "cuda"
     total_loss = torch.zeros((), device=device)
     start = time.monotonic()
     data_seconds, images, steps = 0.0, 0, 0
-    progress = ProgressLog(epoch, len(loader))
+    progress = ProgressLog(epoch, done + len(loader), done=done)
     fetch_start = time.monotonic()
     for images_batch, masks in loader:
         data_seconds += time.monotonic() - fetch_start
         if should_stop():
-            raise TrainingStopped(f"stopped during epoch {epoch}")
+            raise TrainingStopped(
+                f"stopped during epoch {epoch}", done + steps, loss_sum + float(total_loss)
+            )
         images_batch = images_batch.to(device, non_blocking=True)
         if channels_last:
             images_batch = images_batch.contiguous(memory_format=torch.channels_last)
@@ -176,11 +182,12 @@ def train_one_epoch(
         total_loss += loss.detach()
         steps += 1
         images += images_batch.shape[0]
-        progress.step(steps, images)
+        progress.step(done + steps, images)
         fetch_start = time.monotonic()
-    if steps == 0:
+    if done + steps == 0:
         raise RuntimeError("the training loader produced no batch")
-    return EpochStats(float(total_loss) / steps, time.monotonic() - start, images, data_seconds)
+    mean_loss = (loss_sum + float(total_loss)) / (done + steps)
+    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds)
 
 
 @torch.no_grad()

@@ -10,4 +10,10 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """Raised inside the training loop when SIGTERM asked the job to stop."""
+    """Raised when SIGTERM asked the job to stop; inside an epoch it carries the progress
+    (batches done, their summed loss) so a checkpoint can continue from there."""
+
+    def __init__(self, message: str, iteration: int | None = None, loss_sum: float = 0.0):
+        super().__init__(message)
+        self.iteration = iteration
+        self.loss_sum = loss_sum

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from segcontainer import artifacts, datacheck, engine
 from segcontainer.augment import pad_collate, train_transform, validation_transform
 from segcontainer.channels import label_map_lut, read_label_maps
-from segcontainer.dataset import SegmentationDataset
+from segcontainer.dataset import EpochSampler, SegmentationDataset
 from segcontainer.environment import (
     Paths,
     read_hyperparameters,
@@ -30,8 +30,9 @@ from segcontainer.environment import (
 )
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.hyperparameters import Config, describe, resolve
-from segcontainer.metrics import metric_lines
+from segcontainer.incremental import start_from_model_channel
 from segcontainer.models import build_model
+from segcontainer.trainer import Setup, fit
 
 log = logging.getLogger("segcontainer")
 FAILURE_REASON_CHARS = 1024
@@ -51,7 +52,7 @@ class StopSignal:
         log.warning("SIGTERM received: stopping")
         self.requested = True
         if not self.in_loop:
-            raise TrainingStopped("stopped before training started")
+            raise TrainingStopped("stopped outside the epoch loop")
 
     def __call__(self) -> bool:
         return self.requested
@@ -107,35 +108,40 @@ def check_data(paths: Paths, config: Config, label_maps: dict):
 
 def make_loaders(config: Config, label_maps, train, validation, device: torch.device):
     workers = worker_count(config.workers)
-    common = {
-        "num_workers": workers,
-        "pin_memory": device.type == "cuda",
-        "persistent_workers": workers > 0,
-    }
+    # Workers start afresh each epoch (not persistent) so they see the dataset's epoch.
+    common = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     train_set = SegmentationDataset(
         train.samples,
         label_map_lut(label_maps["train"], "train label map"),
         train_transform(config.base_size, config.crop_size),
+        seed=config.seed,
     )
     validation_set = SegmentationDataset(
         validation.samples,
         label_map_lut(label_maps["validation"], "validation label map"),
         validation_transform(),
     )
+    sampler = EpochSampler(len(train_set), config.seed)
+    # Own generators: creating loader iterators must not draw from the global random state,
+    # which dropout uses and checkpoints restore.
     generator = torch.Generator().manual_seed(config.seed)
     # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
     train_loader = DataLoader(
         train_set,
         config.mini_batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         generator=generator,
         **common,
     )
     validation_loader = DataLoader(
-        validation_set, config.validation_mini_batch_size, collate_fn=pad_collate, **common
+        validation_set,
+        config.validation_mini_batch_size,
+        collate_fn=pad_collate,
+        generator=generator,
+        **common,
     )
-    return train_loader, validation_loader
+    return train_set, sampler, train_loader, validation_loader
 
 
 def run(paths: Paths, stop: StopSignal) -> None:
@@ -150,7 +156,6 @@ def run(paths: Paths, stop: StopSignal) -> None:
         )
     log.info("segcontainer training on host %s with hyperparameters:\n%s", host, describe(config))
     torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
 
     label_maps = read_label_maps(paths)
     train, validation = check_data(paths, config, label_maps)
@@ -160,81 +165,47 @@ def run(paths: Paths, stop: StopSignal) -> None:
     if config.syncbn:
         log.info("syncbn=True: one process on one device here, so plain batch norm is the same")
 
+    incremental = paths.channel("model").is_dir()
     model = build_model(
         config.algorithm,
         config.backbone,
         config.num_classes,
-        pretrained=config.use_pretrained_model,
-    ).to(device)
+        pretrained=config.use_pretrained_model and not incremental,
+    )
+    start_from_model_channel(paths, config, model)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_loader, validation_loader = make_loaders(config, label_maps, train, validation, device)
+    train_set, sampler, train_loader, validation_loader = make_loaders(
+        config, label_maps, train, validation, device
+    )
     optimizer = engine.build_optimizer(config, model.parameters())
-    scheduler = engine.build_scheduler(config, optimizer, len(train_loader))
+    iters_per_epoch = len(train_set) // config.mini_batch_size
+    scheduler = engine.build_scheduler(config, optimizer, iters_per_epoch)
     class_weight = None
     if config.class_weights == "auto":
         class_weight = median_frequency_weights(train.pixels_per_class).to(device)
     elif isinstance(config.class_weights, tuple):
         class_weight = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
-    stopper = engine.EarlyStopping(
-        config.early_stopping,
-        config.early_stopping_min_epochs,
-        config.early_stopping_patience,
-        config.early_stopping_tolerance,
+    setup = Setup(
+        paths,
+        config,
+        host,
+        artifacts.model_config(config, label_maps),
+        model,
+        optimizer,
+        scheduler,
+        precision,
+        device,
+        train_set,
+        sampler,
+        train_loader,
+        validation_loader,
+        class_weight,
+        iters_per_epoch,
     )
-    record = artifacts.model_config(config, label_maps)
-    curves = artifacts.TrainingCurves(paths.output_data_dir)
-    names = config.class_names or tuple(str(i) for i in range(config.num_classes))
-
     stop.in_loop = True
-    for epoch in range(config.epochs):
-        stats = engine.train_one_epoch(
-            model, train_loader, optimizer, scheduler, precision, device, epoch, class_weight, stop
-        )
-        scores = engine.evaluate(
-            model, validation_loader, config.num_classes, precision, device, stop
-        )
-        for line in metric_lines(host, epoch, stats.loss, scores):
-            print(line, flush=True)
-        per_class = ", ".join(
-            f"{n} {'-' if v is None else f'{v:.3f}'}"
-            for n, v in zip(names, scores.per_class_iou, strict=True)
-        )
-        log.info(
-            "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
-            epoch,
-            stats.seconds,
-            stats.images_per_second,
-            100 * stats.data_share,
-            per_class,
-        )
-        curves.add(
-            epoch=epoch,
-            train_loss=stats.loss,
-            validation_mIOU=scores.miou,
-            validation_pixel_accuracy=scores.pixel_accuracy,
-            learning_rate=optimizer.param_groups[0]["lr"],
-            epoch_seconds=stats.seconds,
-            images_per_second=stats.images_per_second,
-        )
-        if stopper.update(scores.miou):
-            artifacts.save_model(paths.model_dir, model, record, epoch, scores, config.class_names)
-            log.info(
-                "epoch %d is the best so far (mIoU %.4f): saved to %s",
-                epoch,
-                scores.miou,
-                paths.model_dir,
-            )
-        if stopper.should_stop(epoch + 1):
-            log.info(
-                "early stopping after epoch %d: mIoU has not improved by more than %.3g for "
-                "%d epochs (best %.4f)",
-                epoch,
-                config.early_stopping_tolerance,
-                stopper.stale_epochs,
-                stopper.best,
-            )
-            break
+    fit(setup, stop)
     stop.in_loop = False
 
 
