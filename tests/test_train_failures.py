@@ -164,14 +164,15 @@ def test_batch_larger_than_the_training_set(base_dir, small_dataset) -> None:
     assert "mini_batch_size is 16" in reason and "only 8" in reason
 
 
-def test_pipe_mode_is_refused_clearly_for_now(base_dir, small_dataset) -> None:
-    write_config(base_dir)
+def test_pipe_mode_without_recordio_wrapping_is_refused(base_dir, small_dataset) -> None:
+    write_config(base_dir, num_training_samples="8")
     config = base_dir / "input" / "config" / "inputdataconfig.json"
     channels = json.loads(config.read_text())
     channels["train"]["TrainingInputMode"] = "Pipe"
     config.write_text(json.dumps(channels))
     reason = failure_after_training(base_dir)
-    assert "Pipe mode" in reason and "File" in reason
+    assert "Pipe mode without RecordIO wrapping" in reason
+    assert "RecordWrapperType='RecordIO'" in reason
 
 
 def test_label_map_scale_is_applied(base_dir, small_dataset) -> None:

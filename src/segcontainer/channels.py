@@ -8,8 +8,9 @@ holds ``train_label_map.json`` / ``validation_label_map.json`` in the ``{"scale"
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,28 @@ SPLITS = ("train", "validation")
 
 
 @dataclass(frozen=True)
+class InMemory:
+    """An image or mask that arrived as bytes (Pipe mode), with a name for messages."""
+
+    data: bytes = field(repr=False)
+    name: str
+
+
+Source = Path | InMemory
+
+
+def open_image(source: Source) -> Image.Image:
+    return Image.open(io.BytesIO(source.data) if isinstance(source, InMemory) else source)
+
+
+@dataclass(frozen=True)
 class Sample:
-    image: Path
-    mask: Path
+    image: Source
+    mask: Source
 
     @property
     def name(self) -> str:
-        return self.image.stem
+        return self.image.stem if isinstance(self.image, Path) else self.image.name
 
 
 def _files(folder: Path) -> list[Path]:
@@ -154,24 +170,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as opened:
+def load_image(source: Source) -> Image.Image:
+    with open_image(source) as opened:
         return to_rgb(opened)
 
 
-def load_mask_pixels(path: Path) -> np.ndarray:
+def load_mask_pixels(source: Source) -> np.ndarray:
     """A mask's raw pixel values (H, W) uint8, never colour-converted; UserError if not P/L/1."""
-    with Image.open(path) as opened:
+    with open_image(source) as opened:
         if opened.mode not in MASK_MODES:
             raise UserError(
-                f"{path.name} is a {opened.mode} image; masks must be single-channel 8-bit PNGs "
+                f"{source.name} is a {opened.mode} image; masks must be single-channel 8-bit PNGs "
                 "(mode P or L) whose values are class ids."
             )
         mask = ImageOps.exif_transpose(opened)
         return np.array(mask, dtype=np.uint8)
 
 
-def load_mask(path: Path, lut: np.ndarray) -> np.ndarray:
+def load_mask(source: Source, lut: np.ndarray) -> np.ndarray:
     """A mask as training labels (H, W) uint8 after the label map (255 = ignore)."""
-    labels = lut[load_mask_pixels(path)]
+    labels = lut[load_mask_pixels(source)]
     return np.where(labels == UNMAPPED, IGNORE_INDEX, labels).astype(np.uint8)

@@ -22,6 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     predict_parser.add_argument("input", type=Path, help="folder of images")
     predict_parser.add_argument("output", type=Path, help="folder for <name>.png masks")
     predict_parser.add_argument("--overlay", action="store_true", help="also write overlays")
+    recordio_parser = commands.add_parser("recordio", help="write or list Pipe-mode RecordIO")
+    recordio_commands = recordio_parser.add_subparsers(dest="recordio_command", required=True)
+    write_parser = recordio_commands.add_parser("write", help="image/mask pairs -> RecordIO")
+    write_parser.add_argument("output", type=Path)
+    write_parser.add_argument("--images", type=Path)
+    write_parser.add_argument("--masks", type=Path)
+    write_parser.add_argument("--manifest", type=Path)
+    list_parser = recordio_commands.add_parser("list", help="one line per record")
+    list_parser.add_argument("file", type=Path)
     demo_parser = commands.add_parser("demo", help="train on a generated demo dataset")
     demo_parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     demo_parser.add_argument("--epochs", type=int, default=3)
@@ -34,6 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         from segcontainer.demo_run import run_demo
 
         return run_demo(args.dir, args.epochs)
+    if args.command == "recordio":
+        from segcontainer import recordio_tools
+        from segcontainer.errors import UserError
+
+        try:
+            if args.recordio_command == "list":
+                lines = recordio_tools.list_records(args.file)
+                print("\n".join(lines))
+                return 1 if lines and lines[-1].startswith("corrupt") else 0
+            count = recordio_tools.write(args.output, args.images, args.masks, args.manifest)
+        except UserError as exc:
+            print(f"recordio: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {count} image/annotation pairs ({2 * count} records) to {args.output}")
+        return 0
     if args.command == "predict":
         from segcontainer.errors import UserError
         from segcontainer.predict import predict_folder

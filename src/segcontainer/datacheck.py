@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from segcontainer.channels import (
     IGNORE_INDEX,
     UNMAPPED,
     Sample,
+    Source,
     channel_dirs,
     label_map_lut,
     load_mask_pixels,
+    open_image,
     pair_samples,
 )
 from segcontainer.environment import Paths
 from segcontainer.errors import UserError
+from segcontainer.manifest import find_manifest, manifest_samples
 
 log = logging.getLogger(__name__)
 SHOWN = 5  # files named per problem before "and N more"
@@ -47,8 +51,8 @@ class SplitSummary:
     raw_values: set[int]  # mask values before the label map, for hints
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
+def _image_size(source: Source) -> tuple[int, int]:
+    with open_image(source) as image:
         image.load()  # decode fully: a truncated file fails here, not mid-training
         return ImageOps.exif_transpose(image).size
 
@@ -63,7 +67,7 @@ def _check_sample(sample: Sample, lut: np.ndarray, num_classes: int):
     try:
         pixels = load_mask_pixels(sample.mask)
     except UserError:
-        with Image.open(sample.mask) as mask:
+        with open_image(sample.mask) as mask:
             mode = mask.mode
         return problems + [("colour_mask", f"{sample.mask.name} (mode {mode})")], None, set()
     except Exception as exc:
@@ -93,7 +97,16 @@ def _check_sample(sample: Sample, lut: np.ndarray, num_classes: int):
 
 
 def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> SplitSummary:
-    """Check one split; raise UserError naming every offending file."""
+    """Check one File-mode split; raise UserError naming every offending file."""
+    images_dir = paths.channel(split)
+    manifest = None
+    if images_dir.is_dir() and not paths.channel(f"{split}_annotation").exists():
+        manifest = find_manifest(images_dir)
+    if manifest is not None:  # an augmented manifest (Ground Truth) instead of two folders
+        samples = manifest_samples(manifest, Path(tempfile.gettempdir()) / "segcontainer-s3")
+        if not samples:
+            raise UserError(f"The manifest {manifest} lists no images.")
+        return check_samples(samples, split, label_map, num_classes)
     images_dir, masks_dir = channel_dirs(paths, split)
     samples, lonely_images, lonely_masks = pair_samples(images_dir, masks_dir)
     found: dict[str, list[str]] = defaultdict(list)
@@ -106,6 +119,18 @@ def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> 
             f"Channel '{split}' is empty: no image/mask pairs in {images_dir} and {masks_dir}. "
             "Check the S3 prefixes given to fit() and that the role can read them."
         )
+    return check_samples(samples, split, label_map, num_classes, found)
+
+
+def check_samples(
+    samples: list[Sample],
+    split: str,
+    label_map: dict,
+    num_classes: int,
+    found: dict[str, list[str]] | None = None,
+) -> SplitSummary:
+    """Check every pair (files, or Pipe-mode records); raise UserError naming the offenders."""
+    found = defaultdict(list, found or {})
     lut = label_map_lut(label_map, f"{split}_label_map.json")
     hist = np.zeros(256, dtype=np.int64)
     raw_values: set[int] = set()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from segcontainer import artifacts, checkpoints, engine
 from segcontainer.checkpoints import Position
-from segcontainer.dataset import EpochSampler, SegmentationDataset
 from segcontainer.environment import Paths
 from segcontainer.errors import TrainingStopped
 from segcontainer.hyperparameters import Config
@@ -31,8 +31,7 @@ class Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     precision: engine.Precision
     device: torch.device
-    train_set: SegmentationDataset
-    sampler: EpochSampler
+    start_epoch: Callable[[int, int], None]  # (epoch, samples to skip) -> data set up for it
     train_loader: torch.utils.data.DataLoader
     validation_loader: torch.utils.data.DataLoader
     class_weight: torch.Tensor | None
@@ -76,8 +75,7 @@ def fit(s: Setup, stop) -> None:
     for epoch in range(position.epoch, config.epochs):
         resuming = epoch == position.epoch
         done = position.iteration if resuming else 0
-        s.train_set.set_epoch(epoch)
-        s.sampler.set_epoch(epoch, skip=done * config.mini_batch_size)
+        s.start_epoch(epoch, done * config.mini_batch_size)
         try:
             stats = engine.train_one_epoch(
                 s.model,
