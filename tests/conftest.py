@@ -51,6 +51,22 @@ def small_dataset(base_dir: Path) -> Path:
     return data
 
 
+@pytest.fixture(scope="session")
+def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A container root whose model/ and output/model.tar.gz were written by `train` (one
+    quick epoch), shared by the serving and incremental-training tests."""
+    import subprocess
+
+    base = tmp_path_factory.mktemp("trained") / "algo-1-s3rv3"
+    make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
+    write_local_mode_config(base, {**FAST_HYPERPARAMETERS, "class_names": "bg,rect,ellipse"})
+    result = subprocess.run(
+        train_command(), env=subprocess_env(base), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    return base
+
+
 def write_config(base: Path, **overrides: str) -> None:
     write_local_mode_config(base, {**FAST_HYPERPARAMETERS, **overrides}, host="algo-1-x7k2q")
 

@@ -20,7 +20,7 @@ RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed"
 
 
 def prepare(base: Path) -> None:
-    make_dataset(base / "input" / "data", train=24, validation=4, size=(48, 40))
+    make_dataset(base / "input" / "data", train=16, validation=4, size=(48, 40))
     write_config(base, **RESUME_SETTINGS)
 
 
@@ -50,11 +50,14 @@ def test_sigterm_then_restart_resumes_bit_for_bit(tmp_path: Path) -> None:
     deadline = time.monotonic() + 300
     while not after_two_epochs.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # into the third epoch (index 2)
+    time.sleep(0.3)  # into the third epoch (index 2)
     process.send_signal(signal.SIGTERM)
     first_output, _ = process.communicate(timeout=120)
     assert process.returncode == 143, first_output[-2000:]
-    assert "stopped by SIGTERM" in (interrupted / "output" / "failure").read_text()
+    reason = (interrupted / "output" / "failure").read_text().split("\n\n")[0]
+    assert "stopped by SIGTERM" in reason and "best model so far" in reason
+    assert (interrupted / "model" / "model.pt").exists()  # the best epoch so far is kept
+    assert not (interrupted / "output" / "success").exists()
     written = sorted(p.name for p in (interrupted / "checkpoints").glob("checkpoint-*.pt"))
     assert written[-1].startswith("checkpoint-e0002-"), written  # SIGTERM wrote one
 

@@ -19,7 +19,7 @@ from segcontainer.hyperparameters import resolve
 from segcontainer.incremental import start_from_model_channel
 from segcontainer.metrics import Scores
 from segcontainer.models import build_model
-from tests.conftest import subprocess_env, train_command, write_config
+from tests.conftest import subprocess_env, train_command
 
 SETTINGS = {"num_classes": "3", "algorithm": "fcn", "backbone": "resnet-50", "crop_size": "32"}
 
@@ -146,16 +146,11 @@ def test_safe_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
     assert (out / "b.txt").read_text() == "hi"
 
 
-def test_incremental_training_from_a_model_tar_gz_of_train(base_dir: Path, small_dataset, tmp_path):
-    write_config(base_dir)
-    first = subprocess.run(
-        train_command(), env=subprocess_env(base_dir), capture_output=True, text=True, timeout=600
-    )
-    assert first.returncode == 0, first.stdout[-2000:]
-    second = tmp_path / "second" / "algo-1-22222"
-    shutil.copytree(base_dir / "input", second / "input")
+def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, tmp_path):
+    second = tmp_path / "algo-1-22222"
+    shutil.copytree(trained_base / "input", second / "input")
     (second / "input" / "data" / "model").mkdir()
-    shutil.copy(base_dir / "output" / "model.tar.gz", second / "input" / "data" / "model")
+    shutil.copy(trained_base / "output" / "model.tar.gz", second / "input" / "data" / "model")
     config = json.loads((second / "input/config/inputdataconfig.json").read_text())
     config["model"] = {"TrainingInputMode": "File", "ContentType": "application/x-sagemaker-model"}
     (second / "input/config/inputdataconfig.json").write_text(json.dumps(config))

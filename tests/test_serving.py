@@ -16,25 +16,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from segcontainer.client import decode_recordio_protobuf
-from segcontainer.demo import make_dataset, synthetic_pair, write_local_mode_config
+from segcontainer.demo import synthetic_pair
 from segcontainer.serving.codecs import PALETTE
-from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
+from tests.conftest import subprocess_env
 from tests.serving_stack import Server, memory_kib, request
 
 PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
-
-
-@pytest.fixture(scope="module")
-def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A container root whose model/ was written by `train` (one quick epoch)."""
-    base = tmp_path_factory.mktemp("serve") / "algo-1-s3rv3"
-    make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
-    write_local_mode_config(base, {**FAST_HYPERPARAMETERS, "class_names": "bg,rect,ellipse"})
-    result = subprocess.run(
-        train_command(), env=subprocess_env(base), capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    return base
 
 
 @pytest.fixture(scope="module")
