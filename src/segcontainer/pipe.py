@@ -155,7 +155,8 @@ class PipeTrainStream(IterableDataset):
         self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return self.length  # num_training_samples: a stream cannot be counted up front
+        # num_training_samples (a stream cannot be counted up front), less what is skipped
+        return max(0, self.length - self.skip)
 
     def shuffled(self) -> Iterator[tuple[int, Sample]]:
         """(position in the stream, pair) in buffer-shuffled order; at most buffer_size held."""
