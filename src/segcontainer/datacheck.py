@@ -134,16 +134,22 @@ def check_samples(
     lut = label_map_lut(label_map, f"{split}_label_map.json")
     hist = np.zeros(256, dtype=np.int64)
     raw_values: set[int] = set()
-    threads = min(8, (os.cpu_count() or 1) * 2)  # Pillow decodes with the GIL released
-    with ThreadPoolExecutor(threads) as pool:
-        for problems, sample_hist, values in pool.map(
-            lambda s: _check_sample(s, lut, num_classes), samples
-        ):
-            for kind, what in problems:
-                found[kind].append(what)
-            if sample_hist is not None:
-                hist += sample_hist
-            raw_values |= values
+
+    def check(sample: Sample):
+        return _check_sample(sample, lut, num_classes)
+
+    if len(samples) == 1:  # a streamed Pipe-mode pair: no pool per pair
+        results = [check(samples[0])]
+    else:
+        threads = min(8, (os.cpu_count() or 1) * 2)  # Pillow decodes with the GIL released
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(check, samples))
+    for problems, sample_hist, values in results:
+        for kind, what in problems:
+            found[kind].append(what)
+        if sample_hist is not None:
+            hist += sample_hist
+        raw_values |= values
     if found:
         raise UserError(_report(split, found, num_classes, raw_values))
     return SplitSummary(samples, hist[:num_classes].copy(), int(hist[IGNORE_INDEX]), raw_values)
