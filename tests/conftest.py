@@ -12,6 +12,7 @@ from segcontainer.demo import make_dataset, write_local_mode_config
 from segcontainer.environment import Paths
 
 REPO = Path(__file__).resolve().parents[1]
+SAGEMAKER_JOB = "segcontainer-test-job"
 
 # Small, fast settings for a from-scratch model on the CPU.
 FAST_HYPERPARAMETERS = {
@@ -30,11 +31,12 @@ FAST_HYPERPARAMETERS = {
 
 @pytest.fixture
 def base_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A container root named like local mode's (algo-1-xxxxx), set as SAGEMAKER_BASE_DIR."""
+    """A container root named like local mode's (algo-1-xxxxx), set as SAGEMAKER_BASE_DIR, with
+    TRAINING_JOB_NAME set as local mode sets it (so train leaves model/ for SageMaker to pack)."""
     base = tmp_path / "algo-1-x7k2q"
     base.mkdir()
     monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
-    monkeypatch.delenv("TRAINING_JOB_NAME", raising=False)
+    monkeypatch.setenv("TRAINING_JOB_NAME", SAGEMAKER_JOB)
     return base
 
 
@@ -61,7 +63,11 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
     write_local_mode_config(base, {**FAST_HYPERPARAMETERS, "class_names": "bg,rect,ellipse"})
     result = subprocess.run(
-        train_command(), env=subprocess_env(base), capture_output=True, text=True, timeout=300
+        train_command(),
+        env=subprocess_env(base, docker_run=True),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     return base
@@ -76,9 +82,13 @@ def train_command() -> list[str]:
     return [str(REPO / "train")]
 
 
-def subprocess_env(base: Path, **extra: str) -> dict[str, str]:
+def subprocess_env(base: Path, docker_run: bool = False, **extra: str) -> dict[str, str]:
+    """The environment SageMaker's local mode gives `train` (TRAINING_JOB_NAME set), or with
+    ``docker_run`` a plain `docker run` (no job name: train also writes model.tar.gz)."""
     env = {k: v for k, v in os.environ.items() if k != "TRAINING_JOB_NAME"}
     env.update(SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1", **extra)
+    if not docker_run:
+        env.setdefault("TRAINING_JOB_NAME", SAGEMAKER_JOB)
     # The executables' `#!/usr/bin/env python3` must find this environment's interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

@@ -84,7 +84,7 @@ def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_s
     assert json.loads((base / "input/config/hyperparameters.json").read_text())[
         "_tuning_objective_metric"
     ]
-    env = subprocess_env(base, **({"TRAINING_JOB_NAME": "ss-job-1"} if under_sagemaker else {}))
+    env = subprocess_env(base, docker_run=not under_sagemaker)
     result = subprocess.run(train_command(), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
