@@ -127,6 +127,10 @@ def test_settings_from_environment(monkeypatch, tmp_path: Path) -> None:
     }
     monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")
     assert ServingSettings.from_env().max_body_bytes == 6 * 1024 * 1024  # real-time limit
+    monkeypatch.setenv("MODEL_SERVER_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MODEL_SERVER_TIMEOUT='soon' is not valid"):
+        ServingSettings.from_env()
+    monkeypatch.setenv("MODEL_SERVER_TIMEOUT", "90")
     monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "text/csv")
     with pytest.raises(ValueError, match="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"):
         ServingSettings.from_env()

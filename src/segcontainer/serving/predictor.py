@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,10 @@ from torchvision import tv_tensors
 
 from segcontainer.artifacts import INFO_FILE, load_model
 from segcontainer.augment import validation_transform
+from segcontainer.serving.settings import env_int
 
 BAND_ROWS = 256  # output rows upsampled at once
 TILE_OVERLAP = 1 / 3
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
 
 
 class Predictor:
@@ -50,9 +45,9 @@ class Predictor:
             f"class_{i}" for i in range(self.num_classes)
         ]
         # SEGCONTAINER_INFERENCE_SIZE: long side the model sees (0 = the image's own size).
-        self.long_side = _env_int("SEGCONTAINER_INFERENCE_SIZE", record["base_size"])
+        self.long_side = env_int(("SEGCONTAINER_INFERENCE_SIZE",), record["base_size"])
         # SEGCONTAINER_TILE_SIZE: larger inputs (after resizing) are predicted in tiles.
-        self.tile_size = max(_env_int("SEGCONTAINER_TILE_SIZE", 2 * record["crop_size"]), 32)
+        self.tile_size = max(env_int(("SEGCONTAINER_TILE_SIZE",), 2 * record["crop_size"]), 32)
         self.transform = validation_transform()
 
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -73,7 +73,11 @@ def main() -> int:
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s"
     )
-    settings = ServingSettings.from_env()
+    try:
+        settings = ServingSettings.from_env()
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     log.info(
         "serving %s on port %d with %d workers (timeout %d s, body limit %d MB)",
         settings.model_dir,

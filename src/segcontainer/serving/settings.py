@@ -13,12 +13,20 @@ REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 DEFAULT_BATCH_PAYLOAD_MB = 20  # a 4K PNG frame fits; batch transform allows up to 100
 
 
-def _first(*names: str) -> str | None:
+def env_int(names: tuple[str, ...], default: int, low: int = 0) -> int:
+    """The first of ``names`` set in the environment, as an integer >= ``low``, else default.
+    A bad value stops start-up with a message naming the variable, not a bare traceback."""
     for name in names:
         value = os.environ.get(name, "").strip()
         if value:
-            return value
-    return None
+            try:
+                number = int(value)
+            except ValueError:
+                number = low - 1
+            if number < low:
+                raise ValueError(f"{name}={value!r} is not valid: expected an integer >= {low}")
+            return number
+    return default
 
 
 def gpu_count() -> int:
@@ -44,10 +52,10 @@ class ServingSettings:
         # One worker per GPU (each loads the model); on a CPU host a few workers sharing the
         # cores, each with its own slice of torch threads so they do not oversubscribe.
         default_workers = gpus if gpus else max(1, min(4, cpus // 2))
-        workers = int(
-            _first("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS") or default_workers
+        workers = env_int(
+            ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), default_workers, low=1
         )
-        accept = (_first("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or PNG).lower()
+        accept = (os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip() or PNG).lower()
         if accept not in ACCEPT_TYPES:
             raise ValueError(
                 f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={accept} is not one of "
@@ -55,10 +63,10 @@ class ServingSettings:
             )
         return cls(
             model_dir=Paths.from_env().model_dir,
-            port=int(_first("SAGEMAKER_BIND_TO_PORT") or 8080),
+            port=env_int(("SAGEMAKER_BIND_TO_PORT",), 8080, low=1),
             workers=max(1, workers),
-            timeout=int(_first("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT") or 60),
-            max_payload_mb=int(_first("SAGEMAKER_MAX_PAYLOAD_IN_MB") or DEFAULT_BATCH_PAYLOAD_MB),
+            timeout=env_int(("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60, low=1),
+            max_payload_mb=env_int(("SAGEMAKER_MAX_PAYLOAD_IN_MB",), DEFAULT_BATCH_PAYLOAD_MB),
             default_accept=accept,
             torch_threads=max(1, cpus // max(1, workers)) if not gpus else 1,
         )
