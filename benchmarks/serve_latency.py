@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segcontainer.artifacts import model_config, save_model  # noqa: E402
-from segcontainer.hyperparameters import resolve  # noqa: E402
+from segcontainer.config.hyperparameters import resolve  # noqa: E402
 from segcontainer.metrics import Scores  # noqa: E402
+from segcontainer.model_folder import model_config, save_model  # noqa: E402
 from segcontainer.models import build_model  # noqa: E402
 from segcontainer.serving.settings import ServingSettings  # noqa: E402
 from tests.serving_stack import Server, memory_kib, request  # noqa: E402

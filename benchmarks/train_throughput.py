@@ -20,8 +20,8 @@ import time
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
-from segcontainer.engine import Precision, segmentation_loss
 from segcontainer.models import build_model
+from segcontainer.training.engine import Precision, segmentation_loss
 
 REFERENCES = {"fcn": fcn_resnet50, "deeplab": deeplabv3_resnet50, "psp": None}
 

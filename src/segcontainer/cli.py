@@ -36,16 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
     if args.command == "train":
-        from segcontainer.training import main as train_main
+        from segcontainer.training.entry import main as train_main
 
         return train_main()
     if args.command == "demo":
-        from segcontainer.demo_run import run_demo
+        from segcontainer.tools.demo import run_demo
 
         return run_demo(args.dir, args.epochs)
     if args.command == "recordio":
-        from segcontainer import recordio_tools
         from segcontainer.errors import UserError
+        from segcontainer.tools import recordio as recordio_tools
 
         try:
             if args.recordio_command == "list":
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "predict":
         from segcontainer.errors import UserError
-        from segcontainer.predict import predict_folder
+        from segcontainer.tools.predict import predict_folder
 
         try:
             failed = predict_folder(args.model, args.input, args.output, args.overlay)
