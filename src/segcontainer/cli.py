@@ -109,8 +109,8 @@ def _split_options(parser: argparse.ArgumentParser, fraction: float | None) -> N
         "--validation-fraction",
         type=float,
         default=fraction,
-        help="share of images for validation, split by image (or --group-by group)"
-        + (f" (default {fraction})" if fraction is not None else ""),
+        help="share of images for validation, split by image (or --group-by group); "
+        + (f"default {fraction}" if fraction is not None else "default: keep IN's split"),
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument(

@@ -49,12 +49,13 @@ from segcontainer.tools.layout import (
 SEGMENTATION_TYPE = "groundtruth/semantic-segmentation"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fetcher:
     """Reads a manifest reference: a local path, an ``s3://`` URI mapped to a local folder by
-    ``--s3-root``, or an ``s3://`` URI fetched with boto3."""
+    ``--s3-root``, or an ``s3://`` URI fetched with boto3 (one client, made on first use)."""
 
     roots: tuple[tuple[str, Path], ...] = ()
+    client: object = None
 
     @staticmethod
     def parse_roots(specs: list[str]) -> tuple[tuple[str, Path], ...]:
@@ -77,7 +78,7 @@ class Fetcher:
                 return location.read_bytes()
             except OSError as exc:
                 raise UserError(f"cannot read {ref} (as {location}): {exc.strerror}") from exc
-        return _s3_read(location)
+        return self._s3_read(location)
 
     def locate(self, ref: str, base: str) -> Path | str:
         if not ref.startswith("s3://"):
@@ -91,26 +92,23 @@ class Fetcher:
                 return local / ref[len(prefix) :]
         return ref
 
-
-_S3_CLIENT: list = []  # one boto3 client, made on first use
-
-
-def _s3_read(uri: str) -> bytes:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise UserError(
-            f"{uri}: reading s3:// references needs boto3 (pip install 'segcontainer[s3]'), "
-            "or map the prefix to a downloaded folder with --s3-root s3://bucket/prefix=DIR."
-        ) from exc
-    if not _S3_CLIENT:
-        _S3_CLIENT.append(boto3.client("s3"))
-    parsed = urlparse(uri)
-    try:
-        body = _S3_CLIENT[0].get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        return body["Body"].read()
-    except Exception as exc:  # botocore raises many kinds; name the object
-        raise UserError(f"could not download {uri}: {exc}") from exc
+    def _s3_read(self, uri: str) -> bytes:
+        if self.client is None:
+            try:
+                import boto3
+            except ImportError as exc:
+                raise UserError(
+                    f"{uri}: reading s3:// references needs boto3 (pip install "
+                    "'segcontainer[s3]'), or map the prefix to a downloaded folder with "
+                    "--s3-root s3://bucket/prefix=DIR."
+                ) from exc
+            self.client = boto3.client("s3")
+        parsed = urlparse(uri)
+        try:
+            response = self.client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+            return response["Body"].read()
+        except Exception as exc:  # botocore raises many kinds; name the object
+            raise UserError(f"could not download {uri}: {exc}") from exc
 
 
 def _metadata(entry: dict, attribute: str) -> object:
