@@ -85,6 +85,16 @@ def test_later_shapes_paint_over_earlier_ones_and_ignore_is_255() -> None:
     assert labels[0, 0] == 1 and labels[2, 2] == 2 and labels[4, 4] == 255 and labels[9, 11] == 0
 
 
+def test_mask_shape_pastes_its_patch_at_its_first_point() -> None:
+    patch = Image.fromarray(np.array([[1, 1, 0], [1, 1, 1]], dtype=np.uint8) * 255, "L")
+    shape = {"label": "car", "points": [[1, 1], [3, 2]], "shape_type": "mask"}
+    labels = rasterise([{**shape, "mask": encoded(patch)}], (6, 4), VALUES, Path("m.json"))
+    expected = np.zeros((4, 6), dtype=np.uint8)
+    expected[1, 1:3] = 2
+    expected[2, 1:4] = 2
+    np.testing.assert_array_equal(labels, expected)
+
+
 def encoded(image: Image.Image, kind: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=kind)

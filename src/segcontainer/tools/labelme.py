@@ -148,7 +148,6 @@ def rasterise(
     """Class ids (H, W) uint8 from labelme shapes, painted in file order."""
     canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
-    labels = None
     for index, shape in enumerate(shapes):
         label, shape_type, points = _check_shape(shape, index, source)
         if label not in labels_of:
