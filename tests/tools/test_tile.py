@@ -110,3 +110,11 @@ def test_split_is_deterministic_and_by_group() -> None:
         assert len({grouped[f"v{video}_f{f}"] for f in range(4)}) == 1
     with pytest.raises(Exception, match="--validation-fraction must be in"):
         assign_splits(names, 1.0, 0)
+
+
+@pytest.mark.parametrize("command", ["groundtruth", "labelme", "tile"])
+def test_help_shows_an_example(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"example:\n  segcontainer {command} " in capsys.readouterr().out

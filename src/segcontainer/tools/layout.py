@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from segcontainer.data.channels import IGNORE_INDEX, SPLITS, Sample, pair_samples
 from segcontainer.errors import UserError
@@ -284,13 +284,3 @@ class Summary:
         out.append(f"  class_names={value}")
         out.append(f'Pipe mode: AttributeNames=["source-ref", "{self.attribute}"]')
         return out
-
-
-def load_oriented(data: bytes, source: str) -> Image.Image:
-    """Decode image bytes with the EXIF orientation applied; UserError naming the source."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:
-        raise UserError(f"{source} is not an image Pillow can read: {exc}") from exc
-    return ImageOps.exif_transpose(image)
