@@ -155,6 +155,27 @@ def test_precision_on_cpu_is_fp32_without_a_scaler() -> None:
         assert not precision.scaler.is_enabled()
 
 
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [
+        ((7, 0), torch.float16),  # V100 (ml.p3): bf16 only emulated
+        ((7, 5), torch.float16),  # T4 (ml.g4dn)
+        ((8, 0), torch.bfloat16),  # A100
+        ((9, 0), torch.bfloat16),  # H100
+    ],
+)
+def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it(
+    monkeypatch, capability, dtype
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as on a T4
+    # let the gradient scaler switch on without a GPU here
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    precision = Precision.choose("auto", torch.device("cuda"))
+    assert precision.dtype == dtype
+    assert precision.scaler.is_enabled() == (dtype == torch.float16)
+
+
 def test_progress_lines_carry_iterations_rate_and_eta(caplog) -> None:
     import logging
 

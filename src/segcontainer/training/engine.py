@@ -16,6 +16,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
+from segcontainer.models import native_bf16
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
@@ -73,8 +74,15 @@ class Precision:
             if requested in ("bf16", "fp16") and device.type != "cuda":
                 log.warning("precision=%s needs a GPU; training in fp32 on the CPU", requested)
             return cls(torch.float32, device)
-        if requested == "fp16" or (requested == "auto" and not torch.cuda.is_bf16_supported()):
+        # auto: bf16 only where the GPU computes it natively; V100 and T4 only emulate it
+        # (slowly), so they get fp16 with the gradient scaler.
+        if requested == "fp16" or (requested == "auto" and not native_bf16(device)):
             return cls(torch.float16, device)
+        if requested == "bf16" and not native_bf16(device):
+            log.warning(
+                "precision=bf16 on a GPU without native bf16 (compute capability < 8.0) "
+                "is emulated and slow; precision=auto would use fp16 here"
+            )
         return cls(torch.bfloat16, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
