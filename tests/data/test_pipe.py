@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.config.environment import Paths
+from segcontainer.data import pipe
 from segcontainer.data.channels import identity_lut
 from segcontainer.data.pipe import PipeTrainStream, wait_for
 from segcontainer.data.recordio import frame
@@ -201,6 +205,42 @@ def test_waiting_for_a_fifo_stops_on_sigterm_and_times_out(tmp_path: Path) -> No
         wait_for(tmp_path / "train_0", should_stop=lambda: True)
     with pytest.raises(UserError, match="did not appear"):
         wait_for(tmp_path / "train_0", should_stop=lambda: False, timeout=0.2)
+
+
+def test_sigterm_while_waiting_for_a_training_fifo_stops_the_job(base_dir: Path, monkeypatch):
+    """SIGTERM before train_0 appears: exit 143 with "stopped by SIGTERM" and a checkpoint at
+    the start of the epoch, through the train entry point (not wait_for alone)."""
+    configure(base_dir, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL})
+    (base_dir / "input" / "data" / "validation_0").write_bytes(manifest_stream(pairs(4, seed=9)))
+    sleep = time.sleep
+
+    def sigterm_instead_of_waiting(seconds: float) -> None:  # wait_for polls with sleep
+        os.kill(os.getpid(), signal.SIGTERM)
+        sleep(0.01)  # the handler runs here
+
+    monkeypatch.setattr(pipe.time, "sleep", sigterm_instead_of_waiting)
+    assert main() == 143
+    reason = (base_dir / "output" / "failure").read_text().split("\n\n")[0]
+    assert "stopped by SIGTERM" in reason and "waiting for train_0" in reason
+    assert (base_dir / "checkpoints" / "checkpoint-e0000-i000000.pt").exists()
+
+
+def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: Path, capsys):
+    """num_training_samples=4 (one batch an epoch) but 8 pairs streamed (two): the rest of the
+    poly schedule is sized from the real count, so it does not sit at 0 after epoch 0."""
+    channels = {
+        name: PIPE_CHANNEL
+        for name in ("train", "train_annotation", "validation", "validation_annotation")
+    }
+    configure(base_dir, channels, epochs="3", num_training_samples="4")
+    plain_channel_files(base_dir, 3)
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert "epoch 0 had 2 batches, not the 1 the schedule assumed" in out
+    curves = (base_dir / "output" / "data" / "training_curves.csv").read_text().splitlines()
+    header = curves[0].split(",")
+    rates = [float(row.split(",")[header.index("learning_rate")]) for row in curves[1:]]
+    assert rates[1] > 0  # epoch 1 ends at 4 of 6 iterations (not past the 3 declared)
 
 
 def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path) -> None:

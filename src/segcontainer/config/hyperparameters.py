@@ -246,6 +246,13 @@ def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]
             f"class_weights has {len(weights)} numbers but num_classes is {values['num_classes']}: "
             "give one weight per class, or 'auto'"
         )
+    samples = values["num_training_samples"]
+    if samples is not None and samples < values["mini_batch_size"]:
+        problems.append(
+            f"num_training_samples is {samples} but mini_batch_size is "
+            f"{values['mini_batch_size']}: not one full batch per epoch (the last partial batch "
+            "is dropped). Give the real number of training pairs, or lower mini_batch_size"
+        )
     names = values["class_names"]
     if names and len(names) != values["num_classes"]:
         problems.append(

@@ -16,6 +16,8 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
+from segcontainer.models import native_bf16
+from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
@@ -38,22 +40,23 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
         return torch.optim.Adam(params, lr)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr, alpha=config.gamma1, momentum=config.gamma2)
+    if name == "rmsprop":  # MXNet's centered RMSProp, where gamma2 is defined (see optim.py)
+        return MXNetRMSProp(params, lr, gamma1=config.gamma1, gamma2=config.gamma2)
     raise ValueError(f"unknown optimizer {name}")
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
     """A scheduler stepped once per iteration: poly (power 0.9) and cosine decay smoothly over
-    the whole run; step multiplies by lr_scheduler_factor after each listed epoch."""
-    total = config.epochs * iters_per_epoch
-    schedulers = torch.optim.lr_scheduler
-    if config.lr_scheduler == "poly":
-        return schedulers.PolynomialLR(optimizer, total_iters=total, power=0.9)
-    if config.lr_scheduler == "cosine":
-        return schedulers.CosineAnnealingLR(optimizer, T_max=total)
-    milestones = [epoch * iters_per_epoch for epoch in config.lr_scheduler_step]
-    return schedulers.MultiStepLR(optimizer, milestones, gamma=config.lr_scheduler_factor)
+    the whole run; step multiplies by lr_scheduler_factor after each listed epoch. In closed
+    form, so Pipe mode can resize it once an epoch's real length is known."""
+    schedule = IterationSchedule(
+        config.lr_scheduler,
+        config.epochs,
+        iters_per_epoch,
+        config.lr_scheduler_step or (),
+        config.lr_scheduler_factor,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 @dataclass
@@ -73,8 +76,15 @@ class Precision:
             if requested in ("bf16", "fp16") and device.type != "cuda":
                 log.warning("precision=%s needs a GPU; training in fp32 on the CPU", requested)
             return cls(torch.float32, device)
-        if requested == "fp16" or (requested == "auto" and not torch.cuda.is_bf16_supported()):
+        # auto: bf16 only where the GPU computes it natively; V100 and T4 only emulate it
+        # (slowly), so they get fp16 with the gradient scaler.
+        if requested == "fp16" or (requested == "auto" and not native_bf16(device)):
             return cls(torch.float16, device)
+        if requested == "bf16" and not native_bf16(device):
+            log.warning(
+                "precision=bf16 on a GPU without native bf16 (compute capability < 8.0) "
+                "is emulated and slow; precision=auto would use fp16 here"
+            )
         return cls(torch.bfloat16, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -129,6 +139,7 @@ class EpochStats:
     seconds: float
     images: int
     data_seconds: float
+    steps: int = 0  # batches in the epoch, those before a resume included
 
     @property
     def images_per_second(self) -> float:
@@ -161,7 +172,14 @@ def train_one_epoch(
     data_seconds, images, steps = 0.0, 0, 0
     progress = ProgressLog(epoch, done + len(loader), done=done)
     fetch_start = time.monotonic()
-    for images_batch, masks in loader:
+    batches = iter(loader)
+    while True:
+        try:
+            images_batch, masks = next(batches)
+        except StopIteration:
+            break
+        except TrainingStopped as exc:  # from the data: SIGTERM while waiting for a FIFO
+            raise TrainingStopped(str(exc), done + steps, loss_sum + float(total_loss)) from exc
         data_seconds += time.monotonic() - fetch_start
         if should_stop():
             raise TrainingStopped(
@@ -187,7 +205,7 @@ def train_one_epoch(
     if done + steps == 0:
         raise RuntimeError("the training loader produced no batch")
     mean_loss = (loss_sum + float(total_loss)) / (done + steps)
-    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds)
+    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds, done + steps)
 
 
 @torch.no_grad()

@@ -12,10 +12,11 @@ from segcontainer import model_folder
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
-from segcontainer.metrics import metric_lines
+from segcontainer.metrics import Scores, metric_lines
 from segcontainer.training import checkpoints, engine
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.curves import TrainingCurves
+from segcontainer.training.optim import resize_schedule
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,31 @@ class Setup:
     iters_per_epoch: int
 
 
+def _scores_dict(scores: Scores) -> dict:
+    return {
+        "miou": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class_iou": list(scores.per_class_iou),
+    }
+
+
+def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
+    """After a resume, model/ holds the best model so far before training goes on: a spot
+    restart starts with an empty /opt/ml/model, and no later epoch may beat the best."""
+    scores = Scores(
+        best.scores["miou"], best.scores["pixel_accuracy"], tuple(best.scores["per_class_iou"])
+    )
+    model_folder.save_model(
+        s.paths.model_dir, best.weights, s.record, best.epoch, scores, s.config.class_names
+    )
+    log.info(
+        "wrote the best model so far (epoch %d, mIoU %.4f) from the checkpoint to %s",
+        best.epoch,
+        scores.miou,
+        s.paths.model_dir,
+    )
+
+
 def fit(s: Setup, stop) -> None:
     config = s.config
     stopper = engine.EarlyStopping(
@@ -49,14 +75,24 @@ def fit(s: Setup, stop) -> None:
         config.early_stopping_tolerance,
     )
     curves = TrainingCurves(s.paths.output_data_dir)
-    position, best_epoch = Position(), -1
+    position, best = Position(), None
+    model_is_best = False  # the model's current weights are best's (stored once)
     resumed = checkpoints.resume(
         s.paths.checkpoints_dir, s.record, s.model, s.optimizer, s.scheduler, s.precision.scaler
     )
     if resumed:
-        position, best_epoch, curves.rows = resumed.position, resumed.best_epoch, resumed.curves
+        position, best, curves.rows = resumed.position, resumed.best, resumed.curves
         stopper.best = resumed.early_stopping["best"]
         stopper.stale_epochs = resumed.early_stopping["stale_epochs"]
+        if best is not None:
+            _restore_model_folder(s, best)
+        elif stopper.best >= 0:
+            log.warning(
+                "the checkpoint holds no best model (written by an older version): model/ is "
+                "written again when an epoch beats mIoU %.4f",
+                stopper.best,
+            )
+        curves.write()
 
     def checkpoint(at: Position) -> None:
         state = {"best": stopper.best, "stale_epochs": stopper.stale_epochs}
@@ -69,15 +105,18 @@ def fit(s: Setup, stop) -> None:
             s.precision.scaler,
             state,
             curves.rows,
-            best_epoch,
+            best,
             s.record,
+            model_is_best,
         )
 
     names = config.class_names or tuple(str(i) for i in range(config.num_classes))
+    iters_per_epoch = s.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
     for epoch in range(position.epoch, config.epochs):
         resuming = epoch == position.epoch
         done = position.iteration if resuming else 0
         s.start_epoch(epoch, done * config.mini_batch_size)
+        model_is_best = False  # training changes the weights
         try:
             stats = engine.train_one_epoch(
                 s.model,
@@ -93,14 +132,26 @@ def fit(s: Setup, stop) -> None:
                 loss_sum=position.loss_sum if resuming else 0.0,
             )
         except TrainingStopped as exc:
-            checkpoint(Position(epoch, exc.iteration, exc.loss_sum))
+            checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
+        if stats.steps != iters_per_epoch:
+            # Pipe mode: num_training_samples sized the schedule, the stream was another length
+            log.warning(
+                "epoch %d had %d batches, not the %d the schedule assumed "
+                "(num_training_samples / mini_batch_size): the rest of the learning-rate "
+                "schedule is sized from the real count",
+                epoch,
+                stats.steps,
+                iters_per_epoch,
+            )
+            iters_per_epoch = stats.steps
+            resize_schedule(s.scheduler, epoch + 1, iters_per_epoch)
         try:
             scores = engine.evaluate(
                 s.model, s.validation_loader, config.num_classes, s.precision, s.device, stop
             )
         except TrainingStopped:  # the epoch's training is done; validation runs again
-            checkpoint(Position(epoch, s.iters_per_epoch, stats.loss * s.iters_per_epoch))
+            checkpoint(Position(epoch, stats.steps, stats.loss * stats.steps))
             raise
         for line in metric_lines(s.host, epoch, stats.loss, scores):
             print(line, flush=True)
@@ -126,9 +177,10 @@ def fit(s: Setup, stop) -> None:
             images_per_second=stats.images_per_second,
         )
         if stopper.update(scores.miou):
-            best_epoch = epoch
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
+            best, model_is_best = checkpoints.Best(epoch, _scores_dict(scores), weights), True
             model_folder.save_model(
-                s.paths.model_dir, s.model, s.record, epoch, scores, config.class_names
+                s.paths.model_dir, weights, s.record, epoch, scores, config.class_names
             )
             log.info(
                 "epoch %d is the best so far (mIoU %.4f): saved to %s",
