@@ -95,6 +95,42 @@ def test_pair_samples_ignores_hidden_files(tmp_path: Path) -> None:
     assert lonely_masks == []
 
 
+def test_pair_samples_pairs_nested_files_by_relative_path(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    for folder in ("x", "y"):  # the same base name in two sub-folders: two samples
+        _touch_image(images / folder / "001.jpg")
+        _touch_mask(masks / folder / "001.png")
+    _touch_image(images / "x" / "002.jpg")
+    _touch_mask(masks / "y" / "002.png")  # same base name, other folder: no partner
+
+    pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+
+    assert pairs == [
+        Sample(images / "x" / "001.jpg", masks / "x" / "001.png"),
+        Sample(images / "y" / "001.jpg", masks / "y" / "001.png"),
+    ]
+    assert lonely_images == [images / "x" / "002.jpg"]
+    assert lonely_masks == [masks / "y" / "002.png"]
+
+
+def test_pair_samples_refuses_two_files_of_one_name_naming_them(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    _touch_image(images / "a.jpg")
+    _touch_image(images / "a.png")  # which one is a.png's image?
+    _touch_mask(masks / "a.png")
+    _touch_mask(masks / "x" / "b.png")
+    _touch_mask(masks / "x" / "b.PNG")
+    _touch_image(images / "x" / "b.jpg")
+
+    with pytest.raises(UserError) as info:
+        pair_samples(images, masks)
+
+    message = str(info.value)
+    assert "train: a.jpg and a.png" in message
+    assert "train_annotation: x/b.PNG and x/b.png" in message
+    assert "ambiguous" in message
+
+
 # --- label_map_lut -------------------------------------------------------------------------------
 
 
@@ -148,6 +184,10 @@ def test_map_label_map_can_read_255_as_a_class() -> None:
         {"map": {"0": None}},
         {"map": {"0": 300}},
         {"map": {"-1": 3}},
+        {"map": {"0": 1.5}},
+        {"map": {"0": "abc"}},
+        {"map": {"0": True}},
+        {"map": {"1.5": 2}},
         {},
         {"offset": 1},
         [1, 2],
@@ -158,6 +198,31 @@ def test_map_label_map_can_read_255_as_a_class() -> None:
 def test_bad_label_map_specs_raise_user_error(spec: object) -> None:
     with pytest.raises(UserError, match="train_label_map.json"):
         label_map_lut(spec, "train_label_map.json")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pixel", "entry"),
+    [(1.5, '"1": 1.5'), ("abc", '"1": "abc"'), (True, '"1": true'), ([2], '"1": [2]')],
+)
+def test_non_integer_pixel_value_names_the_entry(pixel: object, entry: str) -> None:
+    with pytest.raises(UserError) as info:
+        label_map_lut({"map": {"0": 0, "1": pixel}}, "train_label_map.json")
+
+    assert f"train_label_map.json: map entry {entry} must be integers" in str(info.value)
+
+
+def test_two_labels_for_one_pixel_value_name_both_entries() -> None:
+    with pytest.raises(UserError) as info:
+        label_map_lut({"map": {"0": 0, "1": 5, "2": 5}}, "train_label_map.json")
+
+    message = str(info.value)
+    assert 'map entries "1": 5 and "2": 5 give pixel value 5 two labels' in message
+
+
+def test_integral_pixel_values_may_be_strings_or_whole_floats() -> None:
+    lut = label_map_lut({"map": {"0": "5", "1": 7.0}}, "train_label_map.json")
+
+    assert lut[5] == 0 and lut[7] == 1
 
 
 # --- read_label_maps -----------------------------------------------------------------------------

@@ -298,6 +298,23 @@ def test_all_problems_are_reported_together(paths: Paths, small_dataset: Path) -
         assert name in message
 
 
+def test_nested_folders_pair_by_relative_path_and_name_lonely_files(paths: Paths) -> None:
+    for folder in ("x", "y"):
+        for channel in ("train", "train_annotation"):
+            (paths.channel(channel) / folder).mkdir(parents=True)
+    values = np.zeros((8, 8), dtype=np.uint8)
+    for folder, fill in (("x", 1), ("y", 2)):
+        Image.new("RGB", (8, 8)).save(paths.channel("train") / folder / "001.jpg")
+        _write_mask(paths.channel("train_annotation") / folder / "001.png", values + fill)
+    summary = check_split(paths, "train", SCALE_1, 3)
+
+    assert len(summary.samples) == 2  # both 001s, each with its own mask
+    assert summary.pixels_per_class.tolist() == [0, 64, 64]
+
+    _write_mask(paths.channel("train_annotation") / "y" / "002.png", values)
+    assert "masks without an image of the same base name in train: y/002.png" in _check_fails(paths)
+
+
 # --- binary 0/255 masks --------------------------------------------------------------------------
 
 

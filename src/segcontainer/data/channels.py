@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ IGNORE_INDEX = 255
 UNMAPPED = -1  # look-up-table entry for a pixel value the label map does not name
 MASK_MODES = ("P", "L", "1")
 SPLITS = ("train", "validation")
+SHOWN = 5  # files named per problem before "and N more"
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,38 @@ def _files(folder: Path) -> list[Path]:
     )
 
 
+def _by_stem(folder: Path) -> tuple[dict[str, Path], list[list[Path]]]:
+    """Files keyed by their path relative to ``folder`` without extension (``x/001``), and the
+    groups of files that share one key (``a.jpg`` and ``a.png``), which cannot be paired."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for path in _files(folder):
+        groups[path.relative_to(folder).with_suffix("").as_posix()].append(path)
+    clashes = [files for files in groups.values() if len(files) > 1]
+    return {key: files[0] for key, files in groups.items()}, clashes
+
+
 def pair_samples(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], list[Path], list[Path]]:
-    """Pair images and masks by base name: (pairs, images without mask, masks without image)."""
-    images = {p.stem: p for p in _files(images_dir)}
-    masks = {p.stem: p for p in _files(masks_dir)}
+    """Pair images and masks by relative path without extension (``x/001.jpg`` with
+    ``x/001.png``): (pairs, images without mask, masks without image).
+
+    UserError when two files of one channel share that key: which one pairs is ambiguous.
+    """
+    images, image_clashes = _by_stem(images_dir)
+    masks, mask_clashes = _by_stem(masks_dir)
+    clashes = [(images_dir, files) for files in image_clashes]
+    clashes += [(masks_dir, files) for files in mask_clashes]
+    if clashes:
+        named = [
+            f"{folder.name}: " + " and ".join(p.relative_to(folder).as_posix() for p in files)
+            for folder, files in clashes
+        ]
+        more = f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""
+        raise UserError(
+            f"{len(named)} names are given to more than one file of a channel, so it is "
+            f"ambiguous which file pairs with its partner: {'; '.join(named[:SHOWN])}{more}. "
+            "Images and masks pair by their path without the extension: keep one file per "
+            "name in each channel (rename or remove the others)."
+        )
     pairs = [Sample(images[k], masks[k]) for k in sorted(images.keys() & masks.keys())]
     lonely_images = [images[k] for k in sorted(images.keys() - masks.keys())]
     lonely_masks = [masks[k] for k in sorted(masks.keys() - images.keys())]
@@ -116,15 +147,36 @@ def label_map_lut(spec: dict, source: str) -> np.ndarray:
         raise UserError(f"{source}: 'map' must be a non-empty object of label -> pixel value.")
     lut = np.full(256, UNMAPPED, dtype=np.int16)
     lut[IGNORE_INDEX] = IGNORE_INDEX
+    named: dict[int, str] = {}  # pixel value -> the entry that gave it a label
     for label, pixel in mapping.items():
-        try:
-            label_i, pixel_i = int(label), int(pixel)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: map entry {label!r}: {pixel!r} must be integers.") from None
+        entry = f"{json.dumps(label)}: {json.dumps(pixel)}"
+        label_i, pixel_i = _integer(label), _integer(pixel)
+        if label_i is None or pixel_i is None:
+            raise UserError(f"{source}: map entry {entry} must be integers (label: pixel value).")
         if not (0 <= label_i < 255 and 0 <= pixel_i <= 255):
-            raise UserError(f"{source}: map entry {label!r}: {pixel!r} is out of 0..255.")
+            raise UserError(f"{source}: map entry {entry} is out of 0..255.")
+        if pixel_i in named:
+            raise UserError(
+                f"{source}: map entries {named[pixel_i]} and {entry} give pixel value {pixel_i} "
+                "two labels; a pixel value can stand for one label only."
+            )
+        named[pixel_i] = entry
         lut[pixel_i] = label_i
     return lut
+
+
+def _integer(value: object) -> int | None:
+    """An integer written as a JSON number or a decimal string ("3"); None for 1.5, "abc",
+    true (a bool would pass int()), null."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        return int(value)
+    return None
 
 
 def read_label_maps(paths: Paths) -> dict[str, dict]:

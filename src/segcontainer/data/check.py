@@ -111,9 +111,9 @@ def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> 
     samples, lonely_images, lonely_masks = pair_samples(images_dir, masks_dir)
     found: dict[str, list[str]] = defaultdict(list)
     if lonely_images:
-        found["no_mask"] = [p.name for p in lonely_images]
+        found["no_mask"] = [p.relative_to(images_dir).as_posix() for p in lonely_images]
     if lonely_masks:
-        found["no_image"] = [p.name for p in lonely_masks]
+        found["no_image"] = [p.relative_to(masks_dir).as_posix() for p in lonely_masks]
     if not samples and not found:
         raise UserError(
             f"Channel '{split}' is empty: no image/mask pairs in {images_dir} and {masks_dir}. "
