@@ -11,11 +11,20 @@ import pytest
 from PIL import Image
 
 from segcontainer.config.environment import Paths
-from segcontainer.data.check import SplitSummary, binary_255_hint, check_split
+from segcontainer.data import check
+from segcontainer.data.check import SplitSummary, binary_255_hint
+from segcontainer.data.label_maps import label_map_lut
+from segcontainer.data.loaders import find_split
 from segcontainer.errors import UserError
 
 SCALE_1 = {"scale": 1}
 TRAIN_SIZE = (48, 40)  # small_dataset's (width, height)
+
+
+def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> SplitSummary:
+    """Find, pair and check one File-mode split, as prepare() does."""
+    lut = label_map_lut(label_map, f"{split}_label_map.json")
+    return check.check_split(find_split(paths, split), split, lut, num_classes)
 
 
 def _mask_file(paths: Paths, index: int, split: str = "train") -> Path:

@@ -1,16 +1,14 @@
-"""Dataset channels in File mode: finding the files, pairing them, label maps, decoding.
+"""Samples: finding and pairing them in File-mode channel folders, and decoding them.
 
 Contract §2.4: ``train``, ``validation``, ``train_annotation``, ``validation_annotation`` hold
-images and single-channel PNG masks paired by base name; the optional ``label_map`` channel
-holds ``train_label_map.json`` / ``validation_label_map.json`` in the ``{"scale": k}`` or
-``{"map": {label: pixel}}`` form. Value 255 in a mask means "ignore".
+images and single-channel PNG masks paired by name (here: the path in the channel without the
+extension). Value 255 in a mask means "ignore". Label maps are in label_maps.py, manifests in
+manifest.py, Pipe-mode streams in pipe.py.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +17,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from segcontainer.config.environment import Paths
+from segcontainer.data.label_maps import IGNORE_INDEX, UNMAPPED
 from segcontainer.data.preprocess import to_rgb
 from segcontainer.errors import UserError
 
-IGNORE_INDEX = 255
-UNMAPPED = -1  # look-up-table entry for a pixel value the label map does not name
 MASK_MODES = ("P", "L", "1")
-SPLITS = ("train", "validation")
 SHOWN = 5  # files named per problem before "and N more"
 
 
@@ -101,6 +97,16 @@ def pair_samples(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], list[
     return pairs, lonely_images, lonely_masks
 
 
+@dataclass
+class FoundSamples:
+    """A File-mode split's pairs, and its files without a partner (named relative to their
+    channel) for the data check to report with every other problem."""
+
+    samples: list[Sample]
+    lonely_images: list[str] = field(default_factory=list)
+    lonely_masks: list[str] = field(default_factory=list)
+
+
 def channel_dirs(paths: Paths, split: str) -> tuple[Path, Path]:
     images, masks = paths.channel(split), paths.channel(f"{split}_annotation")
     for folder in (images, masks):
@@ -112,96 +118,20 @@ def channel_dirs(paths: Paths, split: str) -> tuple[Path, Path]:
     return images, masks
 
 
-# --- label maps ------------------------------------------------------------------------------
-
-
-def identity_lut() -> np.ndarray:
-    return np.arange(256, dtype=np.int16)
-
-
-def label_map_lut(spec: dict, source: str) -> np.ndarray:
-    """A 256-entry look-up table: pixel value -> training label (UNMAPPED if not named).
-
-    ``scale`` divides every value except 255, which stays "ignore". ``map`` names each label's
-    pixel value explicitly; it may map 255 to a class (binary 0/255 masks), and values it does
-    not name are reported by the dataset check.
-    """
-    if not isinstance(spec, dict) or not ({"scale", "map"} & spec.keys()):
+def find_samples(paths: Paths, split: str) -> FoundSamples:
+    """A split's image and annotation folders, paired; UserError when missing or empty."""
+    images_dir, masks_dir = channel_dirs(paths, split)
+    samples, lonely_images, lonely_masks = pair_samples(images_dir, masks_dir)
+    if not (samples or lonely_images or lonely_masks):
         raise UserError(
-            f'{source} must be {{"scale": k}} or {{"map": {{"<label>": <pixel value>, ...}}}}.'
+            f"Channel '{split}' is empty: no image/mask pairs in {images_dir} and {masks_dir}. "
+            "Check the S3 prefixes given to fit() and that the role can read them."
         )
-    if "scale" in spec and "map" in spec:
-        raise UserError(f"{source} gives both 'scale' and 'map'; use one of them.")
-    if "scale" in spec:
-        try:
-            scale = float(spec["scale"])
-        except (TypeError, ValueError):
-            scale = -1.0
-        if not scale >= 1:
-            raise UserError(f"{source}: 'scale' must be a number >= 1, got {spec['scale']!r}.")
-        lut = (np.arange(256) // scale).astype(np.int16)
-        lut[IGNORE_INDEX] = IGNORE_INDEX
-        return lut
-    mapping = spec["map"]
-    if not isinstance(mapping, dict) or not mapping:
-        raise UserError(f"{source}: 'map' must be a non-empty object of label -> pixel value.")
-    lut = np.full(256, UNMAPPED, dtype=np.int16)
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    named: dict[int, str] = {}  # pixel value -> the entry that gave it a label
-    for label, pixel in mapping.items():
-        entry = f"{json.dumps(label)}: {json.dumps(pixel)}"
-        label_i, pixel_i = _integer(label), _integer(pixel)
-        if label_i is None or pixel_i is None:
-            raise UserError(f"{source}: map entry {entry} must be integers (label: pixel value).")
-        if not (0 <= label_i < 255 and 0 <= pixel_i <= 255):
-            raise UserError(f"{source}: map entry {entry} is out of 0..255.")
-        if pixel_i in named:
-            raise UserError(
-                f"{source}: map entries {named[pixel_i]} and {entry} give pixel value {pixel_i} "
-                "two labels; a pixel value can stand for one label only."
-            )
-        named[pixel_i] = entry
-        lut[pixel_i] = label_i
-    return lut
-
-
-def _integer(value: object) -> int | None:
-    """An integer written as a JSON number or a decimal string ("3"); None for 1.5, "abc",
-    true (a bool would pass int()), null."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
-        return int(value)
-    return None
-
-
-def read_label_maps(paths: Paths) -> dict[str, dict]:
-    """The label map of each split, as given (identity when absent).
-
-    ``validation`` falls back to ``train_label_map.json`` when only that one is given, because
-    both splits come from the same annotation tool.
-    """
-    folder = paths.channel("label_map")
-    found: dict[str, dict] = {}
-    for split in SPLITS:
-        file = folder / f"{split}_label_map.json"
-        if file.is_file():
-            try:
-                found[split] = json.loads(file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(f"{file} is not valid UTF-8 JSON: {exc}.") from exc
-            label_map_lut(found[split], str(file))  # validate early
-    if folder.is_dir() and not found:
-        raise UserError(
-            f"The label_map channel ({folder}) has neither train_label_map.json nor "
-            "validation_label_map.json. Name the files that way, or drop the channel."
-        )
-    train = found.get("train", {"scale": 1})
-    return {"train": train, "validation": found.get("validation", train)}
+    return FoundSamples(
+        samples,
+        [p.relative_to(images_dir).as_posix() for p in lonely_images],
+        [p.relative_to(masks_dir).as_posix() for p in lonely_masks],
+    )
 
 
 # --- decoding --------------------------------------------------------------------------------
