@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from segcontainer.config.environment import Paths
+from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
+from segcontainer.config.hyperparameters import resolve
 from segcontainer.data import pipe
-from segcontainer.data.channels import identity_lut
+from segcontainer.data.label_maps import IDENTITY, LabelMap, identity_lut
+from segcontainer.data.loaders import TrainingData, prepare
 from segcontainer.data.pipe import PipeTrainStream, wait_for
 from segcontainer.data.recordio import frame
 from segcontainer.errors import TrainingStopped, UserError
@@ -172,9 +175,8 @@ def stream_over(base: Path, count: int, buffer: int, epoch: int = 0) -> PipeTrai
     stream = PipeTrainStream(
         Paths(base),
         "manifest",
-        identity_lut(),
+        LabelMap(IDENTITY, identity_lut()),
         lambda i, m: (i, m),
-        {"scale": 1},
         3,
         count,
         seed=0,
@@ -274,3 +276,54 @@ def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset:
     assert len(lines) == 16
     assert "image" in lines[0] and "JPEG RGB 48x40" in lines[0]
     assert "annotation" in lines[1] and "PNG P 48x40" in lines[1]
+
+
+# --- the label_map channel and the 0/255 hint in Pipe mode ----------------------------------------
+
+
+def binary_pairs(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """Pairs whose masks hold only 0 and 255 (foreground written as 255)."""
+    result = []
+    for image, mask in pairs(count, seed):
+        values = np.where(np.array(Image.open(io.BytesIO(mask))) > 0, 255, 0).astype(np.uint8)
+        binary = io.BytesIO()
+        Image.fromarray(values, "L").save(binary, format="PNG")
+        result.append((image, binary.getvalue()))
+    return result
+
+
+def prepare_pipe(base: Path, label_map: bytes | None) -> TrainingData:
+    """prepare() over binary-mask streams (num_classes=2), with label_map_0 when given."""
+    channels = {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL}
+    if label_map is not None:
+        channels["label_map"] = {"TrainingInputMode": "Pipe"}  # a JSON file, wrapped or not
+    configure(base, channels, num_classes="2", num_training_samples="4")
+    data = base / "input" / "data"
+    data.joinpath("train_0").write_bytes(manifest_stream(binary_pairs(4, seed=1)))
+    data.joinpath("validation_0").write_bytes(manifest_stream(binary_pairs(4, seed=2)))
+    if label_map is not None:
+        data.joinpath("label_map_0").write_bytes(label_map)
+    paths = Paths(base)
+    config = resolve(read_hyperparameters(paths))
+    return prepare(paths, config, read_input_data_config(paths), torch.device("cpu"), lambda: False)
+
+
+@pytest.mark.parametrize("wrap", [lambda data: data, frame], ids=["plain", "RecordIO"])
+def test_pipe_mode_label_map_channel_is_read_and_applied(base_dir: Path, wrap) -> None:
+    label_map = {"map": {"0": 0, "1": 255}}
+
+    data = prepare_pipe(base_dir, wrap(json.dumps(label_map).encode()))
+
+    assert data.label_maps == {"train": label_map, "validation": label_map}
+    masks = torch.cat([mask.flatten() for _, mask in data.validation_loader])
+    assert set(masks.unique().tolist()) == {0, 1}  # 255 read as class 1, not "ignore"
+    assert sum(1 for _ in data.train_loader) == 1  # the training stream passes its checks
+
+
+def test_pipe_mode_training_masks_of_0_and_255_get_the_hint(base_dir: Path) -> None:
+    data = prepare_pipe(base_dir, label_map=None)
+
+    with pytest.raises(UserError) as info:
+        next(iter(data.train_loader))  # before the first step: the stream fits the buffer
+
+    assert "hold only the values 0 and 255, and num_classes is 2" in str(info.value)

@@ -19,8 +19,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from segcontainer.data.augment import pad_collate
-from segcontainer.data.channels import identity_lut, pair_samples
+from segcontainer.data.channels import pair_samples
 from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.label_maps import identity_lut
 from segcontainer.data.preprocess import validation_transform
 from segcontainer.model_folder import load_model
 from segcontainer.models import build_model

@@ -1,5 +1,9 @@
 """From channels to DataLoaders: File mode (checked up front) or Pipe mode (streamed).
 
+One way through, each step handing the next what it needs: label maps are read and turned
+into look-up tables once (label_maps.py); each File-mode split's samples are found and
+paired once (manifest.py or channels.py); they are checked (check.py); then the datasets
+and loaders are built (dataset.py, or pipe.py's stream, which checks each pair as it comes).
 Data order and augmentation are functions of (seed, epoch, sample), whatever the worker
 count, so a resumed job sees exactly the batches it had left.
 """
@@ -18,10 +22,15 @@ from torch.utils.data import DataLoader
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data import check as datacheck
-from segcontainer.data import pipe
+from segcontainer.data import manifest, pipe
 from segcontainer.data.augment import pad_collate, train_transform
-from segcontainer.data.channels import label_map_lut, read_label_maps
+from segcontainer.data.channels import FoundSamples, find_samples
 from segcontainer.data.dataset import EpochSampler, SegmentationDataset
+from segcontainer.data.label_maps import (
+    LabelMap,
+    read_label_map_folder,
+    read_label_map_stream,
+)
 from segcontainer.data.preprocess import validation_transform
 from segcontainer.errors import UserError
 
@@ -31,7 +40,7 @@ SHUFFLE_BUFFER = 512  # Pipe mode: pairs held for shuffling (encoded bytes, not 
 
 @dataclass
 class TrainingData:
-    label_maps: dict
+    label_maps: dict[str, dict]  # each split's label map as given, saved with the model
     train_loader: DataLoader
     validation_loader: DataLoader
     start_epoch: Callable[[int, int], None]  # (epoch, samples already trained on)
@@ -61,6 +70,21 @@ def _check_count(config: Config, count: int) -> None:
         )
 
 
+def read_label_maps(
+    paths: Paths, channels: dict[str, ChannelConfig], stop: Callable[[], bool]
+) -> dict[str, LabelMap]:
+    """Each split's label map and look-up table, from the label_map channel in any mode."""
+    if pipe.is_pipe(channels, "label_map"):
+        return read_label_map_stream(pipe.read_whole(paths, "label_map", stop), "label_map_0")
+    return read_label_map_folder(paths.channel("label_map"))
+
+
+def find_split(paths: Paths, split: str) -> FoundSamples:
+    """A File-mode split's samples, found and paired once: a manifest, or two folders."""
+    found = manifest.find_manifest_samples(paths, split)
+    return found if found is not None else find_samples(paths, split)
+
+
 def prepare(
     paths: Paths,
     config: Config,
@@ -68,7 +92,7 @@ def prepare(
     device,
     stop: Callable[[], bool],
 ) -> TrainingData:
-    label_maps = read_label_maps(paths)
+    label_maps = read_label_maps(paths, channels, stop)
     layouts = {split: pipe.pipe_layout(channels, split) for split in ("train", "validation")}
     if layouts["train"] and config.num_training_samples is None:
         raise UserError(
@@ -79,21 +103,22 @@ def prepare(
     train_summary = None
     if not layouts["train"]:
         train_summary = datacheck.check_split(
-            paths, "train", label_maps["train"], config.num_classes
+            find_split(paths, "train"), "train", label_maps["train"].lut, config.num_classes
         )
         hint = datacheck.binary_255_hint(
-            train_summary.raw_values, config.num_classes, label_maps["train"]
+            train_summary.raw_values, config.num_classes, label_maps["train"].spec
         )
         if hint:
             raise UserError(hint)
         _check_count(config, len(train_summary.samples))
+    validation_lut = label_maps["validation"].lut
     if layouts["validation"]:
         validation = pipe.read_validation(
-            paths, layouts["validation"], label_maps["validation"], config.num_classes, stop
+            paths, layouts["validation"], validation_lut, config.num_classes, stop
         )
     else:
         validation = datacheck.check_split(
-            paths, "validation", label_maps["validation"], config.num_classes
+            find_split(paths, "validation"), "validation", validation_lut, config.num_classes
         )
     if train_summary is not None:
         datacheck.log_histogram(train_summary, config.class_names)
@@ -104,15 +129,13 @@ def prepare(
     # Own generator: creating loader iterators must not draw from the global random state,
     # which dropout uses and checkpoints restore.
     generator = torch.Generator().manual_seed(config.seed)
-    train_lut = label_map_lut(label_maps["train"], "train label map")
     transform = train_transform(config.base_size, config.crop_size)
     if layouts["train"]:
         stream = pipe.PipeTrainStream(
             paths,
             layouts["train"],
-            train_lut,
-            transform,
             label_maps["train"],
+            transform,
             config.num_classes,
             config.num_training_samples,
             config.seed,
@@ -123,7 +146,9 @@ def prepare(
         train_loader = DataLoader(stream, config.mini_batch_size, drop_last=True, **common)
         start_epoch, count = stream.set_epoch, config.num_training_samples
     else:
-        train_set = SegmentationDataset(train_summary.samples, train_lut, transform, config.seed)
+        train_set = SegmentationDataset(
+            train_summary.samples, label_maps["train"].lut, transform, config.seed
+        )
         sampler = EpochSampler(len(train_set), config.seed)
         # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
         train_loader = DataLoader(
@@ -141,11 +166,7 @@ def prepare(
             sampler.set_epoch(epoch, skip)
 
         count = len(train_set)
-    validation_set = SegmentationDataset(
-        validation.samples,
-        label_map_lut(label_maps["validation"], "validation label map"),
-        validation_transform(),
-    )
+    validation_set = SegmentationDataset(validation.samples, validation_lut, validation_transform())
     validation_loader = DataLoader(
         validation_set,
         config.validation_mini_batch_size,
@@ -155,7 +176,7 @@ def prepare(
         **common,
     )
     return TrainingData(
-        label_maps,
+        {split: label_map.spec for split, label_map in label_maps.items()},
         train_loader,
         validation_loader,
         start_epoch,
