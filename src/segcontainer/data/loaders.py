@@ -19,10 +19,10 @@ from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data import check as datacheck
 from segcontainer.data import pipe
-from segcontainer.data.augment import pad_collate, train_transform
-from segcontainer.data.channels import label_map_lut, read_label_maps
+from segcontainer.data.augment import SizeGroupCollate, train_transform
+from segcontainer.data.channels import Sample, label_map_lut, read_label_maps
 from segcontainer.data.dataset import EpochSampler, SegmentationDataset
-from segcontainer.data.preprocess import validation_transform
+from segcontainer.data.preprocess import model_input_transform, tile_size
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,21 @@ def _check_count(config: Config, count: int) -> None:
             f"{count} image/mask pairs, so no full batch can be formed. Lower mini_batch_size "
             "or add data."
         )
+
+
+def build_validation_loader(
+    samples: list[Sample], lut: np.ndarray, config: Config, **loader_options
+) -> DataLoader:
+    """Validation batches prepared exactly as the endpoint prepares a request (long side
+    resized to base_size, normalised; the tile size it predicts with), masks at their own
+    size, grouped by model-input size within each batch of validation_mini_batch_size."""
+    dataset = SegmentationDataset(samples, lut, model_input_transform(config.base_size))
+    return DataLoader(
+        dataset,
+        config.validation_mini_batch_size,
+        collate_fn=SizeGroupCollate(tile_size(config.crop_size)),
+        **loader_options,
+    )
 
 
 def prepare(
@@ -141,15 +156,10 @@ def prepare(
             sampler.set_epoch(epoch, skip)
 
         count = len(train_set)
-    validation_set = SegmentationDataset(
+    validation_loader = build_validation_loader(
         validation.samples,
         label_map_lut(label_maps["validation"], "validation label map"),
-        validation_transform(),
-    )
-    validation_loader = DataLoader(
-        validation_set,
-        config.validation_mini_batch_size,
-        collate_fn=pad_collate,
+        config,
         generator=generator,
         num_workers=workers,
         **common,
