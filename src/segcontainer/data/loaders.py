@@ -23,15 +23,15 @@ from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data import check as datacheck
 from segcontainer.data import manifest, pipe
-from segcontainer.data.augment import pad_collate, train_transform
-from segcontainer.data.channels import FoundSamples, find_samples
+from segcontainer.data.augment import SizeGroupCollate, train_transform
+from segcontainer.data.channels import FoundSamples, Sample, find_samples
 from segcontainer.data.dataset import EpochSampler, SegmentationDataset
 from segcontainer.data.label_maps import (
     LabelMap,
     read_label_map_folder,
     read_label_map_stream,
 )
-from segcontainer.data.preprocess import validation_transform
+from segcontainer.data.preprocess import model_input_transform, tile_size
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,21 @@ def find_split(paths: Paths, split: str) -> FoundSamples:
     """A File-mode split's samples, found and paired once: a manifest, or two folders."""
     found = manifest.find_manifest_samples(paths, split)
     return found if found is not None else find_samples(paths, split)
+
+
+def build_validation_loader(
+    samples: list[Sample], lut: np.ndarray, config: Config, **loader_options
+) -> DataLoader:
+    """Validation batches prepared exactly as the endpoint prepares a request (long side
+    resized to base_size, normalised; the tile size it predicts with), masks at their own
+    size, grouped by model-input size within each batch of validation_mini_batch_size."""
+    dataset = SegmentationDataset(samples, lut, model_input_transform(config.base_size))
+    return DataLoader(
+        dataset,
+        config.validation_mini_batch_size,
+        collate_fn=SizeGroupCollate(tile_size(config.crop_size)),
+        **loader_options,
+    )
 
 
 def prepare(
@@ -166,11 +181,10 @@ def prepare(
             sampler.set_epoch(epoch, skip)
 
         count = len(train_set)
-    validation_set = SegmentationDataset(validation.samples, validation_lut, validation_transform())
-    validation_loader = DataLoader(
-        validation_set,
-        config.validation_mini_batch_size,
-        collate_fn=pad_collate,
+    validation_loader = build_validation_loader(
+        validation.samples,
+        validation_lut,
+        config,
         generator=generator,
         num_workers=workers,
         **common,

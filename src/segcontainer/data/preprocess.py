@@ -70,3 +70,37 @@ def validation_transform() -> v2.Transform:
             v2.Normalize(MEAN, STD),
         ]
     )
+
+
+class LongSideResize(v2.Transform):
+    """Resize images, not masks, so the long side is ``long_side`` (0: keep the image's size).
+
+    The endpoint and validation both prepare the model input with this transform (bilinear,
+    antialiased), while validation masks keep their own size: the logits are brought back
+    to it, as the endpoint brings them back to the request image's size.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, long_side: int):
+        super().__init__()
+        self.long_side = long_side
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        height, width = inpt.shape[-2:]
+        if not self.long_side or max(height, width) == self.long_side:
+            return inpt
+        scale = self.long_side / max(height, width)
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        return v2.functional.resize(inpt, size, antialias=True)
+
+
+def model_input_transform(long_side: int) -> v2.Transform:
+    """The endpoint's preparation of an image: resize the long side, then normalise."""
+    return v2.Compose([LongSideResize(long_side), validation_transform()])
+
+
+def tile_size(crop_size: int, requested: int | None = None) -> int:
+    """The tile the endpoint (SEGCONTAINER_TILE_SIZE, default 2 x crop_size) and validation
+    predict larger model inputs in; at least 32 pixels (the encoder's stride 8 needs room)."""
+    return max(2 * crop_size if requested is None else requested, 32)

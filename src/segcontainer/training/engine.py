@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcontainer import inference
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
@@ -217,17 +218,28 @@ def evaluate(
     device,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Scores:
+    """Score the model on what the endpoint would answer: the loader prepares each image as
+    the endpoint does (long side resized to base_size; ``data.loaders``), inference tiles it
+    and upsamples the logits to the mask's size in bands as the endpoint does, and the
+    confusion matrix counts pixels at the mask's resolution."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, device)
-    for images_batch, masks in loader:
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            return model(inputs).float()
+
+    for batch in loader:
         if should_stop():
             raise TrainingStopped("stopped during validation")
-        images_batch = images_batch.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images_batch = images_batch.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(images_batch)
-        matrix.update(masks.to(device, non_blocking=True), logits.argmax(1))
+        for inputs, masks in batch.groups:
+            inputs = inputs.to(device, non_blocking=True)
+            logits = inference.tiled_logits(forward, inputs, batch.tile_size)
+            for image_logits, mask in zip(logits, masks, strict=True):
+                mask = mask.to(device, non_blocking=True)
+                matrix.update(mask, inference.class_map(image_logits, *mask.shape[-2:]))
     matrix.reduce()
     return matrix.scores()
 
