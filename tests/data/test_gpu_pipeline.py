@@ -10,13 +10,14 @@ from PIL import Image
 from torchvision.io import decode_jpeg, read_file
 
 from segcontainer.data.augment import train_transform
-from segcontainer.data.channels import IGNORE_INDEX, Sample, identity_lut, load_image, load_mask
+from segcontainer.data.channels import Sample, load_image, load_mask
 from segcontainer.data.dataset import SegmentationDataset
 from segcontainer.data.gpu_pipeline import (
     GpuTrainBatches,
     apply_orientation,
     choose_pipeline,
 )
+from segcontainer.data.label_maps import IGNORE_INDEX, identity_lut
 from segcontainer.tools.demo_data import synthetic_pair
 
 CPU = torch.device("cpu")

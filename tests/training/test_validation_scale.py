@@ -10,7 +10,8 @@ import torch
 
 from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.data.channels import identity_lut, load_image, load_mask, pair_samples
+from segcontainer.data.channels import load_image, load_mask, pair_samples
+from segcontainer.data.label_maps import identity_lut
 from segcontainer.data.loaders import prepare
 from segcontainer.metrics import ConfusionMatrix
 from segcontainer.model_folder import load_model
