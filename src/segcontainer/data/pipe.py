@@ -50,9 +50,9 @@ def read_whole(paths: Paths, channel: str, should_stop: Callable[[], bool]) -> b
 
 def pipe_layout(channels: dict[str, ChannelConfig], split: str) -> str | None:
     """'manifest', 'channels' or None (File mode) for a split; UserError when unusable."""
-    if not is_pipe(channels, split):
+    config = channels.get(split)
+    if config is None or config.input_mode != "Pipe":
         return None
-    config = channels[split]
     annotation = channels.get(f"{split}_annotation")
     if config.record_wrapper != "RecordIO" or (
         annotation and annotation.record_wrapper != "RecordIO"
