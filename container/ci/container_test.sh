@@ -25,6 +25,7 @@ SOCK=$RUN_DIR/podman.sock
 SERVICE_PID_FILE=$RUN_DIR/podman-service.pid
 export CONTAINERS_CONF=$REPO/container/ci/containers.conf
 export DEBIAN_FRONTEND=noninteractive
+export SAGEMAKER_SUPPRESS_V2_WARNING=1
 
 # The base image's recipe: a Debian root plus the pinned torch pair from wheels.
 DEBIAN_SUITE=bookworm
@@ -181,8 +182,8 @@ build_image() {
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     podman rmi "$old" >/dev/null 2>&1 || true
   fi
-  log "image $IMAGE: $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=iec) \
-(base $(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" | numfmt --to=iec))"
+  log "image $IMAGE: $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=si --suffix=B) \
+(base $(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" | numfmt --to=si --suffix=B))"
   podman history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | cut -c1-150
 }
 

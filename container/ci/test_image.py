@@ -50,12 +50,13 @@ def assert_metric_lines(log: str, epochs: int) -> None:
         assert all(np.isfinite(float(v)) for v in values), values
 
 
-def run_script(script: str, *args: str, timeout: float, **env: str):
+def run_script(script: str, *args: str, timeout: float, merge: bool = True, **env: str):
+    """One of container/local_test's scripts, with podman; stderr into stdout when merge."""
     return subprocess.run(
         [str(LOCAL_TEST / script), *args],
         env={**os.environ, "DOCKER": "podman", **env},
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge else subprocess.PIPE,
         timeout=timeout,
         check=False,
     )
@@ -166,16 +167,17 @@ def test_docker_run_serve(docker_run_training, tmp_path):
             assert time.monotonic() < deadline, f"no ping:\n{log_path.read_text()[-5000:]}"
             time.sleep(1)
 
-        png = run_script("predict.sh", str(SAMPLE), "image/png", timeout=120, PORT=str(port))
-        assert png.returncode == 0, png.stdout[-2000:]
-        proto = run_script(
-            "predict.sh", str(SAMPLE), "application/x-recordio-protobuf", timeout=120,
-            PORT=str(port),
-        )  # fmt: skip
-        assert proto.returncode == 0, proto.stdout[-2000:]
+        answers = {}
+        for accept in ("image/png", "application/x-recordio-protobuf"):
+            result = run_script(
+                "predict.sh", str(SAMPLE), accept, timeout=120, merge=False, PORT=str(port)
+            )
+            assert result.returncode == 0, (accept, result.stdout[-2000:], result.stderr)
+            answers[accept] = result.stdout
         from segcontainer.client import decode_recordio_protobuf
 
-        check_answers(png.stdout, decode_recordio_protobuf(proto.stdout))
+        probabilities = decode_recordio_protobuf(answers["application/x-recordio-protobuf"])
+        check_answers(answers["image/png"], probabilities)
 
         # `docker stop`: SIGTERM, SIGKILL after the grace period; serve must exit 0 before it.
         started = time.monotonic()
