@@ -118,6 +118,9 @@ on_exit() {
     tail -n 40 "$RUN_DIR/podman-service.log"
   fi
   clean_leftovers
+  if [ -n "${WORK:-}" ]; then
+    rm -rf "$WORK"
+  fi
   log "finished with status $status"
   exit "$status"
 }
@@ -138,6 +141,7 @@ build_base() {
     return
   fi
   log "building base image $base_image"
+  need_disk 16 # wheels, the install's container layer and the committed layer, at once
   python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), "host Python must match the base (3.11)"'
   mkdir -p "$CACHE"
   root=$CACHE/root
@@ -172,6 +176,7 @@ build_base() {
 
 build_image() {
   local old new
+  need_disk 3
   old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   log "building $IMAGE from Dockerfile on $BASE_IMAGE"
   # --format docker: OCI image configs have no SHELL. Two tries: the build reaches the network.
@@ -199,6 +204,18 @@ start_service() {
   export DOCKER_HOST=unix://$SOCK
 }
 
+# need_disk GB: fail early, and say so, when podman's storage has less room than that.
+need_disk() {
+  local free
+  mkdir -p /var/lib/containers
+  free=$(df --output=avail -BG /var/lib/containers | tail -n 1 | tr -dc 0-9)
+  if ((free < $1)); then
+    log "only ${free} GB free under /var/lib/containers; this step needs about $1 GB"
+    df -h /var/lib/containers /tmp
+    return 1
+  fi
+}
+
 # The SDK publishes the endpoint on 8080; something that is not ours there is reported.
 check_port() {
   if ss -ltnH 'sport = :8080' | grep -q .; then
@@ -220,5 +237,8 @@ fi
 start_service
 check_port
 log "running the tests"
-IMAGE=$IMAGE .venv/bin/python -m pytest -q -p no:cacheprovider container/ci/test_image.py
+# Models, model.tar.gz files and the SDK's container_root go under WORK, removed on exit.
+WORK=$(mktemp -d /tmp/segcontainer-ci.XXXXXX)
+IMAGE=$IMAGE .venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$WORK/pytest" \
+  container/ci/test_image.py
 log "container test passed in $((SECONDS - START)) s"
