@@ -113,7 +113,7 @@ clean_leftovers() {
 on_exit() {
   local status=$?
   set +e
-  if ((status != 0)) && [ -s "$RUN_DIR/podman-service.log" ]; then
+  if ((status != 0)) && [ -n "${SERVICE_STARTED:-}" ] && [ -s "$RUN_DIR/podman-service.log" ]; then
     log "podman API service log (last 40 lines):"
     tail -n 40 "$RUN_DIR/podman-service.log"
   fi
@@ -196,6 +196,7 @@ start_service() {
   mkdir -p "$RUN_DIR"
   podman system service --time=0 "unix://$SOCK" >"$RUN_DIR/podman-service.log" 2>&1 &
   echo $! >"$SERVICE_PID_FILE"
+  SERVICE_STARTED=1
   for _ in $(seq 100); do
     [ -S "$SOCK" ] && break
     sleep 0.2
