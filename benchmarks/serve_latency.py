@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segcontainer.artifacts import model_config, save_model  # noqa: E402
-from segcontainer.hyperparameters import resolve  # noqa: E402
+from segcontainer.config.hyperparameters import resolve  # noqa: E402
 from segcontainer.metrics import Scores  # noqa: E402
+from segcontainer.model_folder import model_config, save_model  # noqa: E402
 from segcontainer.models import build_model  # noqa: E402
 from segcontainer.serving.settings import ServingSettings  # noqa: E402
 from tests.serving_stack import Server, memory_kib, request  # noqa: E402
@@ -62,14 +62,22 @@ def jpeg_512() -> bytes:
 
 
 def bare_forward_seconds(model: torch.nn.Module, repeats: int, threads: int) -> list[float]:
+    """The model alone on the device the server uses (GPU: bf16 autocast, channels_last, as the
+    predictor runs it), input already there; the reference the stack is compared with."""
     torch.set_num_threads(threads)
-    x = torch.randn(1, 3, 512, 512)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    x = torch.randn(1, 3, 512, 512, device=device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         model(x)  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
-            model(x)
+            model(x).argmax(1).cpu()  # the answer leaves the device, as the stack's does
             times.append(time.perf_counter() - start)
     return times
 

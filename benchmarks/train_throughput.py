@@ -1,52 +1,62 @@
-"""Training throughput (images/s) of each algorithm beside torchvision's model of the same
-architecture, measured in the same run on whatever device is present.
+"""Model-only training throughput (images/s) and peak memory of each algorithm x backbone,
+beside torchvision's model of the same architecture, measured in the same run.
 
-One training step = forward, pixel-wise cross-entropy, backward, optimizer step, on random
-data already on the device (the data pipeline is measured by the trainer's own log line).
-Both sides use the trainer's precision policy: bf16 autocast and channels_last on a GPU,
-fp32 on the CPU. torchvision has no PSPNet, so PSP has no reference.
+One training step = forward, pixel-wise cross-entropy, backward, SGD step, on random data
+already on the device: the ceiling the input pipeline is measured against (the trainer logs
+its own end-to-end rate). On a GPU both sides run bf16 autocast with channels_last (the
+trainer's policy), and torchvision also in fp32 for the plain reference; on the CPU all run
+fp32. torchvision has no PSPNet, so PSP has no reference.
 
     python benchmarks/train_throughput.py                      # crop 512, batch 16
-    python benchmarks/train_throughput.py --crop 256 --batch 4 --iters 3   # quicker on a CPU
+    python benchmarks/train_throughput.py --crop 64 --batch 2 --iters 1 --warmup 1  # tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
+import sys
 import time
 
 import torch
-from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
+import torch.nn.functional as F
+from torchvision.models import segmentation as tv
 
-from segcontainer.engine import Precision, segmentation_loss
 from segcontainer.models import build_model
 
-REFERENCES = {"fcn": fcn_resnet50, "deeplab": deeplabv3_resnet50, "psp": None}
+NUM_CLASSES = 11  # CamVid's, the data set the accuracy runs use
+# (algorithm, backbone) -> torchvision builder of the same architecture (no aux head)
+REFERENCES = {
+    ("fcn", "resnet-50"): tv.fcn_resnet50,
+    ("fcn", "resnet-101"): tv.fcn_resnet101,
+    ("deeplab", "resnet-50"): tv.deeplabv3_resnet50,
+    ("deeplab", "resnet-101"): tv.deeplabv3_resnet101,
+}
 
 
-def images_per_second(model, batch: int, crop: int, iters: int, warmup: int, device) -> float:
-    precision = Precision.choose("auto", device)
+def measure(model, batch: int, crop: int, iters: int, warmup: int, device, fast: bool):
+    """(images/s, peak GiB or None) of training steps; ``fast``: bf16 autocast + channels_last."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model = model.to(device).train()
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
     images = torch.randn(batch, 3, crop, crop, device=device)
-    if channels_last:
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    masks = torch.randint(0, 21, (batch, crop, crop), device=device)
+    masks = torch.randint(0, NUM_CLASSES, (batch, crop, crop), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
 
     def step() -> None:
-        with precision.autocast():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             out = model(images)
         logits = out["out"] if isinstance(out, dict) else out
-        loss = segmentation_loss(logits, masks, None)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
         optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
+        loss.backward()
+        optimizer.step()
 
     for _ in range(warmup):
         step()
@@ -57,51 +67,68 @@ def images_per_second(model, batch: int, crop: int, iters: int, warmup: int, dev
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * iters / (time.perf_counter() - start)
+    rate = batch * iters / (time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return rate, peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--algorithms", default="fcn,psp,deeplab")
+    parser.add_argument("--backbones", default="resnet-50,resnet-101")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name() if gpu else platform.processor() or "cpu"
     print(
-        f"device: {device} ({name}), torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, crop {args.crop}, batch {args.batch}, "
-        f"{args.iters} timed iterations after {args.warmup} warm-up",
+        f"device: {device} ({name}), torch {torch.__version__}, crop {args.crop}, batch "
+        f"{args.batch}, {args.iters} timed steps after {args.warmup} warm-up\n"
+        f"command: python {' '.join(sys.argv)}\n",
         flush=True,
     )
+    policy = "bf16+CL" if gpu else "fp32"
+    print(
+        f"| model | torchvision fp32 img/s (GPU runs) | torchvision {policy} img/s "
+        f"| segcontainer {policy} img/s | ratio to torchvision "
+        "| peak GiB torchvision / segcontainer |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     results = {}
-    for algorithm in args.algorithms.split(","):
-        torch.manual_seed(0)
-        ours = images_per_second(
-            build_model(algorithm, "resnet-50", 21),
-            args.batch,
-            args.crop,
-            args.iters,
-            args.warmup,
-            device,
-        )
-        reference = None
-        if REFERENCES[algorithm] is not None:
+    common = (args.batch, args.crop, args.iters, args.warmup, device)
+    for backbone in args.backbones.split(","):
+        for algorithm in args.algorithms.split(","):
             torch.manual_seed(0)
-            tv_model = REFERENCES[algorithm](weights=None, weights_backbone=None, num_classes=21)
-            reference = images_per_second(
-                tv_model, args.batch, args.crop, args.iters, args.warmup, device
+            ours, ours_peak = measure(build_model(algorithm, backbone, NUM_CLASSES), *common, gpu)
+            builder = REFERENCES.get((algorithm, backbone))
+            ref = ref_fp32 = ref_peak = None
+            if builder is not None:
+                make = functools.partial(
+                    builder, weights=None, weights_backbone=None, num_classes=NUM_CLASSES
+                )
+                torch.manual_seed(0)
+                ref, ref_peak = measure(make(), *common, gpu)
+                if gpu:
+                    ref_fp32, _ = measure(make(), *common, False)
+            results[f"{algorithm}-{backbone}"] = {
+                "torchvision_fp32": ref_fp32,
+                "torchvision": ref,
+                "segcontainer": ours,
+                "peak_gib": [ref_peak, ours_peak],
+            }
+
+            def fmt(value, digits=1):
+                return "-" if value is None else f"{value:.{digits}f}"
+
+            ratio = f"{ours / ref:.2f}x" if ref else "no torchvision model"
+            print(
+                f"| {algorithm}-{backbone} | {fmt(ref_fp32)} | {fmt(ref)} | {ours:.1f} | {ratio} "
+                f"| {fmt(ref_peak, 2)} / {fmt(ours_peak, 2)} |",
+                flush=True,
             )
-        ratio = f"{ours / reference:.2f}x torchvision" if reference else "no torchvision model"
-        ref_text = f"{reference:.2f}" if reference else "-"
-        print(
-            f"{algorithm}-resnet50: segcontainer {ours:.2f} img/s, torchvision {ref_text} "
-            f"img/s ({ratio})",
-            flush=True,
-        )
-        results[algorithm] = {"segcontainer": ours, "torchvision": reference}
     print(json.dumps(results))
 
 

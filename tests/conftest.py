@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segcontainer.demo import make_dataset, write_local_mode_config
-from segcontainer.environment import Paths
+from segcontainer.config.environment import Paths
+from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAGEMAKER_JOB = "segcontainer-test-job"

@@ -17,7 +17,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from segcontainer.channels import to_rgb
+from segcontainer.data.preprocess import to_rgb
 
 PNG = "image/png"
 JSON = "application/json"

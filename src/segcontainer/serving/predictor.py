@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import tv_tensors
 
-from segcontainer.artifacts import INFO_FILE, load_model
-from segcontainer.augment import validation_transform
+from segcontainer.data.preprocess import validation_transform
+from segcontainer.model_folder import INFO_FILE, load_model
 from segcontainer.serving.settings import env_int
 
 BAND_ROWS = 256  # output rows upsampled at once

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segcontainer.recordio import frame
+from segcontainer.data.recordio import frame
 from segcontainer.serving.record_pb2 import Record
 
 

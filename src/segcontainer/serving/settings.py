@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from segcontainer.environment import Paths
+from segcontainer.config.environment import Paths
 from segcontainer.serving.codecs import ACCEPT_TYPES, PNG
 
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit

@@ -1,0 +1,1 @@
+"""What SageMaker hands the container at start: /opt/ml paths, config files, hyperparameters."""

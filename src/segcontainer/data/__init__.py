@@ -1,0 +1,1 @@
+"""Channels and label maps, the data check, preprocessing and augmentation, datasets, loaders."""

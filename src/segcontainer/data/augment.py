@@ -1,0 +1,74 @@
+"""Training and validation transforms, as the built-in does them, on torchvision transforms.v2.
+
+Training: rescale the long side to base_size x U(0.5, 2.0) keeping the aspect ratio, random
+crop_size square crop (images padded with the mean colour, masks with 255 = ignore), random
+horizontal flip, ImageNet normalisation. Validation: whole images, normalised only. Masks are
+``tv_tensors.Mask`` so every geometric step resamples them with nearest neighbour.
+Serving uses ``validation_transform`` from here so both sides normalise alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.preprocess import MEAN, STD
+
+MEAN_PIXEL = tuple(round(m * 255) for m in MEAN)  # pad value: becomes ~0 after normalising
+SCALE_RANGE = (0.5, 2.0)
+
+
+class RandomLongSideResize(v2.Transform):
+    """Resize so the long side is base_size x U(low, high), aspect kept (one draw per sample)."""
+
+    def __init__(self, base_size: int, scale_range: tuple[float, float] = SCALE_RANGE):
+        super().__init__()
+        self.base_size = base_size
+        self.scale_range = scale_range
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # torch's generator, which DataLoader seeds per worker, so runs repeat with a seed.
+        scale = torch.empty(()).uniform_(*self.scale_range).item()
+        long_side = int(self.base_size * scale + 0.5)
+        return {"long_side": max(long_side, 1)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = inpt.shape[-2:]
+        scale = params["long_side"] / max(height, width)
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        return F.resize(inpt, size, antialias=True)  # tv_tensors.Mask always uses NEAREST
+
+
+def train_transform(base_size: int, crop_size: int) -> v2.Transform:
+    return v2.Compose(
+        [
+            RandomLongSideResize(base_size),
+            v2.RandomCrop(
+                crop_size,
+                pad_if_needed=True,
+                fill={tv_tensors.Image: MEAN_PIXEL, tv_tensors.Mask: IGNORE_INDEX},
+            ),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def pad_collate(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack whole images of different sizes: pad images with 0 (the mean) and masks with 255."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), 3, height, width)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.uint8)
+    for i, (image, mask) in enumerate(batch):
+        images[i, :, : image.shape[-2], : image.shape[-1]] = image
+        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
+    return images, masks

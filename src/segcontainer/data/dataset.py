@@ -1,0 +1,72 @@
+"""The torch Dataset over checked File-mode samples, and the epoch-seeded sampler.
+
+Augmentation and data order are pure functions of (seed, epoch, sample index): any worker
+count gives the same batches, and a resumed job continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from segcontainer.data.channels import Sample, load_image, load_mask
+from segcontainer.data.preprocess import to_tensors
+
+
+def mixed_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (a splitmix-style mix, so nearby inputs differ)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
+        value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    return value >> 1
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs: images decoded to RGB, masks mapped to labels, then transformed."""
+
+    def __init__(
+        self, samples: Sequence[Sample], lut: np.ndarray, transform: Callable, seed: int = 0
+    ):
+        self.samples = list(samples)
+        self.lut = lut
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # DataLoader workers are started per epoch, so they see this
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        image, mask = to_tensors(load_image(sample.image), load_mask(sample.mask, self.lut))
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state untouched
+            torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order per epoch from (seed, epoch); ``skip`` leaves out samples already
+    trained on before a stop, so a resumed epoch sees exactly the batches it had left."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed = length, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=generator).tolist()
+        return iter(order[self.skip :])
+
+    def __len__(self) -> int:
+        return self.length - self.skip

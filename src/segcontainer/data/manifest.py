@@ -1,0 +1,76 @@
+"""Augmented manifests (JSON Lines, as Ground Truth writes them) as image/mask pairs.
+
+Each line holds ``source-ref`` (the image) and one attribute ending in ``-ref`` (the mask);
+other keys (``*-metadata``) are ignored. References are local paths (relative to the
+manifest's folder) or ``s3://`` URIs, fetched with boto3 (``pip install segcontainer[s3]``)
+into a cache folder. In File mode a ``train`` (or ``validation``) channel holding one
+``.manifest``/``.jsonl`` file and no annotation channel is read this way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+from segcontainer.data.channels import Sample
+from segcontainer.errors import UserError
+
+MANIFEST_SUFFIXES = (".manifest", ".jsonl")
+
+
+def find_manifest(folder: Path) -> Path | None:
+    """The channel's manifest file, when the channel is one manifest and nothing else."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if len(files) == 1 and files[0].suffix in MANIFEST_SUFFIXES:
+        return files[0]
+    return None
+
+
+def _fetch_s3(uri: str, cache: Path) -> Path:
+    try:
+        import boto3
+    except ImportError as exc:
+        raise UserError(
+            f"{uri}: reading s3:// references needs boto3 (pip install 'segcontainer[s3]')."
+        ) from exc
+    parsed = urlparse(uri)
+    target = cache / parsed.netloc / parsed.path.lstrip("/")
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            boto3.client("s3").download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
+        except Exception as exc:  # botocore raises many kinds; name the object
+            raise UserError(f"could not download {uri}: {exc}") from exc
+    return target
+
+
+def _resolve(ref: str, manifest: Path, cache: Path | None) -> Path:
+    if ref.startswith("s3://"):
+        return _fetch_s3(ref, cache or manifest.parent / ".s3-cache")
+    path = Path(ref)
+    return path if path.is_absolute() else manifest.parent / path
+
+
+def manifest_samples(manifest: Path, cache: Path | None = None) -> list[Sample]:
+    samples = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{manifest.name} line {number} is not JSON: {exc}") from exc
+        masks = [k for k in entry if k.endswith("-ref") and k != "source-ref"]
+        if "source-ref" not in entry or len(masks) != 1:
+            raise UserError(
+                f"{manifest.name} line {number} needs 'source-ref' and exactly one other "
+                f"attribute ending in '-ref' (the annotation); found {sorted(entry)}"
+            )
+        samples.append(
+            Sample(
+                _resolve(entry["source-ref"], manifest, cache),
+                _resolve(entry[masks[0]], manifest, cache),
+            )
+        )
+    return samples

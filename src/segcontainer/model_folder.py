@@ -1,0 +1,146 @@
+"""The model/ folder: written by training, read by serving, tools and incremental training.
+
+``model/`` holds ``model.pt`` (the best epoch's state_dict, loadable with
+``torch.load(..., weights_only=True)``), ``hyperparams.json`` (the resolved configuration
+serving rebuilds the model from) and ``model_info.json`` (class names, best epoch and its
+metrics, versions). It never holds a tarball: SageMaker packs the folder itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from segcontainer import __version__
+from segcontainer.config.hyperparameters import Config
+from segcontainer.data.preprocess import MEAN, STD
+from segcontainer.errors import UserError
+from segcontainer.models import build_model
+
+if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
+    from segcontainer.metrics import Scores
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "hyperparams.json"
+INFO_FILE = "model_info.json"
+FORMAT_VERSION = 1
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a stop mid-write leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
+    """hyperparams.json: every resolved hyperparameter plus what serving needs to rebuild."""
+    return {
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "label_maps": label_maps,
+        "normalization": {"mean": list(MEAN), "std": list(STD)},
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def save_model(
+    model_dir: Path,
+    model: nn.Module,
+    record: dict,
+    epoch: int,
+    scores: Scores,
+    class_names: tuple[str, ...],
+) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
+    _write_json(model_dir / CONFIG_FILE, record)
+    names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]
+    _write_json(
+        model_dir / INFO_FILE,
+        {
+            "class_names": names,
+            "class_names_given": bool(class_names),
+            "best_epoch": epoch,
+            "validation_mIOU": scores.miou,
+            "validation_pixel_accuracy": scores.pixel_accuracy,
+            "validation_per_class_IOU": dict(zip(names, scores.per_class_iou, strict=True)),
+            "segcontainer_version": __version__,
+            "torch_version": torch.__version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the trained model from model/ (the same builder training used)."""
+    record = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = build_model(record["algorithm"], record["backbone"], record["num_classes"])
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, record
+
+
+def pack_model(model_dir: Path, tarball: Path) -> None:
+    """model.tar.gz as SageMaker packs model/: the folder's files at the archive root."""
+
+    def write(tmp: Path) -> None:
+        # Level 1: float weights barely compress, and level 9 takes many times longer.
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as archive:
+            for item in sorted(model_dir.iterdir()):
+                if not item.name.startswith("."):
+                    archive.add(item, arcname=item.name)
+
+    _write_atomically(tarball, write)
+
+
+def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
+    """Why extracting ``member`` under ``root`` would be unsafe, or None."""
+    name = Path(member.name)
+    if name.is_absolute():
+        return f"absolute path {member.name}"
+    if ".." in name.parts:
+        return f"path {member.name} climbs out with '..'"
+    if member.issym() or member.islnk():
+        base = root if member.islnk() else (root / name).parent
+        target = (base / member.linkname).resolve()
+        if Path(member.linkname).is_absolute() or not target.is_relative_to(root):
+            return f"link {member.name} -> {member.linkname} leaves the folder"
+    if member.isdev():
+        return f"device file {member.name}"
+    return None
+
+
+def extract_model_tarball(tarball: Path, destination: Path) -> Path:
+    """Unpack a model.tar.gz, refusing absolute paths, '..' and links leaving the folder
+    (named in the message); tarfile's "data" filter guards the extraction itself too."""
+    destination.mkdir(parents=True, exist_ok=True)
+    root = destination.resolve()
+    try:
+        with tarfile.open(tarball) as archive:
+            for member in archive.getmembers():
+                reason = _unsafe_member(member, root)
+                if reason:
+                    raise UserError(
+                        f"{tarball} holds an unsafe member ({reason}); refusing to "
+                        "extract it. Use a model.tar.gz written by train."
+                    )
+            archive.extractall(destination, filter="data")
+    except tarfile.FilterError as exc:
+        raise UserError(
+            f"{tarball} holds an unsafe member ({exc}); refusing to extract it."
+        ) from exc
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{tarball} is not a readable .tar.gz ({exc}).") from exc
+    return destination

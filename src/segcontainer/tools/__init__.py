@@ -1,0 +1,1 @@
+"""``segcontainer`` subcommands beside train and serve: predict, recordio, demo."""

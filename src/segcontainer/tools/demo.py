@@ -1,0 +1,120 @@
+"""``segcontainer demo``: the whole path on a generated dataset, in a local folder.
+
+train (as SageMaker's local mode lays out /opt/ml) -> serve the model with nginx + gunicorn
+-> one image to /invocations for a PNG mask and for probabilities -> stop the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from segcontainer.client import decode_recordio_protobuf
+from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
+
+DEMO_HYPERPARAMETERS = {
+    "backbone": "resnet-50",
+    "algorithm": "fcn",
+    "use_pretrained_model": "False",  # no network here: the demo trains from scratch
+    "num_classes": "3",
+    "num_training_samples": "32",
+    "epochs": "3",
+    "base_size": "96",
+    "crop_size": "64",
+    "mini_batch_size": "8",
+    "validation_mini_batch_size": "8",
+    "learning_rate": "0.001",
+    "optimizer": "adam",
+    "class_names": "background,rectangle,ellipse",
+}
+
+
+def _run_logged(command: list[str], env: dict, log_file: Path) -> int:
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return process.wait()
+
+
+def _post(port: int, body: bytes, accept: str) -> bytes:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=body,
+        headers={"Content-Type": "image/jpeg", "Accept": accept},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.read()
+
+
+def _serve_and_predict(base: Path, env: dict, folder: Path) -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_file = folder / "serve.log"
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "segcontainer.cli", "serve"],
+            env={**env, "SAGEMAKER_BIND_TO_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                        break
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.5)
+            else:
+                print(f"serve did not become ready; see {log_file}")
+                return 1
+            image = sorted((base / "input" / "data" / "validation").iterdir())[0]
+            body = image.read_bytes()
+            (folder / "prediction.png").write_bytes(_post(port, body, "image/png"))
+            record = _post(port, body, "application/x-recordio-protobuf")
+            (folder / "prediction.recordio-protobuf").write_bytes(record)
+            shape = decode_recordio_protobuf(record).shape
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(f"\nserved the model on port {port} and sent {image.name} to /invocations:")
+    print(f"  PNG mask (image/png):                  {folder / 'prediction.png'}")
+    print(f"  probabilities {shape} (recordio-protobuf): {folder / 'prediction.recordio-protobuf'}")
+    print(f"  server log:                            {log_file}")
+    return 0
+
+
+def run_demo(folder: Path, epochs: int) -> int:
+    folder = folder.resolve()
+    base = folder / "opt_ml"
+    if base.exists():
+        shutil.rmtree(base)
+    make_dataset(base / "input" / "data")
+    write_local_mode_config(base, {**DEMO_HYPERPARAMETERS, "epochs": str(epochs)})
+    print(f"demo dataset and SageMaker config files written under {base}", flush=True)
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINING_JOB_NAME", None)
+    code = _run_logged(
+        [sys.executable, "-m", "segcontainer.cli", "train"], env, folder / "train.log"
+    )
+    print(f"\ntrain exited with {code}.")
+    print(f"  model folder (SageMaker packs it): {base / 'model'}")
+    print(f"  model.tar.gz to deploy:            {base / 'output' / 'model.tar.gz'}")
+    print(f"  training curves:                   {base / 'output' / 'data'}")
+    print(f"  log:                               {folder / 'train.log'}")
+    if code:
+        print(f"  failure reason:                    {base / 'output' / 'failure'}")
+        return code
+    return _serve_and_predict(base, env, folder)

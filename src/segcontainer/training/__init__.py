@@ -1,0 +1,1 @@
+"""The ``train`` job: entry point, epoch loop, engine, checkpoints, incremental training."""

@@ -1,0 +1,423 @@
+"""Channels: pairing files, label maps, decoding images and masks, the torch Dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segcontainer.config.environment import Paths
+from segcontainer.data.channels import (
+    IGNORE_INDEX,
+    UNMAPPED,
+    Sample,
+    identity_lut,
+    label_map_lut,
+    load_image,
+    load_mask,
+    load_mask_pixels,
+    pair_samples,
+    read_label_maps,
+)
+from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.preprocess import validation_transform
+from segcontainer.errors import UserError
+
+WIDTH, HEIGHT = 20, 16
+
+
+def _touch_image(path: Path, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    Image.new("RGB", size, (10, 20, 30)).save(path, format=fmt)
+    return path
+
+
+def _touch_mask(path: Path, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, 0).save(path)
+    return path
+
+
+# --- pair_samples -------------------------------------------------------------------------------
+
+
+def test_pair_samples_pairs_by_base_name_across_extensions(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    _touch_image(images / "a.jpg")
+    _touch_image(images / "b.png")
+    _touch_mask(masks / "a.png")
+    _touch_mask(masks / "b.png")
+
+    pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+
+    assert pairs == [
+        Sample(images / "a.jpg", masks / "a.png"),
+        Sample(images / "b.png", masks / "b.png"),
+    ]
+    assert [p.name for p in pairs] == ["a", "b"]
+    assert lonely_images == []
+    assert lonely_masks == []
+
+
+def test_pair_samples_reports_images_without_masks_and_masks_without_images(
+    tmp_path: Path,
+) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    _touch_image(images / "both.jpg")
+    _touch_image(images / "only_image.jpg")
+    _touch_mask(masks / "both.png")
+    _touch_mask(masks / "only_mask.png")
+
+    pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+
+    assert pairs == [Sample(images / "both.jpg", masks / "both.png")]
+    assert lonely_images == [images / "only_image.jpg"]
+    assert lonely_masks == [masks / "only_mask.png"]
+
+
+def test_pair_samples_ignores_hidden_files(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    _touch_image(images / "a.jpg")
+    _touch_mask(masks / "a.png")
+    (images / ".DS_Store").write_bytes(b"\x00\x01junk")
+    _touch_image(images / ".hidden.jpg")
+    _touch_mask(masks / ".other.png")
+
+    pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+
+    assert pairs == [Sample(images / "a.jpg", masks / "a.png")]
+    assert lonely_images == []
+    assert lonely_masks == []
+
+
+# --- label_map_lut -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [3, "3", 3.0])
+def test_scale_label_map_divides_pixel_values(scale: object) -> None:
+    lut = label_map_lut({"scale": scale}, "train_label_map.json")
+
+    assert lut.shape == (256,)
+    assert lut[[0, 3, 6]].tolist() == [0, 1, 2]
+    assert lut[[1, 2, 4, 5, 7, 8]].tolist() == [0, 0, 1, 1, 2, 2]  # rounded down
+    assert lut[IGNORE_INDEX] == IGNORE_INDEX
+
+
+def test_scale_one_is_identity() -> None:
+    lut = label_map_lut({"scale": "1"}, "train_label_map.json")
+
+    assert np.array_equal(lut, identity_lut())
+
+
+def test_map_label_map_maps_pixel_values_to_labels() -> None:
+    lut = label_map_lut({"map": {"0": 5, "1": 0, "2": 2}}, "train_label_map.json")
+
+    assert lut[5] == 0
+    assert lut[0] == 1
+    assert lut[2] == 2
+    others = [v for v in range(255) if v not in (0, 2, 5)]
+    assert set(lut[others].tolist()) == {UNMAPPED}
+    assert lut[IGNORE_INDEX] == IGNORE_INDEX
+
+
+def test_map_label_map_can_read_255_as_a_class() -> None:
+    lut = label_map_lut({"map": {"0": 0, "1": 255}}, "train_label_map.json")
+
+    assert lut[0] == 0
+    assert lut[255] == 1
+    assert lut[1] == UNMAPPED
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"scale": 2, "map": {"0": 0}},
+        {"scale": 0},
+        {"scale": "x"},
+        {"scale": None},
+        {"scale": -3},
+        {"map": {}},
+        {"map": ["0", "1"]},
+        {"map": {"0": "x"}},
+        {"map": {"a": 1}},
+        {"map": {"0": None}},
+        {"map": {"0": 300}},
+        {"map": {"-1": 3}},
+        {},
+        {"offset": 1},
+        [1, 2],
+        "scale",
+    ],
+    ids=lambda spec: json.dumps(spec),
+)
+def test_bad_label_map_specs_raise_user_error(spec: object) -> None:
+    with pytest.raises(UserError, match="train_label_map.json"):
+        label_map_lut(spec, "train_label_map.json")  # type: ignore[arg-type]
+
+
+# --- read_label_maps -----------------------------------------------------------------------------
+
+
+def _write_label_map(paths: Paths, name: str, content: str) -> Path:
+    folder = paths.channel("label_map")
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / name
+    file.write_text(content)
+    return file
+
+
+def test_read_label_maps_without_channel_is_identity_for_both_splits(paths: Paths) -> None:
+    maps = read_label_maps(paths)
+
+    assert maps == {"train": {"scale": 1}, "validation": {"scale": 1}}
+    for spec in maps.values():
+        assert np.array_equal(label_map_lut(spec, "x"), identity_lut())
+
+
+def test_read_label_maps_validation_falls_back_to_train_map(paths: Paths) -> None:
+    _write_label_map(paths, "train_label_map.json", json.dumps({"scale": "3"}))
+
+    maps = read_label_maps(paths)
+
+    assert maps == {"train": {"scale": "3"}, "validation": {"scale": "3"}}
+
+
+def test_read_label_maps_reads_both_files(paths: Paths) -> None:
+    _write_label_map(paths, "train_label_map.json", json.dumps({"scale": 3}))
+    _write_label_map(paths, "validation_label_map.json", json.dumps({"map": {"0": 0, "1": 9}}))
+
+    maps = read_label_maps(paths)
+
+    assert maps == {"train": {"scale": 3}, "validation": {"map": {"0": 0, "1": 9}}}
+
+
+def test_read_label_maps_folder_without_recognised_file_raises(paths: Paths) -> None:
+    _write_label_map(paths, "labels.json", json.dumps({"scale": 1}))
+
+    with pytest.raises(UserError, match="train_label_map.json"):
+        read_label_maps(paths)
+
+
+def test_read_label_maps_invalid_json_names_the_file(paths: Paths) -> None:
+    file = _write_label_map(paths, "train_label_map.json", '{"scale": 3,')
+
+    with pytest.raises(UserError) as info:
+        read_label_maps(paths)
+
+    assert str(file) in str(info.value)
+    assert "JSON" in str(info.value)
+
+
+def test_read_label_maps_non_utf8_file_raises_user_error(paths: Paths) -> None:
+    folder = paths.channel("label_map")
+    folder.mkdir(parents=True)
+    file = folder / "train_label_map.json"
+    file.write_bytes(b'{"scale": "\xff"}')  # JSON must be UTF-8 (RFC 8259)
+
+    with pytest.raises(UserError) as info:
+        read_label_maps(paths)
+
+    assert str(file) in str(info.value)
+
+
+def test_read_label_maps_invalid_spec_in_file_raises(paths: Paths) -> None:
+    _write_label_map(paths, "validation_label_map.json", json.dumps({"scale": 0}))
+
+    with pytest.raises(UserError, match="validation_label_map.json"):
+        read_label_maps(paths)
+
+
+# --- load_image ----------------------------------------------------------------------------------
+
+
+def _rgb_array() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [
+        ("L", ".png"),
+        ("LA", ".png"),
+        ("RGB", ".png"),
+        ("RGB", ".jpg"),
+        ("RGBA", ".png"),
+        ("P", ".png"),
+        ("1", ".png"),
+        ("CMYK", ".jpg"),
+    ],
+)
+def test_load_image_returns_rgb_of_the_right_size(tmp_path: Path, mode: str, suffix: str) -> None:
+    path = tmp_path / f"image{suffix}"
+    Image.fromarray(_rgb_array(), "RGB").convert(mode).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really is in that mode
+
+    image = load_image(path)
+
+    assert image.mode == "RGB"
+    assert image.size == (WIDTH, HEIGHT)
+
+
+def test_load_image_keeps_rgb_values(tmp_path: Path) -> None:
+    array = _rgb_array()
+    path = tmp_path / "image.png"
+    Image.fromarray(array, "RGB").save(path)
+
+    assert np.array_equal(np.asarray(load_image(path)), array)
+
+
+def test_load_image_applies_palette(tmp_path: Path) -> None:
+    image = Image.new("P", (WIDTH, HEIGHT), 1)
+    image.putpalette([0, 0, 0, 200, 40, 10] + [0] * (256 * 3 - 6))
+    path = tmp_path / "palette.png"
+    image.save(path)
+
+    pixels = np.asarray(load_image(path))
+
+    assert (pixels == np.array([200, 40, 10], dtype=np.uint8)).all()
+
+
+def test_load_image_scales_16_bit_values_instead_of_clipping(tmp_path: Path) -> None:
+    array = np.zeros((HEIGHT, WIDTH), dtype=np.uint16)
+    array[:, : WIDTH // 2] = 65535
+    array[:, WIDTH // 2 :] = 32768
+    array[0, 0] = 0
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(array).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode.startswith("I")  # really a 16-bit file
+
+    image = load_image(path)
+    pixels = np.asarray(image).astype(int)
+
+    assert image.mode == "RGB"
+    assert image.size == (WIDTH, HEIGHT)
+    assert (pixels[1:, : WIDTH // 2] == 255).all()
+    assert (np.abs(pixels[:, WIDTH // 2 :] - 128) <= 1).all()
+    assert (pixels[0, 0] == 0).all()
+
+
+def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(path, exif=exif)
+
+    image = load_image(path)
+
+    assert image.mode == "RGB"
+    assert image.size == (10, 20)
+
+
+# --- masks ---------------------------------------------------------------------------------------
+
+
+def _mask_values() -> np.ndarray:
+    values = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    values[:, 5:10] = 1
+    values[:, 10:15] = 2
+    values[:, 15:] = 255
+    return values
+
+
+def test_load_mask_pixels_reads_palette_indices_not_colours(tmp_path: Path) -> None:
+    mask = Image.fromarray(_mask_values(), "P")
+    mask.putpalette([0, 0, 0, 255, 255, 255, 10, 20, 30] + [0] * (256 * 3 - 9))  # 1 -> white
+    path = tmp_path / "mask.png"
+    mask.save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == "P"
+
+    pixels = load_mask_pixels(path)
+
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(pixels, _mask_values())
+
+
+def test_load_mask_pixels_reads_grayscale_values(tmp_path: Path) -> None:
+    path = tmp_path / "mask.png"
+    Image.fromarray(_mask_values(), "L").save(path)
+
+    pixels = load_mask_pixels(path)
+
+    assert pixels.dtype == np.uint8
+    assert np.array_equal(pixels, _mask_values())
+
+
+def test_load_mask_pixels_reads_bilevel_masks_as_zero_and_one(tmp_path: Path) -> None:
+    path = tmp_path / "mask.png"
+    Image.fromarray(np.array([[0, 255, 0], [255, 255, 0]], dtype=np.uint8)).convert("1").save(path)
+
+    pixels = load_mask_pixels(path)
+
+    assert pixels.dtype == np.uint8
+    assert pixels.tolist() == [[0, 1, 0], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_load_mask_pixels_rejects_colour_masks(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "colour_mask.png"
+    Image.fromarray(_mask_values(), "L").convert(mode).save(path)
+
+    with pytest.raises(UserError, match="single-channel") as info:
+        load_mask_pixels(path)
+
+    assert "colour_mask.png" in str(info.value)
+
+
+def test_load_mask_applies_lut_and_ignores_unmapped_values(tmp_path: Path) -> None:
+    path = tmp_path / "mask.png"
+    Image.fromarray(_mask_values(), "L").save(path)
+    lut = label_map_lut({"map": {"0": 2, "1": 0}}, "train_label_map.json")  # pixel 1 unmapped
+
+    labels = load_mask(path, lut)
+
+    expected = np.full((HEIGHT, WIDTH), IGNORE_INDEX, dtype=np.uint8)
+    expected[:, :5] = 1  # pixel 0 -> label 1
+    expected[:, 10:15] = 0  # pixel 2 -> label 0
+    assert labels.dtype == np.uint8
+    assert np.array_equal(labels, expected)
+
+
+def test_load_mask_with_scale_keeps_ignore(tmp_path: Path) -> None:
+    values = np.array([[0, 3, 6, 255]], dtype=np.uint8)
+    path = tmp_path / "mask.png"
+    Image.fromarray(values, "L").save(path)
+
+    labels = load_mask(path, label_map_lut({"scale": 3}, "train_label_map.json"))
+
+    assert labels.tolist() == [[0, 1, 2, 255]]
+
+
+# --- Dataset -------------------------------------------------------------------------------------
+
+
+def test_dataset_returns_float_image_and_uint8_mask_tensors(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(_rgb_array(), "RGB").save(images / "a.jpg")
+    Image.fromarray(_mask_values(), "L").save(masks / "a.png")
+    Image.fromarray(_rgb_array()[:10, :12], "RGB").convert("L").save(images / "b.png")
+    Image.fromarray(_mask_values()[:10, :12], "L").save(masks / "b.png")
+    samples, _, _ = pair_samples(images, masks)
+    dataset = SegmentationDataset(samples, identity_lut(), validation_transform())
+
+    assert len(dataset) == 2
+    for index, (height, width) in enumerate([(HEIGHT, WIDTH), (10, 12)]):
+        image, mask = dataset[index]
+        assert type(image) is torch.Tensor
+        assert type(mask) is torch.Tensor
+        assert image.dtype == torch.float32
+        assert image.shape == (3, height, width)
+        assert mask.dtype == torch.uint8
+        assert mask.shape == (height, width)
+        assert np.array_equal(mask.numpy(), _mask_values()[:height, :width])

@@ -1,0 +1,112 @@
+"""The GPU-side input pipeline, run on CPU tensors: same crops, labels, padding and
+normalisation as the plain transforms.v2 path, draw for draw; path selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.io import decode_jpeg, read_file
+
+from segcontainer.data.augment import train_transform
+from segcontainer.data.channels import IGNORE_INDEX, Sample, identity_lut, load_image, load_mask
+from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.gpu_pipeline import (
+    GpuTrainBatches,
+    apply_orientation,
+    choose_pipeline,
+)
+from segcontainer.tools.demo_data import synthetic_pair
+
+CPU = torch.device("cpu")
+
+
+def write_pairs(folder, sizes, fmt="JPEG"):
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, size in enumerate(sizes):
+        image, mask = synthetic_pair(rng, size)
+        suffix = ".jpg" if fmt == "JPEG" else ".png"
+        image_path, mask_path = folder / f"{i}{suffix}", folder / f"{i}_mask.png"
+        image.save(image_path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        mask.save(mask_path)
+        samples.append(Sample(image_path, mask_path))
+    return samples
+
+
+@pytest.mark.parametrize("crop,base", [(48, 64), (96, 40)])  # crops within, and padding
+def test_batches_match_the_plain_path_draw_for_draw(tmp_path, crop, base):
+    samples = write_pairs(tmp_path, [(64, 48), (40, 56), (80, 30), (33, 33)])
+    lut = identity_lut()
+    gpu = GpuTrainBatches(samples, lut, base, crop, 2, seed=7, workers=0, device=CPU)
+    plain = SegmentationDataset(samples, lut, train_transform(base, crop), seed=7)
+    for epoch in (0, 3):
+        gpu.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        order = list(gpu.sampler)
+        batches = list(gpu)
+        assert len(batches) == len(gpu) == 2
+        for b, (images, masks) in enumerate(batches):
+            assert images.shape == (2, 3, crop, crop) and images.dtype == torch.float32
+            assert masks.shape == (2, crop, crop) and masks.dtype == torch.uint8
+            for i in range(2):
+                ref_image, ref_mask = plain[order[2 * b + i]]
+                # Same scale, window, padding and flip: masks are identical (nearest resize);
+                # images differ only by rounding (uint8 vs float resampling).
+                assert torch.equal(masks[i], ref_mask)
+                difference = (images[i] - ref_image).abs()
+                assert difference.mean() < 0.02 and difference.max() < 0.2
+
+
+def test_padding_is_ignore_in_masks_and_mean_in_images(tmp_path):
+    samples = write_pairs(tmp_path, [(20, 16), (18, 24)])  # much smaller than the crop
+    gpu = GpuTrainBatches(samples, identity_lut(), 16, 64, 2, seed=0, workers=0, device=CPU)
+    images, masks = next(iter(gpu))
+    labels = set(torch.unique(masks).tolist())
+    assert labels <= {0, 1, 2, IGNORE_INDEX} and IGNORE_INDEX in labels
+    padded = masks == IGNORE_INDEX  # the masks have no 255 of their own: all of it is padding
+    assert padded.any() and (~padded).any()
+    # Padding is the mean colour, which normalises to 0 in every channel.
+    assert images.permute(1, 0, 2, 3)[:, padded].abs().max() < 0.01
+
+
+def test_exif_orientation_is_applied_as_pil_does(tmp_path):
+    rng = np.random.default_rng(1)
+    image, mask = synthetic_pair(rng, (40, 24))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        image.save(path, "JPEG", quality=95, exif=exif)
+        expected = torch.from_numpy(np.asarray(load_image(path)).copy()).permute(2, 0, 1)
+        turned = apply_orientation(decode_jpeg(read_file(str(path))), orientation)
+        assert turned.shape == expected.shape, orientation
+        assert (turned.float() - expected.float()).abs().mean() < 2, orientation
+
+
+def test_choose_pipeline_says_why(tmp_path):
+    (tmp_path / "j").mkdir()
+    (tmp_path / "p").mkdir()
+    jpegs = write_pairs(tmp_path / "j", [(20, 16)] * 2)
+    pngs = write_pairs(tmp_path / "p", [(20, 16)], fmt="PNG")
+    cuda = torch.device("cuda")
+    assert choose_pipeline("auto", cuda, False, jpegs) == (
+        "gpu",
+        "2 JPEG training images and a GPU",
+    )
+    assert choose_pipeline("auto", CPU, False, jpegs) == ("cpu", "no GPU")
+    assert choose_pipeline("cpu", cuda, False, jpegs) == ("cpu", "input_pipeline=cpu")
+    assert choose_pipeline("auto", cuda, True, jpegs)[0] == "cpu"
+    path, why = choose_pipeline("auto", cuda, False, jpegs + pngs)
+    assert path == "cpu" and "1 of 3 training images are not JPEG (0.png)" in why
+
+
+def test_masks_use_the_label_map(tmp_path):
+    samples = write_pairs(tmp_path, [(32, 32)] * 2)
+    lut = identity_lut()
+    lut[2] = IGNORE_INDEX  # a label map that reads class 2 as ignore
+    gpu = GpuTrainBatches(samples, lut, 32, 32, 2, seed=0, workers=0, device=CPU)
+    _, masks = next(iter(gpu))
+    assert 2 not in torch.unique(masks).tolist()
+    assert np.array_equal(gpu.masks[0].numpy(), load_mask(samples[0].mask, lut))

@@ -1,0 +1,236 @@
+"""Pipe mode: real FIFOs fed by a separate process per epoch, as SageMaker feeds them."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segcontainer.config.environment import Paths
+from segcontainer.data.channels import identity_lut
+from segcontainer.data.pipe import PipeTrainStream, wait_for
+from segcontainer.data.recordio import frame
+from segcontainer.errors import TrainingStopped, UserError
+from segcontainer.tools.demo_data import synthetic_pair
+from segcontainer.training.entry import main
+from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
+
+# Creates the FIFO, blocks until the trainer opens it, writes the stream, closes: one epoch.
+FEEDER = """
+import os, sys
+fifo, data = sys.argv[1], sys.argv[2]
+os.mkfifo(fifo)
+with open(fifo, "wb") as out, open(data, "rb") as source:
+    out.write(source.read())
+"""
+PIPE_CHANNEL = {
+    "TrainingInputMode": "Pipe",
+    "RecordWrapperType": "RecordIO",
+    "ContentType": "application/x-recordio",
+    "S3DistributionType": "FullyReplicated",
+}
+
+
+def pairs(count: int, seed: int, size=(48, 40)) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(count):
+        image, mask = synthetic_pair(rng, size)
+        image_bytes, mask_bytes = io.BytesIO(), io.BytesIO()
+        image.save(image_bytes, format="JPEG")
+        mask.save(mask_bytes, format="PNG")
+        result.append((image_bytes.getvalue(), mask_bytes.getvalue()))
+    return result
+
+
+def manifest_stream(items: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(frame(image) + frame(mask) for image, mask in items)
+
+
+def configure(base: Path, channels: dict, **hyperparameters: str) -> None:
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    values = {**FAST_HYPERPARAMETERS, "num_training_samples": "8", **hyperparameters}
+    (config / "hyperparameters.json").write_text(json.dumps(values))
+    (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    (base / "input" / "data").mkdir(parents=True, exist_ok=True)
+
+
+def feed(base: Path, name: str, stream: bytes) -> subprocess.Popen:
+    data = base / f"{name}.stream"
+    data.write_bytes(stream)
+    return subprocess.Popen(
+        [sys.executable, "-c", FEEDER, str(base / "input" / "data" / name), str(data)]
+    )
+
+
+def test_train_end_to_end_from_fifos(tmp_path: Path) -> None:
+    from sagemaker.amazon.common import _write_recordio
+
+    base = tmp_path / "algo-1-p1p3s"
+    configure(base, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL}, epochs="2")
+    feeders = [
+        feed(base, f"train_{epoch}", manifest_stream(pairs(8, seed=epoch))) for epoch in range(2)
+    ]
+    sdk_stream = io.BytesIO()  # validation written by the SageMaker SDK's own writer
+    for image, mask in pairs(4, seed=9):
+        _write_recordio(sdk_stream, image)
+        _write_recordio(sdk_stream, mask)
+    feeders.append(feed(base, "validation_0", sdk_stream.getvalue()))
+    try:
+        result = subprocess.run(
+            train_command(), env=subprocess_env(base), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-3000:]
+        for feeder in feeders:
+            assert feeder.wait(timeout=30) == 0  # every FIFO was read to the end
+    finally:
+        for feeder in feeders:
+            feeder.kill()
+    epochs = [int(e) for e in re.findall(r"epoch=(\d+), validation mIOU", result.stdout)]
+    assert epochs == [0, 1]
+    assert (base / "model" / "model.pt").exists()
+    assert not (base / "input" / "data" / "validation_1").exists()  # validation read once
+
+
+def plain_channel_files(base: Path, epochs: int) -> None:
+    """The four-channel layout in Pipe mode: one record per file, paired by position."""
+    data = base / "input" / "data"
+    for split, count, name_epochs in (("train", 8, range(epochs)), ("validation", 4, [0])):
+        for epoch in name_epochs:
+            items = pairs(count, seed=epoch + 10 * (split == "validation"))
+            (data / f"{split}_{epoch}").write_bytes(b"".join(frame(i) for i, _ in items))
+            (data / f"{split}_annotation_{epoch}").write_bytes(b"".join(frame(m) for _, m in items))
+
+
+def test_plain_channels_in_pipe_mode(base_dir: Path) -> None:
+    channels = {
+        name: PIPE_CHANNEL
+        for name in ("train", "train_annotation", "validation", "validation_annotation")
+    }
+    configure(base_dir, channels, epochs="2")
+    plain_channel_files(base_dir, 2)
+    assert main() == 0
+    assert (base_dir / "model" / "model.pt").exists()
+
+
+def failure_reason(base: Path) -> str:
+    assert main() != 0
+    return (base / "output" / "failure").read_text().split("\n\n")[0]
+
+
+GOOD = manifest_stream(pairs(4, seed=3))
+CORRUPT = {
+    "bad magic": (b"\x00\x01\x02\x03" + GOOD[4:], "bad magic 0x03020100"),
+    "truncated record": (GOOD[: len(GOOD) - 40], "truncated"),
+    "odd record count": (GOOD + frame(pairs(1, seed=5)[0][0]), "odd number of records"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_corrupt_streams_fail_with_their_message(base_dir: Path, case: str) -> None:
+    stream, message = CORRUPT[case]
+    configure(base_dir, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL})
+    (base_dir / "input" / "data" / "validation_0").write_bytes(stream)
+    reason = failure_reason(base_dir)
+    assert "validation_0" in reason and message in reason
+
+
+def test_bad_pair_names_its_record(base_dir: Path) -> None:
+    items = pairs(4, seed=3)
+    rgb = io.BytesIO()
+    Image.open(io.BytesIO(items[2][1])).convert("RGB").save(rgb, format="PNG")
+    items[2] = (items[2][0], rgb.getvalue())
+    configure(base_dir, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL})
+    (base_dir / "input" / "data" / "validation_0").write_bytes(manifest_stream(items))
+    reason = failure_reason(base_dir)
+    assert "validation record 5 (annotation) (mode RGB)" in reason
+
+
+def test_pipe_mode_needs_num_training_samples(base_dir: Path) -> None:
+    configure(base_dir, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL})
+    values = json.loads((base_dir / "input/config/hyperparameters.json").read_text())
+    del values["num_training_samples"]
+    (base_dir / "input/config/hyperparameters.json").write_text(json.dumps(values))
+    assert "set num_training_samples" in failure_reason(base_dir)
+
+
+def stream_over(base: Path, count: int, buffer: int, epoch: int = 0) -> PipeTrainStream:
+    (base / "input" / "data").mkdir(parents=True, exist_ok=True)
+    (base / "input" / "data" / "train_0").write_bytes(manifest_stream(pairs(count, seed=1)))
+    stream = PipeTrainStream(
+        Paths(base),
+        "manifest",
+        identity_lut(),
+        lambda i, m: (i, m),
+        {"scale": 1},
+        3,
+        count,
+        seed=0,
+        buffer_size=buffer,
+        should_stop=lambda: False,
+    )
+    stream.set_epoch(epoch)
+    return stream
+
+
+def test_shuffle_buffer_bounds_how_far_ahead_it_reads(base_dir: Path) -> None:
+    order = [index for index, _ in stream_over(base_dir, 20, buffer=4).shuffled()]
+    assert sorted(order) == list(range(20))
+    assert order != list(range(20))
+    # with 4 pairs held, the n-th pair out was read at most 3 places later in the stream
+    assert all(index <= position + 3 for position, index in enumerate(order))
+
+
+def test_shuffle_order_follows_seed_and_epoch(base_dir: Path) -> None:
+    first = [i for i, _ in stream_over(base_dir, 12, buffer=6, epoch=0).shuffled()]
+    again = [i for i, _ in stream_over(base_dir, 12, buffer=6, epoch=0).shuffled()]
+    other = [i for i, _ in stream_over(base_dir, 12, buffer=6, epoch=1).shuffled()]
+    assert first == again and first != other
+
+
+def test_waiting_for_a_fifo_stops_on_sigterm_and_times_out(tmp_path: Path) -> None:
+    with pytest.raises(TrainingStopped):
+        wait_for(tmp_path / "train_0", should_stop=lambda: True)
+    with pytest.raises(UserError, match="did not appear"):
+        wait_for(tmp_path / "train_0", should_stop=lambda: False, timeout=0.2)
+
+
+def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path) -> None:
+    out = tmp_path / "train.rec"
+    result = subprocess.run(
+        [
+            "segcontainer",
+            "recordio",
+            "write",
+            str(out),
+            "--images",
+            str(small_dataset / "train"),
+            "--masks",
+            str(small_dataset / "train_annotation"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 8 image/annotation pairs (16 records)" in result.stdout
+    listing = subprocess.run(
+        ["segcontainer", "recordio", "list", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(tmp_path),
+    )
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 16
+    assert "image" in lines[0] and "JPEG RGB 48x40" in lines[0]
+    assert "annotation" in lines[1] and "PNG P 48x40" in lines[1]

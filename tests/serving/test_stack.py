@@ -1,0 +1,237 @@
+"""The real serving stack (the `serve` executable: nginx + gunicorn + flask) against a model
+trained in the test: /ping, every content and accept type, errors, a 4K image, SIGTERM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from segcontainer.client import decode_recordio_protobuf
+from segcontainer.serving.codecs import PALETTE
+from segcontainer.tools.demo_data import synthetic_pair
+from tests.conftest import subprocess_env
+from tests.serving_stack import Server, memory_kib, request
+
+PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
+
+
+@pytest.fixture(scope="module")
+def server(trained_base: Path):
+    server = Server(trained_base, SAGEMAKER_MAX_PAYLOAD_IN_MB="6")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def image_bytes(fmt: str, size=(60, 44), mode: str = "RGB") -> bytes:
+    image, _ = synthetic_pair(np.random.default_rng(7), size)
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def invoke(server: Server, body: bytes, content_type: str, accept: str | None = None):
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    return request(server.port, "/invocations", body, headers)
+
+
+def assert_good_request_works(server: Server) -> None:
+    status, _, body = invoke(server, image_bytes("JPEG"), "image/jpeg", "image/png")
+    assert status == 200
+    assert Image.open(io.BytesIO(body)).size == (60, 44)
+
+
+def test_ping_and_execution_parameters(server: Server) -> None:
+    assert request(server.port, "/ping")[0] == 200
+    status, headers, body = request(server.port, "/execution-parameters")
+    assert status == 200
+    assert json.loads(body) == {
+        "MaxConcurrentTransforms": 1,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 6,
+    }
+    assert request(server.port, "/elsewhere")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("content_type", "fmt"),
+    [
+        ("image/jpeg", "JPEG"),
+        ("image/png", "PNG"),
+        ("application/x-image", "JPEG"),
+        ("application/x-image", "BMP"),
+    ],
+)
+def test_png_answer_is_a_palette_mask_equal_to_the_argmax(server, content_type, fmt) -> None:
+    body = image_bytes(fmt)
+    status, headers, png = invoke(server, body, content_type, "image/png")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    mask = Image.open(io.BytesIO(png))
+    assert mask.mode == "P" and mask.size == (60, 44)
+    assert mask.getpalette()[: 3 * 256] == PALETTE
+    status, headers, record = invoke(server, body, content_type, "application/x-protobuf")
+    assert status == 200
+    probabilities = decode_recordio_protobuf(record)
+    assert probabilities.shape == (3, 44, 60)
+    assert np.array_equal(np.array(mask), probabilities.argmax(0))
+
+
+@pytest.mark.parametrize("accept", PROBABILITIES)
+def test_probabilities_decode_with_the_sagemaker_sdk_reader(server, accept: str) -> None:
+    from sagemaker.amazon.common import read_records
+    from sagemaker.deserializers import RecordDeserializer
+
+    status, headers, body = invoke(server, image_bytes("PNG", mode="RGBA"), "image/png", accept)
+    assert status == 200 and headers["Content-Type"] == accept
+    records = read_records(io.BytesIO(body))
+    assert len(records) == 1
+    values = records[0].features["target"].float32_tensor.values
+    shape = records[0].features["shape"].int32_tensor.values
+    assert list(shape) == [1, 3, 44, 60]
+    # the sample notebook's reshape
+    probabilities = np.squeeze(np.reshape(values, np.squeeze(shape)), axis=0)
+    assert probabilities.shape == (3, 44, 60)
+    assert np.allclose(probabilities.sum(0), 1, atol=1e-5)
+    assert np.array_equal(probabilities, decode_recordio_protobuf(body))
+    deserialized = RecordDeserializer().deserialize(io.BytesIO(body), accept)
+    assert list(deserialized[0].features["shape"].int32_tensor.values) == [1, 3, 44, 60]
+
+
+def test_json_summary(server: Server) -> None:
+    status, headers, body = invoke(server, image_bytes("JPEG"), "image/jpeg", "application/json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    summary = json.loads(body)
+    assert (summary["height"], summary["width"], summary["num_classes"]) == (44, 60, 3)
+    assert [c["name"] for c in summary["classes"]] == ["bg", "rect", "ellipse"]
+    assert sum(c["pixels"] for c in summary["classes"]) == 44 * 60
+    assert sum(c["fraction"] for c in summary["classes"]) == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "image/*", "text/html, image/png;q=0.9"])
+def test_missing_or_wildcard_accept_gives_png(server: Server, accept) -> None:
+    status, headers, body = invoke(server, image_bytes("JPEG"), "image/jpeg", accept)
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(body)).mode == "P"
+
+
+ORIGINAL = image_bytes("JPEG")
+BAD_REQUESTS = {
+    "unsupported content type": (b"a,b\n1,2\n", "text/csv", "image/png", 415),
+    "unsupported accept": (ORIGINAL, "image/jpeg", "text/csv", 406),
+    "empty body": (b"", "image/jpeg", "image/png", 400),
+    "truncated image": (ORIGINAL[: len(ORIGINAL) // 3], "image/jpeg", "image/png", 400),
+    "not an image": (b"GIF89a not really", "image/jpeg", "image/png", 400),
+    "undecodable x-image": (b"\x00" * 100, "application/x-image", "image/png", 400),
+    "over the size limit": (
+        b"\xff\xd8\xff" + b"\x00" * (7 * 1024 * 1024),
+        "image/jpeg",
+        "image/png",
+        413,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_status_then_a_good_request_works(server: Server, case: str) -> None:
+    body, content_type, accept, expected = BAD_REQUESTS[case]
+    status, _, answer = invoke(server, body, content_type, accept)
+    assert status == expected, answer[:300]
+    if expected != 413:  # nginx answers 413 itself
+        assert json.loads(answer)["error"]
+    assert_good_request_works(server)
+
+
+def test_4k_image_with_bounded_worker_memory(server: Server) -> None:
+    side = 4096
+    image = Image.new("RGB", (side, side), (120, 120, 120))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((500, 600, 2500, 2200), fill=(200, 40, 40))
+    draw.ellipse((2600, 2400, 3900, 3900), fill=(40, 60, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    [worker] = server.worker_pids()
+    before = memory_kib(worker)
+    status, _, body = invoke(server, buffer.getvalue(), "image/jpeg", "image/png")
+    assert status == 200
+    mask = np.array(Image.open(io.BytesIO(body)))
+    assert mask.shape == (side, side)
+    # the same picture at 512 px gives the same classes (the model sees both at one scale)
+    small = io.BytesIO()
+    image.resize((512, 512), Image.Resampling.BILINEAR).save(small, format="PNG")
+    status, _, small_body = invoke(server, small.getvalue(), "image/png", "image/png")
+    small_mask = np.array(Image.open(io.BytesIO(small_body)))
+    assert (mask[4::8, 4::8] == small_mask).mean() > 0.97
+    growth_mib = (memory_kib(worker) - before) / 1024
+    # decoded RGB 48 MiB + uint8 mask 16 MiB + bands; whole-image float logits would be 600+
+    assert growth_mib < 400, growth_mib
+    assert_good_request_works(server)
+
+
+def test_predict_command_writes_masks_and_overlays(trained_base: Path, tmp_path: Path) -> None:
+    model_tar = trained_base / "output" / "model.tar.gz"
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("a", (64, 48)), ("b", (33, 71))):
+        synthetic_pair(np.random.default_rng(1), size)[0].save(images / f"{name}.jpg")
+    (images / "broken.jpg").write_bytes(b"nope")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["segcontainer", "predict", str(model_tar), str(images), str(out), "--overlay"],
+        env=subprocess_env(trained_base),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr  # one file could not be read
+    assert "skipped broken.jpg" in result.stdout + result.stderr
+    for name, size in (("a", (64, 48)), ("b", (33, 71))):
+        mask = Image.open(out / f"{name}.png")
+        assert mask.mode == "P" and mask.size == size
+        assert Image.open(out / f"{name}_overlay.jpg").size == size
+
+
+def test_unsafe_model_tarball_is_refused(trained_base: Path, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as archive:
+        archive.add(trained_base / "model" / "hyperparams.json", arcname="../escape.json")
+    result = subprocess.run(
+        ["segcontainer", "predict", str(evil), str(tmp_path), str(tmp_path / "out")],
+        env=subprocess_env(trained_base),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "unsafe member" in result.stderr
+    assert not (tmp_path.parent / "escape.json").exists()
+
+
+def test_sigterm_stops_nginx_and_gunicorn(trained_base: Path) -> None:
+    server = Server(trained_base)
+    server.wait_ready()
+    workers = server.worker_pids()
+    assert server.stop(timeout=60) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    with pytest.raises(OSError):
+        request(server.port, "/ping", timeout=2)
+
+
+def test_serve_exits_non_zero_when_gunicorn_dies(trained_base: Path) -> None:
+    server = Server(trained_base)
+    server.wait_ready()
+    os.kill(server.gunicorn_master(), signal.SIGKILL)
+    assert server.process.wait(timeout=60) == 1
+    server.stop()
+    with pytest.raises(OSError):  # nginx went down with it
+        request(server.port, "/ping", timeout=2)

@@ -1,0 +1,133 @@
+"""The `train` executable end to end, as SageMaker's local mode would run it, on the CPU.
+
+Config files are shaped exactly as the SageMaker Python SDK's local mode writes them (string
+values, `_tuning_objective_metric`, a container root named like algo-1-xxxxx); the data is a
+learnable synthetic task, and the trained model must beat what an untrained one reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from segcontainer.data.augment import pad_collate
+from segcontainer.data.channels import identity_lut, pair_samples
+from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.preprocess import validation_transform
+from segcontainer.model_folder import load_model
+from segcontainer.models import build_model
+from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
+from segcontainer.training.engine import Precision, evaluate
+from tests.conftest import subprocess_env, train_command
+from tests.test_metrics import readme_metric_regexes
+
+HOST = "algo-1-x7k2q"
+MODEL_FILES = {"model.pt", "hyperparams.json", "model_info.json"}
+LEARNABLE = {
+    "use_pretrained_model": "False",
+    "num_classes": "3",
+    "num_training_samples": "16",
+    "epochs": "4",
+    "base_size": "64",
+    "crop_size": "48",
+    "mini_batch_size": "4",
+    "validation_mini_batch_size": "4",
+    "optimizer": "adam",
+    "learning_rate": "0.001",
+}
+
+
+def validation_miou(model: torch.nn.Module, data: Path) -> float:
+    samples, _, _ = pair_samples(data / "validation", data / "validation_annotation")
+    dataset = SegmentationDataset(samples, identity_lut(), validation_transform())
+    loader = DataLoader(dataset, batch_size=4, collate_fn=pad_collate)
+    cpu = torch.device("cpu")
+    return evaluate(model, loader, 3, Precision.choose("fp32", cpu), cpu).miou
+
+
+def parse_metrics(stdout: str) -> dict[str, list[tuple[int, float]]]:
+    """(epoch, value) per metric, found with the README's metric_definitions regexes."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for name, regex in readme_metric_regexes().items():
+        for line in stdout.splitlines():
+            if match := re.search(regex, line):
+                epoch = int(re.search(r"epoch=(\d+)", line).group(1))
+                assert f"host={HOST}," in line
+                found.setdefault(name, []).append((epoch, float(match.group(1))))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "backbone", "under_sagemaker"),
+    [
+        ("fcn", "resnet-50", False),
+        ("psp", "resnet-50", False),
+        ("deeplab", "resnet-50", False),
+        ("fcn", "resnet-101", True),
+    ],
+)
+def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_sagemaker: bool):
+    base = tmp_path / HOST
+    data = base / "input" / "data"
+    make_dataset(data, train=16, validation=4, size=(64, 48), seed=1)
+    hyperparameters = {**LEARNABLE, "algorithm": algorithm, "backbone": backbone}
+    if algorithm != "fcn":
+        hyperparameters["workers"] = "0"  # the fcn runs cover the default worker processes
+    write_local_mode_config(base, hyperparameters, host=HOST)
+    assert json.loads((base / "input/config/hyperparameters.json").read_text())[
+        "_tuning_objective_metric"
+    ]
+    env = subprocess_env(base, docker_run=not under_sagemaker)
+    result = subprocess.run(train_command(), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # three metric lines per epoch, parsed with the README's regexes
+    metrics = parse_metrics(result.stdout)
+    epochs = list(range(4))
+    for name in ("train:loss", "validation:mIOU", "validation:pixel_accuracy"):
+        assert [epoch for epoch, _ in metrics[name]] == epochs, name
+    mious = [value for _, value in metrics["validation:mIOU"]]
+    best_epoch = max(epochs, key=lambda e: mious[e])
+
+    # model/: weights, resolved configuration, info; never a tarball
+    model_dir = base / "model"
+    assert {p.name for p in model_dir.iterdir()} == MODEL_FILES
+    state = torch.load(model_dir / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    record = json.loads((model_dir / "hyperparams.json").read_text())
+    assert (record["algorithm"], record["backbone"]) == (algorithm, backbone)
+    assert (record["num_classes"], record["crop_size"], record["base_size"]) == (3, 48, 64)
+    assert record["label_maps"] == {"train": {"scale": 1}, "validation": {"scale": 1}}
+    assert record["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    info = json.loads((model_dir / "model_info.json").read_text())
+    assert info["best_epoch"] == best_epoch
+    assert info["validation_mIOU"] == pytest.approx(mious[best_epoch], abs=1e-4)
+
+    # the saved model is the best epoch's, and it learned what an untrained model cannot
+    trained, _ = load_model(model_dir)
+    assert validation_miou(trained, data) == pytest.approx(mious[best_epoch], abs=1e-3)
+    torch.manual_seed(0)
+    untrained = validation_miou(build_model(algorithm, backbone, 3), data)
+    assert mious[best_epoch] >= 0.55, mious
+    assert mious[best_epoch] >= untrained + 0.2, (mious, untrained)
+
+    # curves, success marker, and model.tar.gz only outside SageMaker
+    curves = (base / "output/data/training_curves.csv").read_text().splitlines()
+    assert len(curves) == 1 + 4
+    assert Image.open(base / "output/data/training_curves.png").size[0] > 100
+    assert (base / "output" / "success").exists()
+    assert not (base / "output" / "failure").exists()
+    tarball = base / "output" / "model.tar.gz"
+    if under_sagemaker:
+        assert not tarball.exists()
+    else:
+        with tarfile.open(tarball) as archive:
+            assert set(archive.getnames()) == MODEL_FILES

@@ -1,0 +1,162 @@
+"""Incremental training from the model channel, and safe unpacking of model tarballs."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from segcontainer.config.environment import Paths
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.errors import UserError
+from segcontainer.metrics import Scores
+from segcontainer.model_folder import extract_model_tarball, model_config, pack_model, save_model
+from segcontainer.models import build_model
+from segcontainer.training.incremental import start_from_model_channel
+from tests.conftest import subprocess_env, train_command
+
+SETTINGS = {"num_classes": "3", "algorithm": "fcn", "backbone": "resnet-50", "crop_size": "32"}
+
+
+@pytest.fixture(scope="module")
+def earlier_model(tmp_path_factory) -> tuple[Path, dict]:
+    """A model.tar.gz as train packs it, and its weights."""
+    folder = tmp_path_factory.mktemp("earlier")
+    torch.manual_seed(3)
+    model = build_model("fcn", "resnet-50", 3)
+    config = resolve(SETTINGS)
+    scores = Scores(0.1, 0.1, (0.1, 0.1, 0.1))
+    save_model(folder / "model", model, model_config(config, {}), 0, scores, ())
+    pack_model(folder / "model", folder / "model.tar.gz")
+    return folder / "model.tar.gz", model.state_dict()
+
+
+def model_channel(paths: Paths, tarball: Path) -> None:
+    paths.channel("model").mkdir(parents=True)
+    shutil.copy(tarball, paths.channel("model") / "model.tar.gz")
+
+
+def test_weights_come_from_the_model_channel(paths: Paths, earlier_model) -> None:
+    tarball, weights = earlier_model
+    model_channel(paths, tarball)
+    model = build_model("fcn", "resnet-50", 3)
+    assert start_from_model_channel(paths, resolve(SETTINGS), model)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+
+
+def test_no_model_channel_changes_nothing(paths: Paths) -> None:
+    assert not start_from_model_channel(
+        paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("algorithm", "psp"), ("backbone", "resnet-101"), ("crop_size", "64"), ("num_classes", "4")],
+)
+def test_each_mismatch_is_named(paths: Paths, earlier_model, key: str, value: str) -> None:
+    model_channel(paths, earlier_model[0])
+    config = resolve({**SETTINGS, key: value})
+    with pytest.raises(UserError) as error:
+        start_from_model_channel(
+            paths, config, build_model(config.algorithm, config.backbone, config.num_classes)
+        )
+    assert f"{key} is" in str(error.value)
+    assert "same algorithm, backbone, crop_size and num_classes" in str(error.value)
+
+
+def test_all_mismatches_are_named_together(paths: Paths, earlier_model) -> None:
+    model_channel(paths, earlier_model[0])
+    config = resolve({**SETTINGS, "algorithm": "psp", "num_classes": "5"})
+    with pytest.raises(UserError) as error:
+        start_from_model_channel(paths, config, build_model("psp", "resnet-50", 5))
+    assert "algorithm is 'fcn' in the model but 'psp'" in str(error.value)
+    assert "num_classes is 3 in the model but 5" in str(error.value)
+
+
+def test_empty_model_channel_is_an_error(paths: Paths) -> None:
+    paths.channel("model").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds no model.tar.gz"):
+        start_from_model_channel(paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3))
+
+
+def tarball_with(tmp_path: Path, add) -> Path:
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        add(archive)
+    return path
+
+
+def file_member(name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = 2
+    return info, io.BytesIO(b"hi")
+
+
+def link_member(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+UNSAFE = {
+    "absolute path": lambda a: a.addfile(*file_member("/tmp/segcontainer-evil.txt")),
+    "'..'": lambda a: a.addfile(*file_member("../../evil.txt")),
+    "symlink leaving the folder": lambda a: a.addfile(
+        link_member("x", "/etc/passwd", tarfile.SYMTYPE)
+    ),
+    "relative symlink leaving the folder": lambda a: a.addfile(
+        link_member("d/x", "../../y", tarfile.SYMTYPE)
+    ),
+    "hard link leaving the folder": lambda a: a.addfile(
+        link_member("h", "../outside", tarfile.LNKTYPE)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSAFE))
+def test_unsafe_tarballs_are_rejected(tmp_path: Path, case: str) -> None:
+    evil = tarball_with(tmp_path, UNSAFE[case])
+    destination = tmp_path / "out"
+    with pytest.raises(UserError, match="unsafe member"):
+        extract_model_tarball(evil, destination)
+    assert not any(destination.rglob("*"))
+    assert not Path("/tmp/segcontainer-evil.txt").exists()
+
+
+def test_unsafe_tarball_in_the_model_channel_fails_training_setup(paths: Paths, tmp_path):
+    model_channel(paths, tarball_with(tmp_path, UNSAFE["'..'"]))
+    with pytest.raises(UserError, match=r"climbs out with '\.\.'"):
+        start_from_model_channel(paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3))
+
+
+def test_safe_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
+    def add(archive):
+        archive.addfile(*file_member("a.txt"))
+        archive.addfile(link_member("b.txt", "a.txt", tarfile.SYMTYPE))
+
+    out = extract_model_tarball(tarball_with(tmp_path, add), tmp_path / "out")
+    assert (out / "b.txt").read_text() == "hi"
+
+
+def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, tmp_path):
+    second = tmp_path / "algo-1-22222"
+    shutil.copytree(trained_base / "input", second / "input")
+    (second / "input" / "data" / "model").mkdir()
+    shutil.copy(trained_base / "output" / "model.tar.gz", second / "input" / "data" / "model")
+    config = json.loads((second / "input/config/inputdataconfig.json").read_text())
+    config["model"] = {"TrainingInputMode": "File", "ContentType": "application/x-sagemaker-model"}
+    (second / "input/config/inputdataconfig.json").write_text(json.dumps(config))
+    result = subprocess.run(
+        train_command(), env=subprocess_env(second), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "incremental training: starting from the model channel's weights" in result.stdout
+    assert (second / "model" / "model.pt").exists()
