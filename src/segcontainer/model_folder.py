@@ -22,7 +22,7 @@ from segcontainer import __version__
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.preprocess import MEAN, STD
 from segcontainer.errors import UserError
-from segcontainer.models import build_model
+from segcontainer.models import AUX_PREFIX, build_model
 
 if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
     from segcontainer.metrics import Scores
@@ -66,7 +66,8 @@ def save_model(
     """Write model/ from a model or its state_dict (a resumed job restores the best epoch's
     weights from its checkpoint, not from the model it is training)."""
     weights = model.state_dict() if isinstance(model, nn.Module) else model
-    state = {k: v.detach().cpu() for k, v in weights.items()}
+    # The auxiliary head trains the encoder only: serving never builds it.
+    state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
     _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
     _write_json(model_dir / CONFIG_FILE, record)
     names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]

@@ -26,6 +26,7 @@ from segcontainer.data import manifest, pipe
 from segcontainer.data.augment import SizeGroupCollate, train_transform
 from segcontainer.data.channels import FoundSamples, Sample, find_samples
 from segcontainer.data.dataset import EpochSampler, SegmentationDataset
+from segcontainer.data.gpu_pipeline import GpuTrainBatches, choose_pipeline
 from segcontainer.data.label_maps import (
     LabelMap,
     read_label_map_folder,
@@ -35,6 +36,10 @@ from segcontainer.data.preprocess import model_input_transform, tile_size
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
+PIPELINES = {
+    "gpu": "JPEG decoding and augmentation on the GPU",
+    "cpu": "decoding and augmentation on the CPU",
+}
 SHUFFLE_BUFFER = 512  # Pipe mode: pairs held for shuffling (encoded bytes, not pixels)
 
 
@@ -100,6 +105,30 @@ def build_validation_loader(
     )
 
 
+def _cpu_train_loader(samples, lut, transform, config: Config, workers: int, common: dict):
+    """Decoding and augmentation in DataLoader workers (PIL and transforms.v2)."""
+    train_set = SegmentationDataset(samples, lut, transform, config.seed)
+    sampler = EpochSampler(len(train_set), config.seed)
+    # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
+    loader = DataLoader(
+        train_set,
+        config.mini_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        # Own generator: creating loader iterators must not draw from the global random
+        # state, which dropout uses and checkpoints restore.
+        generator=torch.Generator().manual_seed(config.seed),
+        num_workers=workers,
+        **common,
+    )
+
+    def start_epoch(epoch: int, skip: int) -> None:
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip)
+
+    return loader, start_epoch
+
+
 def prepare(
     paths: Paths,
     config: Config,
@@ -157,30 +186,30 @@ def prepare(
             SHUFFLE_BUFFER,
             stop,
         )
+        log.info("input pipeline: %s (Pipe mode: records decoded as they arrive)", PIPELINES["cpu"])
         # One reader per FIFO: the stream is read in this process.
         train_loader = DataLoader(stream, config.mini_batch_size, drop_last=True, **common)
         start_epoch, count = stream.set_epoch, config.num_training_samples
     else:
-        train_set = SegmentationDataset(
-            train_summary.samples, label_maps["train"].lut, transform, config.seed
-        )
-        sampler = EpochSampler(len(train_set), config.seed)
-        # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
-        train_loader = DataLoader(
-            train_set,
-            config.mini_batch_size,
-            sampler=sampler,
-            drop_last=True,
-            generator=generator,
-            num_workers=workers,
-            **common,
-        )
-
-        def start_epoch(epoch: int, skip: int) -> None:
-            train_set.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip)
-
-        count = len(train_set)
+        path, why = choose_pipeline(config.input_pipeline, device, False, train_summary.samples)
+        log.info("input pipeline: %s (%s)", PIPELINES[path], why)
+        if path == "gpu":
+            train_loader = GpuTrainBatches(
+                train_summary.samples,
+                label_maps["train"].lut,
+                config.base_size,
+                config.crop_size,
+                config.mini_batch_size,
+                config.seed,
+                workers,
+                device,
+            )
+            start_epoch = train_loader.set_epoch
+        else:
+            train_loader, start_epoch = _cpu_train_loader(
+                train_summary.samples, label_maps["train"].lut, transform, config, workers, common
+            )
+        count = len(train_summary.samples)
     validation_loader = build_validation_loader(
         validation.samples,
         validation_lut,

@@ -72,6 +72,17 @@ def median_frequency_weights(pixels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def compiled(model: torch.nn.Module, setting: str, device: torch.device):
+    """torch.compile for the training steps (auto: on a GPU, where it pays; on the CPU the
+    compile time outweighs the gain for short jobs), or None. Compilation happens at the
+    first step, whose time is logged; validation keeps the eager model (its image sizes vary)."""
+    if setting == "false" or (setting == "auto" and device.type != "cuda"):
+        log.info("compile_model=%s: training steps run eagerly", setting)
+        return None
+    log.info("compile_model=%s: the training steps run through torch.compile", setting)
+    return torch.compile(model)
+
+
 def run(paths: Paths, stop: StopSignal) -> None:
     config = resolve(read_hyperparameters(paths))
     host = read_resource_config(paths).current_host
@@ -91,12 +102,13 @@ def run(paths: Paths, stop: StopSignal) -> None:
         config.backbone,
         config.num_classes,
         pretrained=config.use_pretrained_model and not incremental,
+        aux=config.aux_loss_weight > 0,
     )
     start_from_model_channel(paths, config, model)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = engine.build_optimizer(config, model.parameters())
+    optimizer = engine.build_optimizer(config, model.parameters(), device)
     scheduler = engine.build_scheduler(config, optimizer, data.iters_per_epoch)
     class_weight = None
     if config.class_weights == "auto":
@@ -123,6 +135,7 @@ def run(paths: Paths, stop: StopSignal) -> None:
         data.validation_loader,
         class_weight,
         data.iters_per_epoch,
+        compiled(model, config.compile_model, device),
     )
     stop.in_loop = True
     fit(setup, stop)

@@ -39,6 +39,9 @@ class Setup:
     validation_loader: torch.utils.data.DataLoader
     class_weight: torch.Tensor | None
     iters_per_epoch: int
+    # What the training steps call: ``model`` compiled (compile_model); None: ``model``
+    # itself. Validation, checkpoints and model/ always use ``model``.
+    train_model: torch.nn.Module | None = None
 
 
 def _scores_dict(scores: Scores) -> dict:
@@ -119,7 +122,7 @@ def fit(s: Setup, stop) -> None:
         model_is_best = False  # training changes the weights
         try:
             stats = engine.train_one_epoch(
-                s.model,
+                s.train_model or s.model,
                 s.train_loader,
                 s.optimizer,
                 s.scheduler,
@@ -130,6 +133,8 @@ def fit(s: Setup, stop) -> None:
                 stop,
                 done=done,
                 loss_sum=position.loss_sum if resuming else 0.0,
+                aux_weight=config.aux_loss_weight,
+                time_first_step=resuming,  # this process's first epoch
             )
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
