@@ -315,7 +315,14 @@ def test_pipe_mode_label_map_channel_is_read_and_applied(base_dir: Path, wrap) -
     data = prepare_pipe(base_dir, wrap(json.dumps(label_map).encode()))
 
     assert data.label_maps == {"train": label_map, "validation": label_map}
-    masks = torch.cat([mask.flatten() for _, mask in data.validation_loader])
+    masks = torch.cat(
+        [
+            mask.flatten()
+            for batch in data.validation_loader
+            for _, group_masks in batch.groups
+            for mask in group_masks
+        ]
+    )
     assert set(masks.unique().tolist()) == {0, 1}  # 255 read as class 1, not "ignore"
     assert sum(1 for _ in data.train_loader) == 1  # the training stream passes its checks
 
