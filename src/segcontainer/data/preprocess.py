@@ -46,3 +46,23 @@ def validation_transform() -> v2.Transform:
             v2.Normalize(MEAN, STD),
         ]
     )
+
+
+def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
+    """Bilinear resize so the long side is ``long_side`` (0 or already there: unchanged).
+
+    Serving feeds the model at the training ``base_size``; the export's calibration and
+    checks prepare images the same way (through ``model_input``).
+    """
+    width, height = image.size
+    if not long_side or max(width, height) == long_side:
+        return image
+    scale = long_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR)
+
+
+def model_input(image: Image.Image, long_side: int) -> torch.Tensor:
+    """An RGB image as the model sees it at serve time: (1, 3, h, w) normalised float32."""
+    tensor, _ = to_tensors(resize_long_side(image, long_side), None)
+    return validation_transform()(tensor).as_subclass(torch.Tensor).unsqueeze(0)
