@@ -26,6 +26,7 @@ from segcontainer.config.environment import (
 from segcontainer.config.hyperparameters import describe, resolve
 from segcontainer.data.loaders import prepare
 from segcontainer.errors import TrainingStopped, UserError
+from segcontainer.export import after_training as export_after_training
 from segcontainer.models import build_model
 from segcontainer.training import engine
 from segcontainer.training.incremental import start_from_model_channel
@@ -140,6 +141,7 @@ def run(paths: Paths, stop: StopSignal) -> None:
     stop.in_loop = True
     fit(setup, stop)
     stop.in_loop = False
+    export_after_training(paths, config, data)
 
 
 def write_failure(paths: Paths, reason: str, details: str) -> None:
