@@ -51,9 +51,7 @@ def run(args, label: str, overrides: dict, reference: bool) -> dict:
         script = REPO / "benchmarks" / "reference_train.py" if reference else REPO / "train"
         # The reference's weights are torchvision's, which the export cannot rebuild.
         extra = {"export": "none"} if reference else {}
-        job = run_train(
-            base, {**RECIPE, **extra, **overrides}, budget_s=args.budget, script=script
-        )
+        job = run_train(base, {**RECIPE, **extra, **overrides}, budget_s=args.budget, script=script)
         info_file = base / "model" / "model_info.json"
         info = json.loads(info_file.read_text()) if info_file.exists() else {}
     if job.returncode not in (0, 143):

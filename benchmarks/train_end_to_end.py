@@ -59,7 +59,7 @@ def main() -> None:
                 "crop_size": args.crop,
                 "base_size": args.crop,
                 "use_pretrained_model": "False",
-        "export": "none",  # training time only: the exports are measured on their own
+                "export": "none",  # training time only: the exports are measured on their own
                 **dict(item.split("=", 1) for item in args.set),
             }
             with tempfile.TemporaryDirectory() as scratch:
