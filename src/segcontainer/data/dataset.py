@@ -70,13 +70,31 @@ class Shard:
     def size(self, length: int) -> int:
         return length // self.count
 
+    def every(self, items: Sequence) -> list:
+        """Every count-th item from ``index``, nothing dropped (validation covers all)."""
+        return list(items[self.index :: self.count])
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How this process takes part in data-parallel training (one process: the defaults)."""
+
+    train: Shard = Shard()  # its part of the training order (or, Pipe mode, of the records)
+    validation: Shard = Shard()  # its part of the validation images
+    batch_size: int | None = None  # per process; None: mini_batch_size
+    ranks: int = 1  # processes in the job (Pipe mode shares num_training_samples among them)
+
+
+WHOLE = Shard()
+ONE_PROCESS = Parallel()
+
 
 class EpochSampler(Sampler[int]):
     """A shuffled order per epoch from (seed, epoch), of which this process takes its shard;
     ``skip`` leaves out samples already trained on before a stop, so a resumed epoch sees
     exactly the batches it had left; ``limit`` caps the shard (hosts with unequal parts)."""
 
-    def __init__(self, length: int, seed: int, shard: Shard = Shard(), limit: int | None = None):
+    def __init__(self, length: int, seed: int, shard: Shard = WHOLE, limit: int | None = None):
         self.length, self.seed, self.shard, self.limit = length, seed, shard, limit
         self.epoch, self.skip = 0, 0
 

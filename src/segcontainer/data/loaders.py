@@ -21,7 +21,7 @@ from segcontainer.data import check as datacheck
 from segcontainer.data import pipe
 from segcontainer.data.augment import pad_collate, train_transform
 from segcontainer.data.channels import label_map_lut, read_label_maps
-from segcontainer.data.dataset import EpochSampler, SegmentationDataset
+from segcontainer.data.dataset import ONE_PROCESS, EpochSampler, Parallel, SegmentationDataset
 from segcontainer.data.preprocess import validation_transform
 from segcontainer.errors import UserError
 
@@ -37,6 +37,7 @@ class TrainingData:
     start_epoch: Callable[[int, int], None]  # (epoch, samples already trained on)
     iters_per_epoch: int
     pixels_per_class: np.ndarray | None  # training histogram (File mode only)
+    limit_steps: Callable[[int], None]  # cap the steps per epoch (ranks with unequal parts)
 
 
 def worker_count(setting: str | int) -> int:
@@ -45,13 +46,21 @@ def worker_count(setting: str | int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))  # leave a core for the training process
 
 
-def _check_count(config: Config, count: int) -> None:
+def _check_count(config: Config, count: int, parallel: Parallel) -> None:
     if config.num_training_samples is not None and config.num_training_samples != count:
         log.warning(
             "num_training_samples is %d but the train channel holds %d image/mask pairs; using %d",
             config.num_training_samples,
             count,
             count,
+        )
+    share = parallel.train.size(count)
+    batch = parallel.batch_size or config.mini_batch_size
+    if parallel.train.count > 1 and batch > share:
+        raise UserError(
+            f"The train channel holds {count} image/mask pairs, {share} for each of the "
+            f"{parallel.train.count} training processes, fewer than the {batch} each trains "
+            "on per step. Lower mini_batch_size or add data."
         )
     if config.mini_batch_size > count:
         raise UserError(
@@ -67,6 +76,7 @@ def prepare(
     channels: dict[str, ChannelConfig],
     device,
     stop: Callable[[], bool],
+    parallel: Parallel = ONE_PROCESS,
 ) -> TrainingData:
     label_maps = read_label_maps(paths)
     layouts = {split: pipe.pipe_layout(channels, split) for split in ("train", "validation")}
@@ -86,7 +96,7 @@ def prepare(
         )
         if hint:
             raise UserError(hint)
-        _check_count(config, len(train_summary.samples))
+        _check_count(config, len(train_summary.samples), parallel)
     if layouts["validation"]:
         validation = pipe.read_validation(
             paths, layouts["validation"], label_maps["validation"], config.num_classes, stop
@@ -104,6 +114,7 @@ def prepare(
     # Own generator: creating loader iterators must not draw from the global random state,
     # which dropout uses and checkpoints restore.
     generator = torch.Generator().manual_seed(config.seed)
+    batch = parallel.batch_size or config.mini_batch_size
     train_lut = label_map_lut(label_maps["train"], "train label map")
     transform = train_transform(config.base_size, config.crop_size)
     if layouts["train"]:
@@ -114,21 +125,25 @@ def prepare(
             transform,
             label_maps["train"],
             config.num_classes,
-            config.num_training_samples,
+            config.num_training_samples // parallel.ranks,
             config.seed,
             SHUFFLE_BUFFER,
             stop,
+            parallel.train,
         )
         # One reader per FIFO: the stream is read in this process.
-        train_loader = DataLoader(stream, config.mini_batch_size, drop_last=True, **common)
-        start_epoch, count = stream.set_epoch, config.num_training_samples
+        train_loader = DataLoader(stream, batch, drop_last=True, **common)
+        start_epoch, count = stream.set_epoch, stream.length
+
+        def limit_steps(steps: int) -> None:
+            stream.length = min(stream.length, steps * batch)
     else:
         train_set = SegmentationDataset(train_summary.samples, train_lut, transform, config.seed)
-        sampler = EpochSampler(len(train_set), config.seed)
+        sampler = EpochSampler(len(train_set), config.seed, parallel.train)
         # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
         train_loader = DataLoader(
             train_set,
-            config.mini_batch_size,
+            batch,
             sampler=sampler,
             drop_last=True,
             generator=generator,
@@ -140,9 +155,12 @@ def prepare(
             train_set.set_epoch(epoch)
             sampler.set_epoch(epoch, skip)
 
-        count = len(train_set)
+        def limit_steps(steps: int) -> None:
+            sampler.limit = steps * batch
+
+        count = len(sampler)
     validation_set = SegmentationDataset(
-        validation.samples,
+        parallel.validation.every(validation.samples),
         label_map_lut(label_maps["validation"], "validation label map"),
         validation_transform(),
     )
@@ -159,6 +177,7 @@ def prepare(
         train_loader,
         validation_loader,
         start_epoch,
-        count // config.mini_batch_size,
+        count // batch,
         train_summary.pixels_per_class if train_summary else None,
+        limit_steps,
     )

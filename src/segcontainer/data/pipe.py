@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.data.channels import InMemory, Sample, load_image, load_mask
 from segcontainer.data.check import check_samples
-from segcontainer.data.dataset import mixed_seed
+from segcontainer.data.dataset import WHOLE, Shard, mixed_seed
 from segcontainer.data.preprocess import to_tensors
 from segcontainer.data.recordio import RecordIOError, iter_records
 from segcontainer.errors import TrainingStopped, UserError
@@ -145,10 +145,12 @@ class PipeTrainStream(IterableDataset):
         seed: int,
         buffer_size: int,
         should_stop: Callable[[], bool],
+        shard: Shard = WHOLE,
     ):
         self.paths, self.layout, self.lut, self.transform = paths, layout, lut, transform
         self.label_map, self.num_classes, self.length = label_map, num_classes, length
         self.seed, self.buffer_size, self.should_stop = seed, buffer_size, should_stop
+        self.shard = shard  # FullyReplicated on several hosts: record i goes to rank i % count
         self.epoch, self.skip, self.fifo_index, self.streamed = 0, 0, 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -166,8 +168,10 @@ class PipeTrainStream(IterableDataset):
         self.fifo_index += 1  # each pass reads the next FIFO, whatever the epoch number
         self.streamed = 0
         for index, sample in enumerate(pairs):
-            check_samples([sample], "train", self.label_map, self.num_classes)
             self.streamed = index + 1
+            if index % self.shard.count != self.shard.index:
+                continue  # another host's record (each host reads the whole stream)
+            check_samples([sample], "train", self.label_map, self.num_classes)
             buffer.append((index, sample))
             if len(buffer) >= self.buffer_size:
                 yield buffer.pop(rng.randrange(len(buffer)))
@@ -185,10 +189,10 @@ class PipeTrainStream(IterableDataset):
                 torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
                 image, mask = self.transform(image, mask)
             yield image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        if self.streamed != self.length:
+        if self.streamed // self.shard.count != self.length:
             log.warning(
                 "train_%d streamed %d pairs but num_training_samples is %d",
                 self.fifo_index - 1,
                 self.streamed,
-                self.length,
+                self.length * self.shard.count,
             )

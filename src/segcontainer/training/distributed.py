@@ -75,7 +75,8 @@ class World:
 
     @property
     def master(self) -> str:
-        return self.hosts[0]
+        # One host: its processes meet on loopback (a local run's host name may not resolve).
+        return self.hosts[0] if len(self.hosts) > 1 else "127.0.0.1"
 
     @property
     def host(self) -> str:
@@ -297,6 +298,39 @@ def all_reduce_min(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor)
+
+
+def all_reduce_histogram(pixels, device: torch.device):
+    """Pixel counts per class summed over ranks (hosts holding different ShardedByS3Key
+    parts; with identical copies the sum is a multiple, and median-frequency weights only
+    use the proportions)."""
+    tensor = torch.as_tensor(pixels, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+def count_share(count: torch.Tensor) -> torch.Tensor:
+    """The global batch's labelled-pixel count divided by the number of processes."""
+    total = count.detach().float().clone()
+    dist.all_reduce(total)  # queued on the device's stream: no host sync on a GPU
+    return total.clamp_min(1) / dist.get_world_size()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's batch-norm running statistics on every rank (without syncbn each rank's own
+    differ), so every rank validates the model that rank 0 saves."""
+    if active():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel when there are peers (it starts every rank from rank 0's
+    weights), the model itself otherwise."""
+    if not active():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def broadcast_from_main(value: object) -> object:

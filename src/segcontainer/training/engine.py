@@ -16,6 +16,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
+from segcontainer.training import distributed
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
@@ -83,8 +84,17 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
-    """Pixel-wise cross-entropy ignoring 255; a batch with no labelled pixel gives 0, not NaN."""
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    share: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Pixel-wise cross-entropy ignoring 255; a batch with no labelled pixel gives 0, not NaN.
+
+    ``share`` (data parallel) turns this process's labelled-pixel count into its share of the
+    global batch's count, so the ranks' losses average (as DDP averages gradients) to the loss
+    of one process over the whole global batch, however the labelled pixels fall."""
     target = target.long()
     total = F.cross_entropy(
         logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
@@ -94,6 +104,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         count = valid.sum()
     else:
         count = (weight[target.clamp(max=logits.shape[1] - 1)] * valid).sum()
+    if share is not None:
+        return total / share(count)
     return total / count.clamp_min(1)
 
 
@@ -160,6 +172,7 @@ def train_one_epoch(
     start = time.monotonic()
     data_seconds, images, steps = 0.0, 0, 0
     progress = ProgressLog(epoch, done + len(loader), done=done)
+    share = distributed.count_share if distributed.active() else None
     fetch_start = time.monotonic()
     for images_batch, masks in loader:
         data_seconds += time.monotonic() - fetch_start
@@ -173,7 +186,7 @@ def train_one_epoch(
         masks = masks.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(images_batch)
-        loss = segmentation_loss(logits, masks, class_weight)
+        loss = segmentation_loss(logits, masks, class_weight, share)
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)

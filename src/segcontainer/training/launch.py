@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
@@ -144,4 +146,12 @@ def _supervise(processes: list, stopping: Callable[[], bool]) -> int | None:
 
 
 def _run_worker(worker, world: World, local_rank: int, reason_file: Path) -> None:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     raise SystemExit(worker(world, local_rank, reason_file))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose launcher was killed (SIGKILL, OOM) ends too instead of lingering."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)

@@ -13,9 +13,10 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import metric_lines
-from segcontainer.training import checkpoints, engine
+from segcontainer.training import checkpoints, distributed, engine
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.curves import TrainingCurves
+from segcontainer.training.distributed import SINGLE, CoordinatedStop, Rank
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,18 @@ class Setup:
     validation_loader: torch.utils.data.DataLoader
     class_weight: torch.Tensor | None
     iters_per_epoch: int
+    batch_size: int  # per process: mini_batch_size split across the host's processes
+    rank: Rank = SINGLE
+    train_model: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, if any
 
 
-def fit(s: Setup, stop) -> None:
+def fit(s: Setup, local_stop) -> None:
+    """Train every epoch. Data parallel: every rank trains and validates its shard; global
+    rank 0 alone writes the metric lines, curves, model/ and checkpoints."""
     config = s.config
+    main = s.rank.is_main
+    train_model = s.train_model or s.model
+    stop = CoordinatedStop(local_stop, s.device)
     stopper = engine.EarlyStopping(
         config.early_stopping,
         config.early_stopping_min_epochs,
@@ -51,7 +60,14 @@ def fit(s: Setup, stop) -> None:
     curves = TrainingCurves(s.paths.output_data_dir)
     position, best_epoch = Position(), -1
     resumed = checkpoints.resume(
-        s.paths.checkpoints_dir, s.record, s.model, s.optimizer, s.scheduler, s.precision.scaler
+        s.paths.checkpoints_dir,
+        s.record,
+        s.model,
+        s.optimizer,
+        s.scheduler,
+        s.precision.scaler,
+        main,
+        distributed.broadcast_from_main if distributed.active() else None,
     )
     if resumed:
         position, best_epoch, curves.rows = resumed.position, resumed.best_epoch, resumed.curves
@@ -59,6 +75,8 @@ def fit(s: Setup, stop) -> None:
         stopper.stale_epochs = resumed.early_stopping["stale_epochs"]
 
     def checkpoint(at: Position) -> None:
+        if not main:
+            return
         state = {"best": stopper.best, "stale_epochs": stopper.stale_epochs}
         checkpoints.save(
             s.paths.checkpoints_dir,
@@ -77,10 +95,10 @@ def fit(s: Setup, stop) -> None:
     for epoch in range(position.epoch, config.epochs):
         resuming = epoch == position.epoch
         done = position.iteration if resuming else 0
-        s.start_epoch(epoch, done * config.mini_batch_size)
+        s.start_epoch(epoch, done * s.batch_size)
         try:
             stats = engine.train_one_epoch(
-                s.model,
+                train_model,
                 s.train_loader,
                 s.optimizer,
                 s.scheduler,
@@ -95,41 +113,33 @@ def fit(s: Setup, stop) -> None:
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration, exc.loss_sum))
             raise
+        distributed.sync_buffers(s.model)
         try:
+            # Ranks may hold unequal validation shards, so they agree on a stop after it.
             scores = engine.evaluate(
-                s.model, s.validation_loader, config.num_classes, s.precision, s.device, stop
+                s.model,
+                s.validation_loader,
+                config.num_classes,
+                s.precision,
+                s.device,
+                local_stop if not distributed.active() else lambda: False,
             )
+            if distributed.active() and stop.agree():
+                raise TrainingStopped("stopped during validation")
         except TrainingStopped:  # the epoch's training is done; validation runs again
             checkpoint(Position(epoch, s.iters_per_epoch, stats.loss * s.iters_per_epoch))
             raise
-        for line in metric_lines(s.host, epoch, stats.loss, scores):
-            print(line, flush=True)
-        per_class = ", ".join(
-            f"{n} {'-' if v is None else f'{v:.3f}'}"
-            for n, v in zip(names, scores.per_class_iou, strict=True)
-        )
-        log.info(
-            "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
-            epoch,
-            stats.seconds,
-            stats.images_per_second,
-            100 * stats.data_share,
-            per_class,
-        )
-        curves.add(
-            epoch=epoch,
-            train_loss=stats.loss,
-            validation_mIOU=scores.miou,
-            validation_pixel_accuracy=scores.pixel_accuracy,
-            learning_rate=s.optimizer.param_groups[0]["lr"],
-            epoch_seconds=stats.seconds,
-            images_per_second=stats.images_per_second,
-        )
+        stats.loss = distributed.all_reduce_mean(stats.loss, s.device)
+        stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
+        if main:  # one set of metric lines per epoch, so HPO and CloudWatch see one value
+            report(s, epoch, stats, scores, names, curves)
+        # every rank sees the same (summed) scores, so all take the same decisions
         if stopper.update(scores.miou):
             best_epoch = epoch
-            model_folder.save_model(
-                s.paths.model_dir, s.model, s.record, epoch, scores, config.class_names
-            )
+            if main:
+                model_folder.save_model(
+                    s.paths.model_dir, s.model, s.record, epoch, scores, config.class_names
+                )
             log.info(
                 "epoch %d is the best so far (mIoU %.4f): saved to %s",
                 epoch,
@@ -148,3 +158,29 @@ def fit(s: Setup, stop) -> None:
             checkpoint(Position(config.epochs))  # finished: a restart does not train on
             return
         checkpoint(Position(epoch + 1))
+
+
+def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves) -> None:
+    for line in metric_lines(s.host, epoch, stats.loss, scores):
+        print(line, flush=True)
+    per_class = ", ".join(
+        f"{n} {'-' if v is None else f'{v:.3f}'}"
+        for n, v in zip(names, scores.per_class_iou, strict=True)
+    )
+    log.info(
+        "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
+        epoch,
+        stats.seconds,
+        stats.images_per_second,
+        100 * stats.data_share,
+        per_class,
+    )
+    curves.add(
+        epoch=epoch,
+        train_loss=stats.loss,
+        validation_mIOU=scores.miou,
+        validation_pixel_accuracy=scores.pixel_accuracy,
+        learning_rate=s.optimizer.param_groups[0]["lr"],
+        epoch_seconds=stats.seconds,
+        images_per_second=stats.images_per_second,
+    )

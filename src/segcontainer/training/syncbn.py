@@ -2,7 +2,7 @@
 
 On GPUs this is torch's ``nn.SyncBatchNorm``. torch's version refuses CPU tensors, so gloo CPU
 workers use ``GlooSyncBatchNorm`` below: the same statistics computed with torch.distributed's
-differentiable all-reduce (its backward sums the gradients over ranks, as SyncBatchNorm's does).
+all-reduce, whose backward sums the gradients over ranks as SyncBatchNorm's does.
 """
 
 from __future__ import annotations
@@ -11,10 +11,25 @@ import logging
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient is the all_reduce(SUM) of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class GlooSyncBatchNorm(nn.BatchNorm2d):
@@ -28,7 +43,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         wide = x.double()
         count = torch.full((1,), x.numel() / channels, dtype=torch.float64)
         stats = torch.cat([wide.sum((0, 2, 3)), (wide * wide).sum((0, 2, 3)), count])
-        stats = dist_fn.all_reduce(stats)
+        stats = _SumOverRanks.apply(stats)
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)

@@ -1,0 +1,150 @@
+"""`train` data parallel on the CPU over gloo: 2 workers on one host, 2 hosts on loopback.
+
+Kept small (crop 32, 8 images, 1-2 epochs); the exact weight comparison with one process is
+in test_distributed_steps.py (it needs dropout off, which `train` cannot do).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from segcontainer.model_folder import load_model
+from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
+from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
+from tests.training.test_e2e import validation_miou
+
+HOSTS = ("127.0.0.1", "localhost")  # both resolve to this machine; sorted, 127.0.0.1 is master
+METRIC = re.compile(r"#quality_metric: host=(\S+), epoch=(\d+), validation mIOU <score>=(\S+)")
+SETTINGS = {**FAST_HYPERPARAMETERS, "syncbn": "True", "seed": "3"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def host_base(root: Path, host: str, **settings: str) -> Path:
+    """A container root for one host, with resourceconfig.json naming both hosts."""
+    base = root / f"host-{host}"
+    make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
+    write_local_mode_config(base, {**SETTINGS, **settings}, host=host)
+    config = base / "input" / "config" / "resourceconfig.json"
+    config.write_text(
+        json.dumps({"current_host": host, "hosts": list(HOSTS), "network_interface_name": "lo"})
+    )
+    return base
+
+
+def start(base: Path, port: int, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        train_command(),
+        env=subprocess_env(
+            base, SEGCONTAINER_MASTER_PORT=str(port), SEGCONTAINER_DIST_TIMEOUT_S="30", **env
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    return output
+
+
+def assert_rank_0_reported_its_model(base: Path, output: str, epochs: int) -> None:
+    """One metric set per epoch, and the reported mIoU is the saved model's on the whole
+    validation set evaluated by one process (the ranks' confusion matrices were summed)."""
+    found = METRIC.findall(output)
+    assert [int(epoch) for _, epoch, _ in found] == list(range(epochs)), output[-3000:]
+    info = json.loads((base / "model" / "model_info.json").read_text())
+    model, _ = load_model(base / "model")
+    miou = validation_miou(model, base / "input" / "data")
+    assert miou == pytest.approx(info["validation_mIOU"], abs=1e-4)
+    assert float(found[info["best_epoch"]][2]) == pytest.approx(miou, abs=1e-4)
+
+
+def test_two_cpu_workers_on_one_host(tmp_path: Path) -> None:
+    base = tmp_path / "algo-1-x7k2q"
+    make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
+    write_local_mode_config(base, {**SETTINGS, "epochs": "2"}, host="algo-1-x7k2q")
+    port = str(free_port())
+    result = subprocess.run(
+        train_command(),
+        env=subprocess_env(base, SEGCONTAINER_CPU_WORKERS="2", SEGCONTAINER_MASTER_PORT=port),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "syncbn=True: batch-norm statistics are computed over all 2 processes" in result.stdout
+    assert_rank_0_reported_its_model(base, result.stdout, epochs=2)
+    assert "[rank 1]" not in result.stdout  # rank 1 logs nothing below a warning
+    assert len(list((base / "checkpoints").glob("checkpoint-*.pt"))) == 2
+    assert (base / "output" / "success").exists()
+
+
+def test_two_hosts_on_loopback(tmp_path: Path) -> None:
+    port = free_port()
+    bases = [host_base(tmp_path, host) for host in HOSTS]
+    outputs = [finish(p) for p in [start(b, port) for b in bases]]
+    assert "joined 2 processes on 2 hosts (gloo)" in outputs[0]
+    assert_rank_0_reported_its_model(bases[0], outputs[0], epochs=1)
+    # the second host trains but writes no model, checkpoint, curve or metric line
+    assert "#quality_metric" not in outputs[1]
+    assert list((bases[1] / "model").iterdir()) == []
+    assert not (bases[1] / "checkpoints").exists()
+    assert not (bases[1] / "output" / "data").exists()
+    assert all((b / "output" / "success").exists() for b in bases), outputs
+
+
+def wait_for(path_glob: tuple[Path, str], processes: list[subprocess.Popen]) -> None:
+    folder, pattern = path_glob
+    deadline = time.monotonic() + 240
+    while not list(folder.glob(pattern)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+
+
+def test_a_killed_peer_fails_the_other_host_naming_the_cause(tmp_path: Path) -> None:
+    port = free_port()
+    bases = [host_base(tmp_path, host, epochs="50") for host in HOSTS]
+    processes = [start(b, port) for b in bases]
+    wait_for((bases[0] / "checkpoints", "checkpoint-e0001-*.pt"), processes)
+    processes[1].kill()  # mid-epoch 1 on the second host
+    output = finish(processes[0])
+    processes[1].communicate()
+    assert processes[0].returncode == 1, output[-3000:]
+    reason = (bases[0] / "output" / "failure").read_text().split("\n\n")[0]
+    assert "rank 0 (host 127.0.0.1, process 0) lost contact with its peers" in reason, reason
+
+
+def test_sigterm_to_both_hosts_then_restart_resumes_and_finishes(tmp_path: Path) -> None:
+    port = free_port()
+    bases = [host_base(tmp_path, host, epochs="3") for host in HOSTS]
+    processes = [start(b, port) for b in bases]
+    wait_for((bases[0] / "checkpoints", "checkpoint-e0001-*.pt"), processes)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    outputs = [finish(p) for p in processes]
+    assert [p.returncode for p in processes] == [143, 143], outputs
+    for base in bases:
+        assert "stopped by SIGTERM" in (base / "output" / "failure").read_text()
+    assert not (bases[1] / "checkpoints").exists()  # only rank 0 checkpoints
+
+    processes = [start(b, port) for b in bases]
+    outputs = [finish(p) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert "resuming from checkpoint-e000" in outputs[0]
+    # the second host, with no checkpoint of its own, resumed from rank 0's: had it started
+    # from epoch 0 the two would have disagreed on the steps left and failed
+    assert len(METRIC.findall(outputs[0])) < 3
