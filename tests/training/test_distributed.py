@@ -16,7 +16,7 @@ from torch import nn
 from segcontainer.config.environment import ResourceConfig
 from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.errors import UserError
-from segcontainer.training import distributed, launch
+from segcontainer.training import collectives, distributed, launch
 from segcontainer.training.distributed import Rank, World, per_process_batch, plan_world
 
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -205,11 +205,11 @@ def _gloo_checks(world: World, local_rank: int, reason_file: Path) -> int:
         for a, b in zip(synced.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(synced[1].running_var, reference[1].running_var)
-        stop = distributed.CoordinatedStop(lambda: local_rank == 1, torch.device("cpu"), every=2)
+        stop = collectives.CoordinatedStop(lambda: local_rank == 1, torch.device("cpu"), every=2)
         assert [stop() for _ in range(4)] == [False, True, False, True]
-        assert distributed.all_reduce_min(5 + local_rank, torch.device("cpu")) == 5
-        assert distributed.all_reduce_mean(float(local_rank), torch.device("cpu")) == 0.5
-        assert distributed.broadcast_from_main(f"from {local_rank}") == "from 0"
+        assert collectives.all_reduce_min(5 + local_rank, torch.device("cpu")) == 5
+        assert collectives.all_reduce_mean(float(local_rank), torch.device("cpu")) == 0.5
+        assert collectives.broadcast_from_main(f"from {local_rank}") == "from 0"
     except Exception as exc:
         reason_file.write_text(f"{type(exc).__name__}: {exc}\n\n")
         return 1

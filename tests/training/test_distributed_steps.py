@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.models import build_model
-from segcontainer.training import distributed, engine, launch, syncbn
+from segcontainer.training import collectives, distributed, engine, launch, syncbn
 from segcontainer.training.distributed import Rank, World
 from tests.training.test_distributed import free_port
 
@@ -46,7 +46,7 @@ def train(shard: Shard, batch: int) -> nn.Module:
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     model = syncbn.convert(model, True, shard.count, device).double()
-    wrapped = distributed.wrap(model, device)
+    wrapped = collectives.wrap(model, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     sampler = EpochSampler(SAMPLES, SEED, shard)

@@ -16,7 +16,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
-from segcontainer.training import distributed
+from segcontainer.training import collectives
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
@@ -172,7 +172,7 @@ def train_one_epoch(
     start = time.monotonic()
     data_seconds, images, steps = 0.0, 0, 0
     progress = ProgressLog(epoch, done + len(loader), done=done)
-    share = distributed.count_share if distributed.active() else None
+    share = collectives.count_share if collectives.active() else None
     fetch_start = time.monotonic()
     for images_batch, masks in loader:
         data_seconds += time.monotonic() - fetch_start

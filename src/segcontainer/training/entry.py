@@ -34,7 +34,7 @@ from segcontainer.data.dataset import Parallel, Shard
 from segcontainer.data.loaders import prepare
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.models import build_model
-from segcontainer.training import distributed, engine, launch, syncbn
+from segcontainer.training import collectives, distributed, engine, launch, syncbn
 from segcontainer.training.distributed import SINGLE, Rank, World
 from segcontainer.training.incremental import start_from_model_channel
 from segcontainer.training.loop import Setup, fit
@@ -111,13 +111,13 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = prepare(paths, config, channels, device, stop, data_parallel(channels, rank, batch_size))
-    steps = distributed.all_reduce_min(data.iters_per_epoch, device)
+    steps = collectives.all_reduce_min(data.iters_per_epoch, device)
     if steps != data.iters_per_epoch:  # ShardedByS3Key parts of unequal size
         log.warning("training %d steps per epoch, as the host with the least data", steps)
         data.limit_steps(steps)
         data.iters_per_epoch = steps
     if data.pixels_per_class is not None and rank.distributed:
-        data.pixels_per_class = distributed.all_reduce_histogram(data.pixels_per_class, device)
+        data.pixels_per_class = collectives.all_reduce_histogram(data.pixels_per_class, device)
     precision = engine.Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
 
@@ -132,7 +132,7 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_model = distributed.wrap(model, device)
+    train_model = collectives.wrap(model, device)
     optimizer = engine.build_optimizer(config, model.parameters())
     scheduler = engine.build_scheduler(config, optimizer, data.iters_per_epoch)
     class_weight = None

@@ -13,10 +13,11 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import metric_lines
-from segcontainer.training import checkpoints, distributed, engine
+from segcontainer.training import checkpoints, collectives, engine
 from segcontainer.training.checkpoints import Position
+from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
-from segcontainer.training.distributed import SINGLE, CoordinatedStop, Rank
+from segcontainer.training.distributed import SINGLE, Rank
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def fit(s: Setup, local_stop) -> None:
         s.scheduler,
         s.precision.scaler,
         main,
-        distributed.broadcast_from_main if distributed.active() else None,
+        collectives.broadcast_from_main if collectives.active() else None,
     )
     if resumed:
         position, best_epoch, curves.rows = resumed.position, resumed.best_epoch, resumed.curves
@@ -113,7 +114,7 @@ def fit(s: Setup, local_stop) -> None:
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration, exc.loss_sum))
             raise
-        distributed.sync_buffers(s.model)
+        collectives.sync_buffers(s.model)
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
             scores = engine.evaluate(
@@ -122,14 +123,14 @@ def fit(s: Setup, local_stop) -> None:
                 config.num_classes,
                 s.precision,
                 s.device,
-                local_stop if not distributed.active() else lambda: False,
+                local_stop if not collectives.active() else lambda: False,
             )
-            if distributed.active() and stop.agree():
+            if collectives.active() and stop.agree():
                 raise TrainingStopped("stopped during validation")
         except TrainingStopped:  # the epoch's training is done; validation runs again
             checkpoint(Position(epoch, s.iters_per_epoch, stats.loss * s.iters_per_epoch))
             raise
-        stats.loss = distributed.all_reduce_mean(stats.loss, s.device)
+        stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
         if main:  # one set of metric lines per epoch, so HPO and CloudWatch see one value
             report(s, epoch, stats, scores, names, curves)
