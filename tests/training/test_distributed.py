@@ -222,3 +222,29 @@ def test_gloo_syncbn_stop_agreement_and_reductions() -> None:
     written: list[tuple[str, str]] = []
     world = World(("127.0.0.1",), 0, 2, "gloo", free_port(), None, 60.0, 60.0)
     assert launch.launch(world, _gloo_checks, lambda r, d: written.append((r, d))) == 0, written
+
+
+def test_sharded_by_s3_key_channels_are_shared_among_the_hosts_processes_only() -> None:
+    from segcontainer.config.environment import ChannelConfig
+    from segcontainer.training.entry import data_parallel
+
+    world = World(("algo-1", "algo-2"), 1, 4, "nccl")
+    channels = {
+        "train": ChannelConfig("train", extra={"S3DistributionType": "ShardedByS3Key"}),
+        "validation": ChannelConfig("validation", extra={"S3DistributionType": "FullyReplicated"}),
+    }
+    parallel = data_parallel(channels, Rank(world, 3), batch_size=2)
+    assert parallel.train == Shard(3, 4)  # its host's part, among the host's 4 processes
+    assert parallel.validation == Shard(7, 8)  # every host holds it all: global rank of 8
+    assert (parallel.batch_size, parallel.ranks) == (2, 8)
+
+
+def test_syncbn_with_one_process_says_it_has_no_effect(caplog) -> None:
+    from segcontainer.training.syncbn import GlooSyncBatchNorm, convert
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with caplog.at_level(logging.INFO):
+        assert convert(model, True, 1, torch.device("cpu")) is model
+    assert "syncbn=True has no effect" in caplog.text
+    converted = convert(model, True, 2, torch.device("cpu"))
+    assert isinstance(converted[1], GlooSyncBatchNorm)
