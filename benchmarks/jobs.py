@@ -56,7 +56,11 @@ class JobResult:
 
 
 def run_train(
-    base: Path, hyperparameters: dict, budget_s: float | None = None, env: dict | None = None
+    base: Path,
+    hyperparameters: dict,
+    budget_s: float | None = None,
+    env: dict | None = None,
+    script: Path = REPO / "train",
 ) -> JobResult:
     """Run `train` on ``base``; with ``budget_s`` it gets SIGTERM when the budget is spent
     (as SageMaker's MaxRuntimeInSeconds does) and keeps the best model so far."""
@@ -76,7 +80,7 @@ def run_train(
     }
     start = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "train")],
+        [sys.executable, str(script)],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

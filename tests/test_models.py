@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from segcontainer.errors import UserError
-from segcontainer.models import ENCODERS, HEADS, build_model, pretrained_weights_file
+from segcontainer.models import (
+    ENCODERS,
+    HEADS,
+    build_model,
+    pretrained_weights_file,
+    serving_state_dict,
+)
 
 
 @pytest.mark.parametrize("backbone", list(ENCODERS))
@@ -87,3 +93,24 @@ def test_corrupt_pretrained_file_is_a_clear_error(tmp_path, monkeypatch) -> None
     file.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="could not be loaded"):
         build_model("fcn", "resnet-50", 3, pretrained=True)
+
+
+def test_auxiliary_head_is_training_only_and_left_out_of_the_serving_weights() -> None:
+    torch.manual_seed(0)
+    model = build_model("psp", "resnet-50", num_classes=4, aux=True).train()
+    out = model(torch.randn(2, 3, 40, 36))
+    assert isinstance(out, tuple) and [t.shape for t in out] == [(2, 4, 40, 36)] * 2
+    (out[0].sum() + out[1].sum()).backward()
+    assert all(p.grad is not None for p in model.aux_head.parameters())
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 40, 36))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (1, 4, 40, 36)
+    state = serving_state_dict(model)
+    assert state and not any(k.startswith("aux_head.") for k in state)
+    # Serving rebuilds the model without the head; the weights fit it exactly.
+    plain = build_model("psp", "resnet-50", num_classes=4).eval()
+    plain.load_state_dict(state)  # strict: no missing or unexpected keys
+    x = torch.randn(1, 3, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))

@@ -97,18 +97,42 @@ def deeplab_head(in_channels: int, num_classes: int) -> nn.Module:
 HEADS = {"fcn": FCNHead, "psp": PSPHead, "deeplab": deeplab_head}
 
 
-class SegmentationModel(nn.Module):
-    """Encoder features at stride 8 -> head -> logits bilinearly upsampled to the input size."""
+AUX_PREFIX = "aux_head."  # training-only weights: never in model.pt or the exports
+LAYER3_CHANNELS = 1024  # ResNet-50/101 layer3, where the auxiliary head reads
 
-    def __init__(self, encoder: nn.Module, head: nn.Module):
+
+class SegmentationModel(nn.Module):
+    """Encoder features at stride 8 -> head -> logits bilinearly upsampled to the input size.
+
+    With ``aux_head`` (training only, as GluonCV's models behind the built-in and torchvision's
+    reference recipe train), training mode returns ``(logits, aux_logits)``, the second from an
+    FCN head on layer3; evaluation mode always returns the logits alone, so validation,
+    serving and the exports see one forward.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.aux_head = aux_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(x)["out"]
-        logits = self.head(features)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder(x)
+        logits = _upsample(self.head(features["out"]), x)
+        if self.aux_head is None or not self.training:
+            return logits
+        return logits, _upsample(self.aux_head(features["aux"]), x)
+
+
+def _upsample(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def serving_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights serving rebuilds (on the CPU): everything but the auxiliary head."""
+    return {
+        k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(AUX_PREFIX)
+    }
 
 
 def pretrained_weights_file(backbone: str) -> Path:
@@ -117,7 +141,7 @@ def pretrained_weights_file(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def build_encoder(backbone: str, pretrained: bool) -> nn.Module:
+def build_encoder(backbone: str, pretrained: bool, aux: bool = False) -> nn.Module:
     builder, weights = ENCODERS[backbone]
     if pretrained:
         file = pretrained_weights_file(backbone)
@@ -144,18 +168,23 @@ def build_encoder(backbone: str, pretrained: bool) -> nn.Module:
             f"({exc}). Replace it with torchvision's {weights.url}, or set "
             "use_pretrained_model=False."
         ) from exc
-    return IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+    layers = {"layer3": "aux", "layer4": "out"} if aux else {"layer4": "out"}
+    return IntermediateLayerGetter(resnet, return_layers=layers)
 
 
-def build_model(algorithm: str, backbone: str, num_classes: int, pretrained: bool = False):
+def build_model(
+    algorithm: str, backbone: str, num_classes: int, pretrained: bool = False, aux: bool = False
+) -> SegmentationModel:
     """The segmentation model for the algorithm and backbone hyperparameters.
 
     ``pretrained`` loads ImageNet weights into the encoder only; decoders are never pretrained.
+    ``aux`` adds the training-only auxiliary FCN head on layer3.
     """
     if algorithm not in HEADS or backbone not in ENCODERS:
         raise UserError(
             f"Unknown model {algorithm}/{backbone}: algorithm is one of {', '.join(HEADS)}, "
             f"backbone one of {', '.join(ENCODERS)}."
         )
-    encoder = build_encoder(backbone, pretrained)
-    return SegmentationModel(encoder, HEADS[algorithm](ENCODER_CHANNELS, num_classes))
+    encoder = build_encoder(backbone, pretrained, aux)
+    aux_head = FCNHead(LAYER3_CHANNELS, num_classes) if aux else None
+    return SegmentationModel(encoder, HEADS[algorithm](ENCODER_CHANNELS, num_classes), aux_head)

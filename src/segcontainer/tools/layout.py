@@ -1,0 +1,286 @@
+"""The channel layout the converters write, and the split they assign.
+
+``OUT/`` gets the four File-mode channels (``train``, ``train_annotation``, ``validation``,
+``validation_annotation``; each mask named after its image's base name, a palette PNG of class
+ids, 255 = ignore), ``class_names.txt`` (one name per line, class id = line number - 1) and
+``train.manifest`` / ``validation.manifest``: augmented manifests (``source-ref`` plus one
+``*-ref`` attribute) for Pipe mode and for File-mode manifest channels.
+
+Splits are assigned per group of images (per image unless ``--group-by`` names a pattern),
+never per tile or per file, so near-identical neighbours cannot end up on both sides.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segcontainer.data.channels import IGNORE_INDEX, SPLITS, Sample, pair_samples
+from segcontainer.errors import UserError
+
+CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")
+CLASS_NAMES_FILE = "class_names.txt"
+DEFAULT_ATTRIBUTE = "annotation-ref"
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC colours: index i gets class i's colour; 255 (ignore) gets VOC's cream."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+PALETTE = voc_palette()
+
+
+def mask_png(labels: np.ndarray) -> bytes:
+    """(H, W) uint8 class ids -> palette PNG bytes (viewable, and read back as class ids)."""
+    image = Image.fromarray(labels.astype(np.uint8), "L").convert("P")
+    image.putpalette(PALETTE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation, as training and serving see the image."""
+    orientation = image.getexif().get(0x0112, 1)
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def image_suffix(data: bytes, fallback: str) -> str:
+    """The file suffix for image bytes written unchanged (JPEG -> .jpg, PNG -> .png)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "").lower()
+    except Exception:
+        return fallback
+    return {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "bmp": ".bmp", "webp": ".webp"}.get(
+        kind, fallback
+    )
+
+
+# --- splits ----------------------------------------------------------------------------------
+
+
+def group_key(name: str, pattern: re.Pattern[str] | None) -> str | None:
+    """The group a name belongs to: the pattern's first group (or whole match); None when the
+    pattern does not match (the caller keeps the name as its own group)."""
+    if pattern is None:
+        return name
+    match = pattern.search(name)
+    if match is None:
+        return None
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def compile_group_by(regex: str | None) -> re.Pattern[str] | None:
+    if regex is None:
+        return None
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise UserError(f"--group-by {regex!r} is not a valid regular expression: {exc}") from exc
+
+
+def assign_splits(
+    names: list[str], fraction: float, seed: int, pattern: re.Pattern[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """name -> "train" | "validation", whole groups at a time, deterministic for a seed.
+
+    Groups are shuffled with ``seed`` and moved to validation until it holds about
+    ``fraction`` of the images; train keeps at least one group. Returns the assignment and the
+    names the pattern did not match (each is then a group of its own).
+    """
+    if not 0 <= fraction < 1:
+        raise UserError(f"--validation-fraction must be in [0, 1), got {fraction}.")
+    unmatched = [n for n in names if group_key(n, pattern) is None]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        key = group_key(name, pattern)
+        groups.setdefault(name if key is None else f"group:{key}", []).append(name)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    target = round(fraction * len(names))
+    if fraction > 0 and len(order) > 1:
+        target = max(target, 1)
+    assignment: dict[str, str] = {}
+    in_validation = 0
+    for index, key in enumerate(order):
+        room = index < len(order) - 1  # the last group always trains
+        split = "validation" if in_validation < target and room else "train"
+        in_validation += len(groups[key]) if split == "validation" else 0
+        for name in groups[key]:
+            assignment[name] = split
+    return assignment, unmatched
+
+
+def unmatched_notes(unmatched: list[str]) -> list[str]:
+    if not unmatched:
+        return []
+    return [
+        f"  note: --group-by matched no part of {len(unmatched)} names, each kept as its own "
+        f"group: {', '.join(unmatched[:5])}"
+    ]
+
+
+# --- reading a layout ------------------------------------------------------------------------
+
+
+def read_layout(root: Path) -> dict[str, list[Sample]]:
+    """The image/mask pairs of each split in a layout root; UserError naming unpaired files."""
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; give the folder that holds train/ etc.")
+    found: dict[str, list[Sample]] = {}
+    for split in SPLITS:
+        images, masks = root / split, root / f"{split}_annotation"
+        if not images.is_dir() and not masks.is_dir():
+            continue
+        if not (images.is_dir() and masks.is_dir()):
+            missing = masks if images.is_dir() else images
+            raise UserError(f"{missing} is missing: {split} needs both {split}/ and its masks.")
+        pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+        lonely = lonely_images + lonely_masks
+        if lonely:
+            names = ", ".join(str(p) for p in lonely[:5])
+            raise UserError(
+                f"{len(lonely)} files in {root} have no partner of the same base name in the "
+                f"other folder of {split}: {names}"
+            )
+        found[split] = pairs
+    if not any(found.values()):
+        raise UserError(
+            f"{root} holds no image/mask pairs: expected train/ and train_annotation/ "
+            "(and validation/, validation_annotation/)."
+        )
+    return found
+
+
+def read_class_names(root: Path) -> list[str]:
+    file = root / CLASS_NAMES_FILE
+    return file.read_text().splitlines() if file.is_file() else []
+
+
+# --- writing a layout ------------------------------------------------------------------------
+
+
+@dataclass
+class LayoutWriter:
+    """Writes pairs into ``root``'s channels and, on ``finish``, the manifests and class names.
+
+    ``manifest_prefix`` (e.g. ``s3://bucket/data``) is where ``root`` will be uploaded: the
+    manifests then hold absolute ``s3://`` references, as Pipe mode needs; without it they
+    hold paths relative to ``root`` (read by the File-mode manifest channel).
+    """
+
+    root: Path
+    attribute: str = DEFAULT_ATTRIBUTE
+    manifest_prefix: str | None = None
+    entries: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # written name -> where it came from
+
+    def __post_init__(self) -> None:
+        for channel in CHANNELS:
+            folder = self.root / channel
+            if folder.is_dir() and any(folder.iterdir()):
+                raise UserError(
+                    f"{folder} already holds files; write to a new OUT folder (or empty it), so "
+                    "old and new pairs do not mix."
+                )
+        for channel in CHANNELS:
+            (self.root / channel).mkdir(parents=True, exist_ok=True)
+
+    def add(
+        self, split: str, name: str, image: bytes, suffix: str, labels: np.ndarray, origin: str
+    ) -> None:
+        """One pair: image bytes written unchanged as ``split/<name><suffix>``, the labels as
+        ``split_annotation/<name>.png``. Two sources of one name are an error naming both."""
+        if name in self.origins:
+            raise UserError(
+                f"{origin} and {self.origins[name]} have the same base name {name!r}; masks pair "
+                "with images by base name, so rename one of them."
+            )
+        self.origins[name] = origin
+        image_path = self.root / split / f"{name}{suffix}"
+        mask_path = self.root / f"{split}_annotation" / f"{name}.png"
+        image_path.write_bytes(image)
+        mask_path.write_bytes(mask_png(labels))
+        self.pixels.setdefault(split, np.zeros(256, dtype=np.int64))
+        self.pixels[split] += np.bincount(labels.ravel(), minlength=256)
+        self.entries.setdefault(split, []).append(
+            {"source-ref": self._ref(image_path), self.attribute: self._ref(mask_path)}
+        )
+
+    def _ref(self, path: Path) -> str:
+        relative = path.relative_to(self.root).as_posix()
+        if self.manifest_prefix is None:
+            return relative
+        return f"{self.manifest_prefix.rstrip('/')}/{relative}"
+
+    def finish(self, class_names: list[str]) -> Summary:
+        for split in SPLITS:
+            lines = [json.dumps(entry) for entry in self.entries.get(split, [])]
+            (self.root / f"{split}.manifest").write_text("".join(f"{line}\n" for line in lines))
+        used = [i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:255])]
+        num_classes = max([len(class_names), *(i + 1 for i in used)], default=0)
+        names = [*class_names, *(f"class_{i}" for i in range(len(class_names), num_classes))]
+        (self.root / CLASS_NAMES_FILE).write_text("".join(f"{n}\n" for n in names))
+        counts = Counter({s: len(e) for s, e in self.entries.items()})
+        return Summary(self.root, names, counts, self.pixels, self.attribute)
+
+
+@dataclass
+class Summary:
+    """What was written: counts per split and per class, and the hyperparameters to use."""
+
+    root: Path
+    class_names: list[str]
+    counts: Counter
+    pixels: dict[str, np.ndarray]
+    attribute: str
+    notes: list[str] = field(default_factory=list)
+    unit: str = "images"
+
+    def lines(self) -> list[str]:
+        names = self.class_names
+        out = [f"wrote {self.root}:"]
+        for split in SPLITS:
+            out.append(f"  {split:<10} {self.counts.get(split, 0):6d} {self.unit}")
+        if not self.counts.get("validation"):
+            out.append(
+                f"  warning: no validation {self.unit}; training needs a validation channel."
+            )
+        out.append("  pixels per class (train / validation):")
+        zeros = np.zeros(256, dtype=np.int64)
+        train, validation = self.pixels.get("train", zeros), self.pixels.get("validation", zeros)
+        rows = [(i, name) for i, name in enumerate(names)] + [(IGNORE_INDEX, "(ignore)")]
+        for index, name in rows:
+            out.append(f"    {index:3d} {name:<20} {train[index]:12d} / {validation[index]:12d}")
+        out += self.notes
+        value = ",".join(n.replace(",", ";") for n in names)
+        if any("," in n for n in names):
+            out.append("  note: commas in class names became ';' in the class_names value.")
+        out.append("hyperparameters for this data:")
+        out.append(f"  num_classes={len(names)}")
+        out.append(f"  num_training_samples={self.counts.get('train', 0)}")
+        out.append(f"  class_names={value}")
+        out.append(f'Pipe mode: AttributeNames=["source-ref", "{self.attribute}"]')
+        return out
