@@ -83,6 +83,7 @@ class Parallel:
     validation: Shard = Shard()  # its part of the validation images
     batch_size: int | None = None  # per process; None: mini_batch_size
     ranks: int = 1  # processes in the job (Pipe mode shares num_training_samples among them)
+    local: int = 1  # processes on this host, sharing its cores for data loading
 
 
 WHOLE = Shard()

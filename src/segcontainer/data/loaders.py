@@ -40,10 +40,12 @@ class TrainingData:
     limit_steps: Callable[[int], None]  # cap the steps per epoch (ranks with unequal parts)
 
 
-def worker_count(setting: str | int) -> int:
+def worker_count(setting: str | int, processes: int = 1) -> int:
+    """DataLoader workers per training process; ``auto`` shares the host's cores among its
+    training processes (one per GPU), leaving a core to each of them."""
     if setting != "auto":
         return int(setting)
-    return max(1, min(8, (os.cpu_count() or 2) - 1))  # leave a core for the training process
+    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
 
 
 def _check_count(config: Config, count: int, parallel: Parallel) -> None:
@@ -108,7 +110,7 @@ def prepare(
     if train_summary is not None:
         datacheck.log_histogram(train_summary, config.class_names)
 
-    workers = worker_count(config.workers)
+    workers = worker_count(config.workers, parallel.local)
     # Workers start afresh each epoch (not persistent) so they see the dataset's epoch.
     common = {"pin_memory": device.type == "cuda"}
     # Own generator: creating loader iterators must not draw from the global random state,

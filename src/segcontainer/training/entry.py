@@ -91,7 +91,9 @@ def data_parallel(channels: dict, rank: Rank, batch_size: int) -> Parallel:
             return Shard(rank.local_rank, rank.world.local_size)
         return Shard(rank.rank, rank.size)
 
-    return Parallel(shard("train"), shard("validation"), batch_size, rank.size)
+    return Parallel(
+        shard("train"), shard("validation"), batch_size, rank.size, rank.world.local_size
+    )
 
 
 def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
