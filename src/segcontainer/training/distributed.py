@@ -197,9 +197,12 @@ def init_process_group(rank: Rank) -> None:
     """Rendezvous with every rank (naming those missing after the timeout), then start the
     process group with the collective timeout."""
     world = rank.world
-    if world.interface:  # the interface SageMaker gives the job's hosts to talk over
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", world.interface)
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", world.interface)
+    # The interface SageMaker gives the job's hosts to talk over; one host's processes talk
+    # over loopback (a docker run may have no interface of the name resourceconfig gives).
+    interface = world.interface if len(world.hosts) > 1 else "lo"
+    if interface:
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a hung NCCL op raises
     if world.backend == "nccl":
         torch.cuda.set_device(rank.local_rank)
