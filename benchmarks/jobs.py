@@ -89,13 +89,24 @@ def run_train(
     lines = []
     deadline = start + budget_s if budget_s else None
     stopped = False
+    # BENCHMARK_LOG_FILE: every job's log appended there as it runs (for a run that is cut off).
+    copy = (
+        open(os.environ["BENCHMARK_LOG_FILE"], "a")
+        if os.environ.get("BENCHMARK_LOG_FILE")
+        else None
+    )  # noqa: SIM115
     assert process.stdout is not None
     for line in process.stdout:
         lines.append(line)
+        if copy:
+            copy.write(line)
+            copy.flush()
         if deadline and not stopped and time.monotonic() > deadline:
             process.send_signal(signal.SIGTERM)
             stopped = True
     process.wait()
+    if copy:
+        copy.close()
     log = "".join(lines)
     return JobResult(process.returncode, time.monotonic() - start, log, parse_epochs(log))
 

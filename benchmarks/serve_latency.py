@@ -3,6 +3,7 @@ the bare model forward measured in the same run, for a 512x512 JPEG answered as 
 
     python benchmarks/serve_latency.py                 # 1 and 8 concurrent clients
     python benchmarks/serve_latency.py --soak 60       # plus 60 s of 8 clients: errors, memory
+    python benchmarks/serve_latency.py --size 1920x1080   # a larger request, resized by serve
 
 Loopback only. The model has random weights (speed does not depend on them), base_size 512,
 so the 512x512 request reaches the model unresized, as the bare forward does.
@@ -51,23 +52,31 @@ def make_model(base: Path, algorithm: str, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def jpeg_512() -> bytes:
-    image = Image.new("RGB", (512, 512), (110, 120, 130))
+def jpeg(width: int, height: int) -> bytes:
+    image = Image.new("RGB", (width, height), (110, 120, 130))
     draw = ImageDraw.Draw(image)
-    draw.rectangle((60, 80, 300, 260), fill=(200, 40, 40))
-    draw.ellipse((250, 250, 480, 470), fill=(40, 60, 200))
+    draw.rectangle((width // 8, height // 6, width * 3 // 5, height // 2), fill=(200, 40, 40))
+    draw.ellipse((width // 2, height // 2, width * 15 // 16, height * 15 // 16), fill=(40, 60, 200))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
-def bare_forward_seconds(model: torch.nn.Module, repeats: int, threads: int) -> list[float]:
+def model_input_size(width: int, height: int, long_side: int = 512) -> tuple[int, int]:
+    """(height, width) the endpoint feeds the model: the long side resized to base_size."""
+    scale = long_side / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def bare_forward_seconds(
+    model: torch.nn.Module, repeats: int, threads: int, size: tuple[int, int] = (512, 512)
+) -> list[float]:
     """The model alone on the device the server uses (GPU: bf16 autocast, channels_last, as the
     predictor runs it), input already there; the reference the stack is compared with."""
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    x = torch.randn(1, 3, 512, 512, device=device)
+    x = torch.randn(1, 3, *size, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -136,8 +145,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--requests", type=int, default=8, help="per client, 1-client run")
     parser.add_argument("--soak", type=float, default=0, help="seconds of 8-client soak")
+    parser.add_argument("--size", default="512x512", help="request image WIDTHxHEIGHT")
     args = parser.parse_args()
-    body = jpeg_512()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    body = jpeg(width, height)
+    size = model_input_size(width, height)
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         model = make_model(base, args.algorithm, args.classes)
@@ -149,9 +161,13 @@ def main() -> None:
             f"{settings.workers} workers x {settings.torch_threads} torch threads",
             flush=True,
         )
-        bare = bare_forward_seconds(model, args.requests, settings.torch_threads)
+        bare = bare_forward_seconds(model, args.requests, settings.torch_threads, size)
         bare_p50 = statistics.median(bare)
-        print(f"bare forward 1x3x512x512: p50 {bare_p50:.3f} s", flush=True)
+        print(
+            f"request {width}x{height} JPEG -> PNG; bare forward 1x3x{size[0]}x{size[1]} (the "
+            f"model input after resizing to base_size): p50 {bare_p50:.3f} s",
+            flush=True,
+        )
         server = Server(base)
         try:
             server.wait_ready()

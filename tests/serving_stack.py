@@ -116,3 +116,11 @@ def memory_kib(pid: int, field: str = "VmHWM") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def reset_peak_memory(pid: int) -> int:
+    """Reset the process's peak resident set size (VmHWM) to its current one, which it returns
+    in KiB: a later VmHWM minus this is what the work in between added at its peak, whatever
+    the model's loading and warm-up reached before."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return memory_kib(pid, "VmRSS")

@@ -10,8 +10,52 @@ large frames into tiles.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+
+# Keep in step with pyproject.toml (a test checks): torchvision 0.21 made transforms.v2's
+# make_params/transform public (augment.py overrides them; older releases never call them),
+# and torch.serialization.safe_globals (checkpoint loading) arrived in torch 2.5; torchvision
+# 0.21 itself needs torch 2.6.
+MINIMUM_VERSIONS = {"torch": (2, 6), "torchvision": (0, 21)}
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as '2.6.0+cu124' or '2.7.0a0'."""
+    return tuple(int(re.match(r"\d+", part).group()) for part in version.split(".")[:2])
+
+
+def version_problem() -> str | None:
+    """Why the installed torch/torchvision cannot run this package, or None."""
+    import torch
+    import torchvision
+
+    found = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    if all(_release(found[name]) >= low for name, low in MINIMUM_VERSIONS.items()):
+        return None
+    needed = " and ".join(
+        f"{name} >= {'.'.join(map(str, low))}" for name, low in MINIMUM_VERSIONS.items()
+    )
+    return (
+        f"segcontainer needs {needed}; found torch {found['torch']}, torchvision "
+        f"{found['torchvision']}. Install a newer pair (constraints.txt pins a known-good one) "
+        "or use a base image that has one."
+    )
+
+
+def _refuse_old_versions(command: str) -> int | None:
+    problem = version_problem()
+    if problem is None:
+        return None
+    print(f"{command}: {problem}", file=sys.stderr)
+    if command == "train":  # SageMaker shows output/failure as the job's FailureReason
+        from segcontainer.config.environment import Paths
+
+        paths = Paths.from_env()
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(problem + "\n")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--epochs", type=int, default=3)
     add_data_tools(commands)
     args = parser.parse_args(argv)
+    if args.command in ("train", "serve") and (refused := _refuse_old_versions(args.command)):
+        return refused
     if args.command in DATA_TOOLS:
         return run_data_tool(args)
     if args.command == "train":

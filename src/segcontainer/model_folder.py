@@ -22,7 +22,7 @@ from segcontainer import __version__
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.preprocess import MEAN, STD
 from segcontainer.errors import UserError
-from segcontainer.models import build_model
+from segcontainer.models import AUX_PREFIX, build_model
 
 if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
     from segcontainer.metrics import Scores
@@ -57,13 +57,17 @@ def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
 
 def save_model(
     model_dir: Path,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     record: dict,
     epoch: int,
     scores: Scores,
     class_names: tuple[str, ...],
 ) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """Write model/ from a model or its state_dict (a resumed job restores the best epoch's
+    weights from its checkpoint, not from the model it is training)."""
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    # The auxiliary head trains the encoder only: serving never builds it.
+    state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
     _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
     _write_json(model_dir / CONFIG_FILE, record)
     names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]
@@ -83,9 +87,47 @@ def save_model(
     )
 
 
+def read_record(folder: Path, origin: str) -> dict:
+    """hyperparams.json of a model of this container; a plain UserError for anything else.
+
+    The built-in MXNet algorithm's model.tar.gz also holds a hyperparams.json, but with string
+    values ("num_classes": "21") and *.params weights: without this check it would fail later
+    with a puzzling mismatch ("num_classes is '21' in the model but 21")."""
+    accepted = (
+        "Accepted: a model.tar.gz written by this container's train (or its extracted files), "
+        f"holding {WEIGHTS_FILE} and {CONFIG_FILE}."
+    )
+    params = sorted(p.name for p in folder.glob("*.params"))
+    if params:
+        raise UserError(
+            f"{origin} is not a model of this container: it holds MXNet weights "
+            f"({', '.join(params[:3])}), as the SageMaker built-in semantic segmentation "
+            f"algorithm writes them, which this container cannot load. {accepted} Train "
+            "with this container to get one."
+        )
+    try:
+        record = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{origin} is not a model of this container: no readable {CONFIG_FILE} ({exc}). "
+            + accepted
+        ) from exc
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("num_classes"), int)
+        or not (folder / WEIGHTS_FILE).is_file()
+    ):
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise UserError(
+            f"{origin} is not a model of this container (it holds {found}; {CONFIG_FILE} "
+            f"without typed values or no {WEIGHTS_FILE}). " + accepted
+        )
+    return record
+
+
 def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     """Rebuild the trained model from model/ (the same builder training used)."""
-    record = json.loads((model_dir / CONFIG_FILE).read_text())
+    record = read_record(model_dir, f"The model in {model_dir}")
     model = build_model(record["algorithm"], record["backbone"], record["num_classes"])
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

@@ -188,3 +188,10 @@ def build_model(
     encoder = build_encoder(backbone, pretrained, aux)
     aux_head = FCNHead(LAYER3_CHANNELS, num_classes) if aux else None
     return SegmentationModel(encoder, HEADS[algorithm](ENCODER_CHANNELS, num_classes), aux_head)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 autocast only where the GPU computes bf16 natively (Ampere, compute capability 8.0,
+    and newer). torch.cuda.is_bf16_supported() is also True where bf16 is only emulated (V100,
+    T4), which is slower than fp16 there."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)

@@ -186,7 +186,7 @@ GOOD = [
     ("mini_batch_size", "1", 1),
     ("mini_batch_size", "16", 16),
     ("validation_mini_batch_size", "8", 8),
-    ("num_training_samples", "1", 1),
+    ("num_training_samples", "16", 16),
     ("num_training_samples", "1464", 1464),
     ("early_stopping_min_epochs", "0", 0),
     ("early_stopping_min_epochs", "10", 10),
@@ -335,6 +335,14 @@ def test_class_weights_count_must_match_num_classes():
     assert "class_weights" in message
     assert "2 numbers" in message
     assert "num_classes is 3" in message
+
+
+def test_num_training_samples_below_the_batch_size_is_refused():
+    """Pipe mode sizes the schedule from it: below one batch the schedule would be empty."""
+    message = error_of({"num_classes": "3", "num_training_samples": "8", "mini_batch_size": "16"})
+    assert "num_training_samples is 8 but mini_batch_size is 16" in message
+    assert "not one full batch" in message
+    resolve_with(num_training_samples="16", mini_batch_size="16")  # one batch is enough
 
 
 def test_class_names_count_must_match_num_classes():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segcontainer.data.augment import RandomLongSideResize, pad_collate, train_transform
+from segcontainer.data.augment import RandomLongSideResize, SizeGroupCollate, train_transform
 from segcontainer.data.preprocess import MEAN, STD, to_tensors, validation_transform
 
 SEEDS = range(8)
@@ -199,31 +199,19 @@ def test_validation_transform_keeps_size_and_normalises(width: int, height: int)
     assert torch.allclose(out_image, expected, atol=1e-5)
 
 
-def test_pad_collate_pads_to_the_largest_size() -> None:
-    first = (torch.rand(3, 10, 12) + 1, torch.ones(10, 12, dtype=torch.uint8))
-    second = (torch.rand(3, 16, 8) + 1, torch.full((16, 8), 2, dtype=torch.uint8))
+def test_validation_batches_group_equal_sizes_without_padding() -> None:
+    pairs = [
+        (torch.rand(3, 10, 12), torch.ones(20, 24, dtype=torch.uint8)),
+        (torch.rand(3, 16, 8), torch.full((31, 15), 2, dtype=torch.uint8)),
+        (torch.rand(3, 10, 12), torch.zeros(10, 12, dtype=torch.uint8)),
+    ]
 
-    images, masks = pad_collate([first, second])
+    batch = SizeGroupCollate(tile_size=64)(pairs)
 
-    assert images.shape == (2, 3, 16, 12)
-    assert images.dtype == torch.float32
-    assert masks.shape == (2, 16, 12)
-    assert masks.dtype == torch.uint8
-    assert torch.equal(images[0, :, :10, :12], first[0])
-    assert torch.equal(images[1, :, :16, :8], second[0])
-    assert (images[0, :, 10:, :] == 0).all()
-    assert (images[1, :, :, 8:] == 0).all()
-    assert torch.equal(masks[0, :10, :12], first[1])
-    assert torch.equal(masks[1, :16, :8], second[1])
-    assert (masks[0, 10:, :] == 255).all()
-    assert (masks[1, :, 8:] == 255).all()
-
-
-def test_pad_collate_same_sizes_needs_no_padding() -> None:
-    batch = [(torch.rand(3, 6, 5), torch.zeros(6, 5, dtype=torch.uint8)) for _ in range(3)]
-
-    images, masks = pad_collate(batch)
-
-    assert images.shape == (3, 3, 6, 5)
-    assert torch.equal(images, torch.stack([image for image, _ in batch]))
-    assert not (masks == 255).any()
+    assert batch.tile_size == 64
+    assert [inputs.shape for inputs, _ in batch.groups] == [(2, 3, 10, 12), (1, 3, 16, 8)]
+    (first, first_masks), (second, second_masks) = batch.groups
+    assert torch.equal(first, torch.stack([pairs[0][0], pairs[2][0]]))
+    assert torch.equal(second[0], pairs[1][0])
+    # masks keep their own sizes: scores are taken at the mask's resolution
+    assert [m.shape for m in first_masks + second_masks] == [(20, 24), (10, 12), (31, 15)]

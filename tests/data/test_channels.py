@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from segcontainer.config.environment import Paths
 from segcontainer.data.channels import (
-    IGNORE_INDEX,
-    UNMAPPED,
     Sample,
-    identity_lut,
-    label_map_lut,
     load_image,
     load_mask,
     load_mask_pixels,
     pair_samples,
-    read_label_maps,
 )
 from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.label_maps import IGNORE_INDEX, identity_lut, label_map_lut
 from segcontainer.data.preprocess import validation_transform
 from segcontainer.errors import UserError
 
@@ -95,141 +89,40 @@ def test_pair_samples_ignores_hidden_files(tmp_path: Path) -> None:
     assert lonely_masks == []
 
 
-# --- label_map_lut -------------------------------------------------------------------------------
+def test_pair_samples_pairs_nested_files_by_relative_path(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    for folder in ("x", "y"):  # the same base name in two sub-folders: two samples
+        _touch_image(images / folder / "001.jpg")
+        _touch_mask(masks / folder / "001.png")
+    _touch_image(images / "x" / "002.jpg")
+    _touch_mask(masks / "y" / "002.png")  # same base name, other folder: no partner
+
+    pairs, lonely_images, lonely_masks = pair_samples(images, masks)
+
+    assert pairs == [
+        Sample(images / "x" / "001.jpg", masks / "x" / "001.png"),
+        Sample(images / "y" / "001.jpg", masks / "y" / "001.png"),
+    ]
+    assert lonely_images == [images / "x" / "002.jpg"]
+    assert lonely_masks == [masks / "y" / "002.png"]
 
 
-@pytest.mark.parametrize("scale", [3, "3", 3.0])
-def test_scale_label_map_divides_pixel_values(scale: object) -> None:
-    lut = label_map_lut({"scale": scale}, "train_label_map.json")
-
-    assert lut.shape == (256,)
-    assert lut[[0, 3, 6]].tolist() == [0, 1, 2]
-    assert lut[[1, 2, 4, 5, 7, 8]].tolist() == [0, 0, 1, 1, 2, 2]  # rounded down
-    assert lut[IGNORE_INDEX] == IGNORE_INDEX
-
-
-def test_scale_one_is_identity() -> None:
-    lut = label_map_lut({"scale": "1"}, "train_label_map.json")
-
-    assert np.array_equal(lut, identity_lut())
-
-
-def test_map_label_map_maps_pixel_values_to_labels() -> None:
-    lut = label_map_lut({"map": {"0": 5, "1": 0, "2": 2}}, "train_label_map.json")
-
-    assert lut[5] == 0
-    assert lut[0] == 1
-    assert lut[2] == 2
-    others = [v for v in range(255) if v not in (0, 2, 5)]
-    assert set(lut[others].tolist()) == {UNMAPPED}
-    assert lut[IGNORE_INDEX] == IGNORE_INDEX
-
-
-def test_map_label_map_can_read_255_as_a_class() -> None:
-    lut = label_map_lut({"map": {"0": 0, "1": 255}}, "train_label_map.json")
-
-    assert lut[0] == 0
-    assert lut[255] == 1
-    assert lut[1] == UNMAPPED
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        {"scale": 2, "map": {"0": 0}},
-        {"scale": 0},
-        {"scale": "x"},
-        {"scale": None},
-        {"scale": -3},
-        {"map": {}},
-        {"map": ["0", "1"]},
-        {"map": {"0": "x"}},
-        {"map": {"a": 1}},
-        {"map": {"0": None}},
-        {"map": {"0": 300}},
-        {"map": {"-1": 3}},
-        {},
-        {"offset": 1},
-        [1, 2],
-        "scale",
-    ],
-    ids=lambda spec: json.dumps(spec),
-)
-def test_bad_label_map_specs_raise_user_error(spec: object) -> None:
-    with pytest.raises(UserError, match="train_label_map.json"):
-        label_map_lut(spec, "train_label_map.json")  # type: ignore[arg-type]
-
-
-# --- read_label_maps -----------------------------------------------------------------------------
-
-
-def _write_label_map(paths: Paths, name: str, content: str) -> Path:
-    folder = paths.channel("label_map")
-    folder.mkdir(parents=True, exist_ok=True)
-    file = folder / name
-    file.write_text(content)
-    return file
-
-
-def test_read_label_maps_without_channel_is_identity_for_both_splits(paths: Paths) -> None:
-    maps = read_label_maps(paths)
-
-    assert maps == {"train": {"scale": 1}, "validation": {"scale": 1}}
-    for spec in maps.values():
-        assert np.array_equal(label_map_lut(spec, "x"), identity_lut())
-
-
-def test_read_label_maps_validation_falls_back_to_train_map(paths: Paths) -> None:
-    _write_label_map(paths, "train_label_map.json", json.dumps({"scale": "3"}))
-
-    maps = read_label_maps(paths)
-
-    assert maps == {"train": {"scale": "3"}, "validation": {"scale": "3"}}
-
-
-def test_read_label_maps_reads_both_files(paths: Paths) -> None:
-    _write_label_map(paths, "train_label_map.json", json.dumps({"scale": 3}))
-    _write_label_map(paths, "validation_label_map.json", json.dumps({"map": {"0": 0, "1": 9}}))
-
-    maps = read_label_maps(paths)
-
-    assert maps == {"train": {"scale": 3}, "validation": {"map": {"0": 0, "1": 9}}}
-
-
-def test_read_label_maps_folder_without_recognised_file_raises(paths: Paths) -> None:
-    _write_label_map(paths, "labels.json", json.dumps({"scale": 1}))
-
-    with pytest.raises(UserError, match="train_label_map.json"):
-        read_label_maps(paths)
-
-
-def test_read_label_maps_invalid_json_names_the_file(paths: Paths) -> None:
-    file = _write_label_map(paths, "train_label_map.json", '{"scale": 3,')
+def test_pair_samples_refuses_two_files_of_one_name_naming_them(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "train_annotation"
+    _touch_image(images / "a.jpg")
+    _touch_image(images / "a.png")  # which one is a.png's image?
+    _touch_mask(masks / "a.png")
+    _touch_mask(masks / "x" / "b.png")
+    _touch_mask(masks / "x" / "b.PNG")
+    _touch_image(images / "x" / "b.jpg")
 
     with pytest.raises(UserError) as info:
-        read_label_maps(paths)
+        pair_samples(images, masks)
 
-    assert str(file) in str(info.value)
-    assert "JSON" in str(info.value)
-
-
-def test_read_label_maps_non_utf8_file_raises_user_error(paths: Paths) -> None:
-    folder = paths.channel("label_map")
-    folder.mkdir(parents=True)
-    file = folder / "train_label_map.json"
-    file.write_bytes(b'{"scale": "\xff"}')  # JSON must be UTF-8 (RFC 8259)
-
-    with pytest.raises(UserError) as info:
-        read_label_maps(paths)
-
-    assert str(file) in str(info.value)
-
-
-def test_read_label_maps_invalid_spec_in_file_raises(paths: Paths) -> None:
-    _write_label_map(paths, "validation_label_map.json", json.dumps({"scale": 0}))
-
-    with pytest.raises(UserError, match="validation_label_map.json"):
-        read_label_maps(paths)
+    message = str(info.value)
+    assert "train: a.jpg and a.png" in message
+    assert "train_annotation: x/b.PNG and x/b.png" in message
+    assert "ambiguous" in message
 
 
 # --- load_image ----------------------------------------------------------------------------------

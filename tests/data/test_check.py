@@ -11,11 +11,20 @@ import pytest
 from PIL import Image
 
 from segcontainer.config.environment import Paths
-from segcontainer.data.check import SplitSummary, binary_255_hint, check_split
+from segcontainer.data import check
+from segcontainer.data.check import SplitSummary, binary_255_hint
+from segcontainer.data.label_maps import label_map_lut
+from segcontainer.data.loaders import find_split
 from segcontainer.errors import UserError
 
 SCALE_1 = {"scale": 1}
 TRAIN_SIZE = (48, 40)  # small_dataset's (width, height)
+
+
+def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> SplitSummary:
+    """Find, pair and check one File-mode split, as prepare() does."""
+    lut = label_map_lut(label_map, f"{split}_label_map.json")
+    return check.check_split(find_split(paths, split), split, lut, num_classes)
 
 
 def _mask_file(paths: Paths, index: int, split: str = "train") -> Path:
@@ -296,6 +305,23 @@ def test_all_problems_are_reported_together(paths: Paths, small_dataset: Path) -
 
     for name in ("train_0000.jpg", "train_0001.png", "train_0002.jpg", "train_0003.png"):
         assert name in message
+
+
+def test_nested_folders_pair_by_relative_path_and_name_lonely_files(paths: Paths) -> None:
+    for folder in ("x", "y"):
+        for channel in ("train", "train_annotation"):
+            (paths.channel(channel) / folder).mkdir(parents=True)
+    values = np.zeros((8, 8), dtype=np.uint8)
+    for folder, fill in (("x", 1), ("y", 2)):
+        Image.new("RGB", (8, 8)).save(paths.channel("train") / folder / "001.jpg")
+        _write_mask(paths.channel("train_annotation") / folder / "001.png", values + fill)
+    summary = check_split(paths, "train", SCALE_1, 3)
+
+    assert len(summary.samples) == 2  # both 001s, each with its own mask
+    assert summary.pixels_per_class.tolist() == [0, 64, 64]
+
+    _write_mask(paths.channel("train_annotation") / "y" / "002.png", values)
+    assert "masks without an image of the same base name in train: y/002.png" in _check_fails(paths)
 
 
 # --- binary 0/255 masks --------------------------------------------------------------------------

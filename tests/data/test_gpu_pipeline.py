@@ -3,21 +3,29 @@ normalisation as the plain transforms.v2 path, draw for draw; path selection."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision.io import decode_jpeg, read_file
 
+from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.data import loaders
 from segcontainer.data.augment import train_transform
-from segcontainer.data.channels import IGNORE_INDEX, Sample, identity_lut, load_image, load_mask
-from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.channels import Sample, load_image, load_mask
+from segcontainer.data.dataset import Parallel, SegmentationDataset, Shard
 from segcontainer.data.gpu_pipeline import (
     GpuTrainBatches,
     apply_orientation,
     choose_pipeline,
 )
+from segcontainer.data.label_maps import IGNORE_INDEX, identity_lut
+from segcontainer.data.loaders import prepare
 from segcontainer.tools.demo_data import synthetic_pair
+from tests.conftest import write_config
 
 CPU = torch.device("cpu")
 
@@ -110,3 +118,59 @@ def test_masks_use_the_label_map(tmp_path):
     _, masks = next(iter(gpu))
     assert 2 not in torch.unique(masks).tolist()
     assert np.array_equal(gpu.masks[0].numpy(), load_mask(samples[0].mask, lut))
+
+
+@pytest.mark.parametrize(
+    "setting,why", [("auto", "no GPU"), ("cpu", "input_pipeline=cpu")], ids=["auto", "forced"]
+)
+def test_prepare_logs_which_input_pipeline_runs_and_why(
+    base_dir, small_dataset, caplog, setting, why
+):
+    write_config(base_dir, input_pipeline=setting)
+    paths = Paths(base_dir)
+    config = resolve(read_hyperparameters(paths))
+    with caplog.at_level(logging.INFO, logger="segcontainer.data.loaders"):
+        data = prepare(paths, config, read_input_data_config(paths), CPU, lambda: False)
+    assert f"input pipeline: decoding and augmentation on the CPU ({why})" in caplog.text
+    images, masks = next(iter(data.train_loader))
+    assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 32, 32)
+
+
+def test_prepare_builds_gpu_batches_when_the_pipeline_is_chosen(
+    base_dir, small_dataset, caplog, monkeypatch
+):
+    """The GPU branch of prepare(), run on the CPU by making the choice say 'gpu'."""
+    monkeypatch.setattr(loaders, "choose_pipeline", lambda *args: ("gpu", "test"))
+    write_config(base_dir)
+    paths = Paths(base_dir)
+    config = resolve(read_hyperparameters(paths))
+    with caplog.at_level(logging.INFO, logger="segcontainer.data.loaders"):
+        data = prepare(paths, config, read_input_data_config(paths), CPU, lambda: False)
+    assert "input pipeline: JPEG decoding and augmentation on the GPU (test)" in caplog.text
+    assert isinstance(data.train_loader, GpuTrainBatches)
+    data.start_epoch(1, 4)  # resumed after one batch of epoch 1
+    assert len(list(data.train_loader)) == 1 == data.iters_per_epoch - 1
+
+
+def test_gpu_batches_take_this_processs_shard_as_the_cpu_path_does(
+    base_dir, small_dataset, monkeypatch
+):
+    """Data parallel: with the GPU pipeline each rank gets its part of the epoch's order,
+    the very samples the CPU path's sampler gives it (so the ranks never train on the same)."""
+    write_config(base_dir)
+    paths = Paths(base_dir)
+    config = resolve(read_hyperparameters(paths))
+    channels = read_input_data_config(paths)
+
+    def epoch_samples(path: str, rank: int) -> list[int]:
+        monkeypatch.setattr(loaders, "choose_pipeline", lambda *args: (path, "test"))
+        parallel = Parallel(Shard(rank, 2), Shard(rank, 2), batch_size=2, ranks=2, local=2)
+        data = prepare(paths, config, channels, CPU, lambda: False, parallel)
+        data.start_epoch(1, 0)
+        sampler = data.train_loader.sampler
+        return list(sampler)
+
+    gpu = [epoch_samples("gpu", rank) for rank in range(2)]
+    assert gpu == [epoch_samples("cpu", rank) for rank in range(2)]
+    assert not set(gpu[0]) & set(gpu[1])
+    assert len(gpu[0]) == len(gpu[1]) > 0

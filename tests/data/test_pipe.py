@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from segcontainer.config.environment import Paths
-from segcontainer.data.channels import identity_lut
+from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.data import pipe
 from segcontainer.data.dataset import WHOLE, Shard
+from segcontainer.data.label_maps import IDENTITY, LabelMap, identity_lut
+from segcontainer.data.loaders import TrainingData, prepare
 from segcontainer.data.pipe import PipeTrainStream, wait_for
 from segcontainer.data.recordio import frame
 from segcontainer.errors import TrainingStopped, UserError
@@ -171,9 +178,8 @@ def stream_over(
     stream = PipeTrainStream(
         Paths(base),
         "manifest",
-        identity_lut(),
+        LabelMap(IDENTITY, identity_lut()),
         lambda i, m: (i, m),
-        {"scale": 1},
         3,
         count,
         seed=0,
@@ -216,6 +222,42 @@ def test_waiting_for_a_fifo_stops_on_sigterm_and_times_out(tmp_path: Path) -> No
         wait_for(tmp_path / "train_0", should_stop=lambda: False, timeout=0.2)
 
 
+def test_sigterm_while_waiting_for_a_training_fifo_stops_the_job(base_dir: Path, monkeypatch):
+    """SIGTERM before train_0 appears: exit 143 with "stopped by SIGTERM" and a checkpoint at
+    the start of the epoch, through the train entry point (not wait_for alone)."""
+    configure(base_dir, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL})
+    (base_dir / "input" / "data" / "validation_0").write_bytes(manifest_stream(pairs(4, seed=9)))
+    sleep = time.sleep
+
+    def sigterm_instead_of_waiting(seconds: float) -> None:  # wait_for polls with sleep
+        os.kill(os.getpid(), signal.SIGTERM)
+        sleep(0.01)  # the handler runs here
+
+    monkeypatch.setattr(pipe.time, "sleep", sigterm_instead_of_waiting)
+    assert main() == 143
+    reason = (base_dir / "output" / "failure").read_text().split("\n\n")[0]
+    assert "stopped by SIGTERM" in reason and "waiting for train_0" in reason
+    assert (base_dir / "checkpoints" / "checkpoint-e0000-i000000.pt").exists()
+
+
+def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: Path, capsys):
+    """num_training_samples=4 (one batch an epoch) but 8 pairs streamed (two): the rest of the
+    poly schedule is sized from the real count, so it does not sit at 0 after epoch 0."""
+    channels = {
+        name: PIPE_CHANNEL
+        for name in ("train", "train_annotation", "validation", "validation_annotation")
+    }
+    configure(base_dir, channels, epochs="3", num_training_samples="4")
+    plain_channel_files(base_dir, 3)
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert "epoch 0 had 2 batches, not the 1 the schedule assumed" in out
+    curves = (base_dir / "output" / "data" / "training_curves.csv").read_text().splitlines()
+    header = curves[0].split(",")
+    rates = [float(row.split(",")[header.index("learning_rate")]) for row in curves[1:]]
+    assert rates[1] > 0  # epoch 1 ends at 4 of 6 iterations (not past the 3 declared)
+
+
 def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path) -> None:
     out = tmp_path / "train.rec"
     result = subprocess.run(
@@ -247,3 +289,61 @@ def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset:
     assert len(lines) == 16
     assert "image" in lines[0] and "JPEG RGB 48x40" in lines[0]
     assert "annotation" in lines[1] and "PNG P 48x40" in lines[1]
+
+
+# --- the label_map channel and the 0/255 hint in Pipe mode ----------------------------------------
+
+
+def binary_pairs(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """Pairs whose masks hold only 0 and 255 (foreground written as 255)."""
+    result = []
+    for image, mask in pairs(count, seed):
+        values = np.where(np.array(Image.open(io.BytesIO(mask))) > 0, 255, 0).astype(np.uint8)
+        binary = io.BytesIO()
+        Image.fromarray(values, "L").save(binary, format="PNG")
+        result.append((image, binary.getvalue()))
+    return result
+
+
+def prepare_pipe(base: Path, label_map: bytes | None) -> TrainingData:
+    """prepare() over binary-mask streams (num_classes=2), with label_map_0 when given."""
+    channels = {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL}
+    if label_map is not None:
+        channels["label_map"] = {"TrainingInputMode": "Pipe"}  # a JSON file, wrapped or not
+    configure(base, channels, num_classes="2", num_training_samples="4")
+    data = base / "input" / "data"
+    data.joinpath("train_0").write_bytes(manifest_stream(binary_pairs(4, seed=1)))
+    data.joinpath("validation_0").write_bytes(manifest_stream(binary_pairs(4, seed=2)))
+    if label_map is not None:
+        data.joinpath("label_map_0").write_bytes(label_map)
+    paths = Paths(base)
+    config = resolve(read_hyperparameters(paths))
+    return prepare(paths, config, read_input_data_config(paths), torch.device("cpu"), lambda: False)
+
+
+@pytest.mark.parametrize("wrap", [lambda data: data, frame], ids=["plain", "RecordIO"])
+def test_pipe_mode_label_map_channel_is_read_and_applied(base_dir: Path, wrap) -> None:
+    label_map = {"map": {"0": 0, "1": 255}}
+
+    data = prepare_pipe(base_dir, wrap(json.dumps(label_map).encode()))
+
+    assert data.label_maps == {"train": label_map, "validation": label_map}
+    masks = torch.cat(
+        [
+            mask.flatten()
+            for batch in data.validation_loader
+            for _, group_masks in batch.groups
+            for mask in group_masks
+        ]
+    )
+    assert set(masks.unique().tolist()) == {0, 1}  # 255 read as class 1, not "ignore"
+    assert sum(1 for _ in data.train_loader) == 1  # the training stream passes its checks
+
+
+def test_pipe_mode_training_masks_of_0_and_255_get_the_hint(base_dir: Path) -> None:
+    data = prepare_pipe(base_dir, label_map=None)
+
+    with pytest.raises(UserError) as info:
+        next(iter(data.train_loader))  # before the first step: the stream fits the buffer
+
+    assert "hold only the values 0 and 255, and num_classes is 2" in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segcontainer.config.hyperparameters import resolve
+from segcontainer.inference import tile_starts, tiled_logits, upsampled_bands
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.serving import app as app_module
 from segcontainer.serving.app import create_app
-from segcontainer.serving.predictor import Predictor, _starts
+from segcontainer.serving.predictor import Predictor
 from segcontainer.serving.server import nginx_config
 from segcontainer.serving.settings import ServingSettings
 
@@ -63,9 +65,9 @@ def test_ping_is_503_while_loading_then_200(model_dir: Path, monkeypatch) -> Non
     release = threading.Event()
     original = app_module.ModelSlot.load
 
-    def slow_load(self, folder):
+    def slow_load(self, *args):
         release.wait(30)
-        original(self, folder)
+        original(self, *args)
 
     monkeypatch.setattr(app_module.ModelSlot, "load", slow_load)
     client = create_app(settings_for(model_dir)).test_client()
@@ -154,7 +156,7 @@ def test_nginx_config_carries_port_body_limit_and_timeout(tmp_path: Path) -> Non
     [(100, 32, 21), (32, 32, 21), (33, 32, 21), (10, 32, 21), (1000, 256, 170)],
 )
 def test_tile_starts_cover_every_pixel_and_end_flush(length, tile, stride) -> None:
-    starts = _starts(length, tile, stride)
+    starts = tile_starts(length, tile, stride)
     covered = np.zeros(length, bool)
     for start in starts:
         covered[start : start + tile] = True
@@ -182,14 +184,94 @@ def test_tiled_prediction_keeps_every_pixel_and_the_input_size(model_dir, monkey
     assert np.array_equal(predictor.class_map(image), probabilities.argmax(0))
 
 
-def test_banded_upsampling_equals_whole_image_interpolation(model_dir: Path) -> None:
-    predictor = Predictor(model_dir)
+def test_banded_upsampling_equals_whole_image_interpolation() -> None:
     for h, w, height, width in [(5, 7, 333, 41), (20, 30, 600, 700), (10, 10, 7, 9)]:
         logits = torch.randn(3, h, w)
         whole = F.interpolate(
             logits[None], size=(height, width), mode="bilinear", align_corners=False
         )[0]
         banded = torch.empty(3, height, width)
-        for rows, band in predictor._bands(logits, height, width):
+        for rows, band in upsampled_bands(logits, height, width):
             banded[:, rows] = band
         assert torch.allclose(banded, whole, atol=1e-5)
+
+
+def test_max_payload_0_means_no_body_limit(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0")
+    settings = ServingSettings.from_env()
+    assert settings.max_body_bytes is None
+    assert settings.execution_parameters()["MaxPayloadInMB"] == 0
+    text = nginx_config(settings, tmp_path, tmp_path / "g.sock")
+    assert "client_max_body_size 0;" in text  # nginx: 0 disables the check
+    app = create_app(settings_for(model_dir, max_payload_mb=0), load_in_background=False)
+    assert app.config["MAX_CONTENT_LENGTH"] is None
+    big = b"\xff\xd8\xff" + b"\x00" * (7 * 1024 * 1024)
+    answer = app.test_client().post("/invocations", data=big, content_type="image/jpeg")
+    assert answer.status_code == 400  # read and judged as an image, not refused for its size
+
+
+def test_each_worker_gets_its_own_gpu(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from segcontainer.serving import gunicorn_config
+    from segcontainer.serving.gunicorn_config import gpu_for_new_worker
+
+    assert [gpu_for_new_worker([], 0), gpu_for_new_worker([None], 0)] == [None, None]
+    taken: list[int | None] = []
+    for _ in range(4):
+        taken.append(gpu_for_new_worker(taken, 4))
+    assert taken == [0, 1, 2, 3]
+    assert gpu_for_new_worker([0, 1, 3], 4) == 2  # a restarted worker takes the free GPU
+    assert gpu_for_new_worker([0, 1], 2) == 0  # more workers than GPUs: spread evenly
+    assert gpu_for_new_worker([0, 1, 0], 2) == 1
+
+    # The hooks as gunicorn calls them: master (pre_fork) then the forked worker (post_fork).
+    monkeypatch.setenv(gunicorn_config.GPU_COUNT_ENV, "2")
+    monkeypatch.delenv("SEGCONTAINER_WORKER_GPU", raising=False)
+    log = SimpleNamespace(info=lambda *args: None)
+    running = SimpleNamespace(segcontainer_gpu=0)
+    server = SimpleNamespace(WORKERS={101: running}, log=log)
+    worker = SimpleNamespace(pid=102)
+    gunicorn_config.pre_fork(server, worker)
+    gunicorn_config.post_fork(server, worker)
+    assert worker.segcontainer_gpu == 1
+    import os
+
+    assert os.environ["SEGCONTAINER_WORKER_GPU"] == "1"
+    if not torch.cuda.is_available():
+        from segcontainer.serving.settings import worker_device
+
+        assert worker_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 0), "float16"), ((8, 0), "bfloat16")])
+def test_serving_uses_bf16_only_where_the_gpu_computes_it(
+    model_dir: Path, monkeypatch, capability, dtype
+) -> None:
+    predictor = Predictor(model_dir, torch.device("cpu"))
+    predictor.device = torch.device("cuda", 0)  # only the choice is tested, on the CPU
+    # V100 (7.0) and T4 (7.5) report bf16 as supported, but only emulate it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast("cuda") on a CPU-only host warns
+        assert predictor._autocast().fast_dtype == getattr(torch, dtype)
+
+
+def test_tiles_average_to_the_untiled_logits() -> None:
+    # A per-pixel model's logits do not depend on the window they are computed in, so tiles
+    # with overlaps averaged must give exactly the one-pass logits, pixel for pixel.
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    inputs = torch.randn(2, 3, 70, 100)
+    calls = []
+
+    def forward(window: torch.Tensor) -> torch.Tensor:
+        calls.append(window.shape[-2:])
+        return model(window)
+
+    with torch.no_grad():
+        tiled = tiled_logits(forward, inputs, 32)
+        assert len(calls) > 1 and all(h <= 32 and w <= 32 for h, w in calls)
+        assert torch.allclose(tiled, model(inputs), atol=1e-6)

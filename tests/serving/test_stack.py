@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from segcontainer.client import decode_recordio_protobuf
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.metrics import Scores
+from segcontainer.model_folder import model_config, save_model
+from segcontainer.models import build_model
 from segcontainer.serving.codecs import PALETTE
 from segcontainer.tools.demo_data import synthetic_pair
 from tests.conftest import subprocess_env
-from tests.serving_stack import Server, memory_kib, request
+from tests.serving_stack import Server, memory_kib, request, reset_peak_memory
 
 PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
 
@@ -152,30 +158,108 @@ def test_bad_request_status_then_a_good_request_works(server: Server, case: str)
     assert_good_request_works(server)
 
 
-def test_4k_image_with_bounded_worker_memory(server: Server) -> None:
-    side = 4096
+def jpeg_4k(side: int = 4096) -> bytes:
     image = Image.new("RGB", (side, side), (120, 120, 120))
     draw = ImageDraw.Draw(image)
     draw.rectangle((500, 600, 2500, 2200), fill=(200, 40, 40))
     draw.ellipse((2600, 2400, 3900, 3900), fill=(40, 60, 200))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
-    [worker] = server.worker_pids()
-    before = memory_kib(worker)
-    status, _, body = invoke(server, buffer.getvalue(), "image/jpeg", "image/png")
+    return buffer.getvalue()
+
+
+def test_4k_image_gives_the_classes_of_the_same_picture_at_model_scale(server: Server) -> None:
+    body = jpeg_4k()
+    status, _, answer = invoke(server, body, "image/jpeg", "image/png")
     assert status == 200
-    mask = np.array(Image.open(io.BytesIO(body)))
-    assert mask.shape == (side, side)
+    mask = np.array(Image.open(io.BytesIO(answer)))
+    assert mask.shape == (4096, 4096)
     # the same picture at 512 px gives the same classes (the model sees both at one scale)
     small = io.BytesIO()
-    image.resize((512, 512), Image.Resampling.BILINEAR).save(small, format="PNG")
+    Image.open(io.BytesIO(body)).resize((512, 512), Image.Resampling.BILINEAR).save(small, "PNG")
     status, _, small_body = invoke(server, small.getvalue(), "image/png", "image/png")
     small_mask = np.array(Image.open(io.BytesIO(small_body)))
     assert (mask[4::8, 4::8] == small_mask).mean() > 0.97
-    growth_mib = (memory_kib(worker) - before) / 1024
-    # decoded RGB 48 MiB + uint8 mask 16 MiB + bands; whole-image float logits would be 600+
-    assert growth_mib < 400, growth_mib
     assert_good_request_works(server)
+
+
+@pytest.fixture(scope="module")
+def server_21_classes(tmp_path_factory) -> Server:
+    """An (untrained) 21-class model at base_size 512, as a PASCAL VOC model is served."""
+    base = tmp_path_factory.mktemp("voc") / "algo-1-v0c21"
+    config = resolve({"num_classes": "21", "base_size": "512", "crop_size": "512"})
+    model = build_model("fcn", "resnet-50", 21)
+    scores = Scores(0.5, 0.5, (0.5,) * 21)
+    save_model(base / "model", model, model_config(config, {"train": {"scale": 1}}), 0, scores, ())
+    server = Server(base)
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def test_4k_png_answer_with_21_classes_adds_under_400_mib(server_21_classes: Server) -> None:
+    server = server_21_classes
+    [worker] = server.worker_pids()
+    before = reset_peak_memory(worker)  # after loading and warm-up
+    status, _, body = invoke(server, jpeg_4k(), "image/jpeg", "image/png")
+    assert status == 200
+    assert Image.open(io.BytesIO(body)).size == (4096, 4096)
+    growth_mib = (memory_kib(worker) - before) / 1024
+    # the README's promise: decoded RGB 48 MiB, the uint8 mask 16 MiB, PNG encoding and a
+    # band of rows; 21-class logits upsampled to the whole image would be 1.3 GiB
+    assert growth_mib < 400, growth_mib
+
+
+def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
+    server_21_classes: Server,
+) -> None:
+    server = server_21_classes
+    image = Image.new("RGB", (2600, 2600), (10, 120, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    [worker] = server.worker_pids()
+    before = reset_peak_memory(worker)
+    status, _, body = invoke(server, buffer.getvalue(), "image/jpeg", PROBABILITIES[0])
+    assert status == 413
+    message = json.loads(body)["error"]
+    assert "2600x2600" in message and "21 classes" in message and "512 MiB" in message
+    assert "image/png" in message and "application/json" in message
+    side = int(message.split("at most ")[1].split("x")[0])
+    assert 4 * 21 * side * side < 2**29 < 4 * 21 * (side + 1) ** 2
+    # refused up front: the 542 MiB of probabilities were never computed
+    assert (memory_kib(worker) - before) / 1024 < 200
+    assert_good_request_works(server)
+
+
+def test_ping_answers_within_2_s_while_a_long_prediction_runs(trained_base: Path) -> None:
+    # The model sees 512x512 in one piece: seconds per request on 2 cores, in production code.
+    server = Server(
+        trained_base,
+        SEGCONTAINER_INFERENCE_SIZE="512",
+        SEGCONTAINER_TILE_SIZE="512",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="0",  # no body limit (tested below)
+    )
+    try:
+        server.wait_ready()
+        answers = []
+        slow = threading.Thread(
+            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
+        )
+        slow.start()
+        pings = []
+        while slow.is_alive():  # SageMaker waits 2 s for /ping; a timeout raises here
+            pings.append(request(server.port, "/ping", timeout=2)[0])
+            time.sleep(0.2)
+        slow.join()
+        assert answers[0][0] == 200
+        assert len(pings) >= 2 and set(pings) == {200}
+        # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
+        status, _, body = request(server.port, "/execution-parameters")
+        assert json.loads(body)["MaxPayloadInMB"] == 0
+        status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
+        assert status == 400 and "could not be decoded" in json.loads(body)["error"]
+    finally:
+        server.stop()
 
 
 def test_predict_command_writes_masks_and_overlays(trained_base: Path, tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""Checkpoints: bit-exact resume after SIGTERM, corrupt files skipped, pruning."""
+"""Checkpoints: bit-exact resume after SIGTERM and a spot restart, corrupt files skipped,
+pruning."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import torch
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training import checkpoints
 from segcontainer.training.checkpoints import Position
-from tests.conftest import subprocess_env, train_command, write_config
+from segcontainer.training.entry import StopSignal, main
+from tests.conftest import SAGEMAKER_JOB, write_config
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}
 
@@ -29,61 +33,102 @@ def final_weights(base: Path) -> dict[str, torch.Tensor]:
     return torch.load(last, weights_only=True)["model"]
 
 
-def test_sigterm_then_restart_resumes_bit_for_bit(tmp_path: Path) -> None:
-    straight = tmp_path / "straight" / "algo-1-aaaaa"
-    interrupted = tmp_path / "interrupted" / "algo-1-bbbbb"
-    for base in (straight, interrupted):
-        prepare(base)
-    result = subprocess.run(
-        train_command(), env=subprocess_env(straight), capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """A 3-epoch job that ran straight through (in this process, as the restarts below)."""
+    base = tmp_path_factory.mktemp("straight") / "algo-1-aaaaa"
+    prepare(base)
+    with pytest.MonkeyPatch.context() as patch:
+        run_in_process(patch, base, 0)
+    return base
 
-    process = subprocess.Popen(
-        train_command(),
-        env=subprocess_env(interrupted),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    after_two_epochs = interrupted / "checkpoints" / "checkpoint-e0002-i000000.pt"
-    deadline = time.monotonic() + 300
-    while not after_two_epochs.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the third epoch (index 2)
-    process.send_signal(signal.SIGTERM)
-    first_output, _ = process.communicate(timeout=120)
-    assert process.returncode == 143, first_output[-2000:]
+
+def run_in_process(patch: pytest.MonkeyPatch, base: Path, code: int) -> None:
+    patch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    patch.setenv("TRAINING_JOB_NAME", SAGEMAKER_JOB)
+    assert main() == code
+
+
+def sigterm_before_batch(monkeypatch, after: Path, batch: int) -> None:
+    """A real SIGTERM to this process just before batch ``batch`` of the epoch that starts
+    once the checkpoint ``after`` is written (deterministic: counted, not timed)."""
+    original = StopSignal.__call__
+    calls = 0
+
+    def call(self: StopSignal) -> bool:
+        nonlocal calls
+        if after.exists():
+            calls += 1
+            if calls == batch + 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                while not self.requested:  # let the handler run
+                    time.sleep(0.001)
+        return original(self)
+
+    monkeypatch.setattr(StopSignal, "__call__", call)
+
+
+def test_sigterm_then_spot_restart_resumes_bit_for_bit(
+    straight: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    interrupted = tmp_path / "interrupted" / "algo-1-bbbbb"
+    prepare(interrupted)
+    checkpoints_dir = interrupted / "checkpoints"
+    sigterm_before_batch(monkeypatch, checkpoints_dir / "checkpoint-e0002-i000000.pt", batch=2)
+    run_in_process(monkeypatch, interrupted, 143)
     reason = (interrupted / "output" / "failure").read_text().split("\n\n")[0]
     assert "stopped by SIGTERM" in reason and "best model so far" in reason
     assert (interrupted / "model" / "model.pt").exists()  # the best epoch so far is kept
-    assert not (interrupted / "output" / "success").exists()
-    written = sorted(p.name for p in (interrupted / "checkpoints").glob("checkpoint-*.pt"))
-    assert written[-1].startswith("checkpoint-e0002-"), written  # SIGTERM wrote one
+    newest = checkpoints._listed(checkpoints_dir)[0].name
+    assert newest == "checkpoint-e0002-i000002.pt"  # mid-epoch: 2 of its 4 batches done
+    capsys.readouterr()
 
-    (interrupted / "output" / "failure").unlink()
-    result = subprocess.run(
-        train_command(),
-        env=subprocess_env(interrupted),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
-    assert f"resuming from {written[-1]}" in result.stdout
-    epochs = [int(e) for e in re.findall(r"epoch=(\d+), train loss", result.stdout)]
-    assert epochs == [2]  # resumes at the third epoch, the one that was stopped
+    # A spot restart: a new instance, empty model/ and output/, checkpoints back from S3.
+    monkeypatch.setattr(StopSignal, "__call__", lambda self: self.requested)
+    shutil.rmtree(interrupted / "model")
+    shutil.rmtree(interrupted / "output")
+    run_in_process(monkeypatch, interrupted, 0)
+    out = capsys.readouterr().out
+    assert "resuming from checkpoint-e0002-i000002.pt: epoch 2, 2 batches done" in out
+    epochs = [int(e) for e in re.findall(r"epoch=(\d+), train loss", out)]
+    assert epochs == [2]  # resumes in the third epoch, the one that was stopped
+    # model/ held the best model so far before training went on
+    assert out.index("wrote the best model so far") < out.index("epoch=2, train loss")
 
     expected, actual = final_weights(straight), final_weights(interrupted)
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
-    assert torch.equal(
-        torch.load(straight / "model" / "model.pt", weights_only=True)["head.4.weight"],
-        torch.load(interrupted / "model" / "model.pt", weights_only=True)["head.4.weight"],
-    )
+    assert_same_model_folder(straight / "model", interrupted / "model")
     curves = (interrupted / "output" / "data" / "training_curves.csv").read_text()
     assert len(curves.splitlines()) == 1 + 3  # the curves carried over the restart
+
+
+def assert_same_model_folder(expected: Path, actual: Path) -> None:
+    want = torch.load(expected / "model.pt", weights_only=True)
+    got = torch.load(actual / "model.pt", weights_only=True)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[name], got[name]) for name in want)
+    assert json.loads((actual / "hyperparams.json").read_text()) == json.loads(
+        (expected / "hyperparams.json").read_text()
+    )
+    info = json.loads((actual / "model_info.json").read_text())
+    info_expected = json.loads((expected / "model_info.json").read_text())
+    for key in ("best_epoch", "validation_mIOU", "validation_per_class_IOU", "class_names"):
+        assert info[key] == info_expected[key], key
+
+
+def test_restart_of_a_finished_job_still_ends_with_its_model(straight: Path, tmp_path, monkeypatch):
+    """Spot restart after the last checkpoint: nothing left to train, model/ and output/ empty;
+    the job ends with exit 0 and the best model in model/."""
+    base = tmp_path / "algo-1-ccccc"
+    shutil.copytree(straight, base)
+    shutil.rmtree(base / "model")
+    shutil.rmtree(base / "output")
+    run_in_process(monkeypatch, base, 0)
+    assert_same_model_folder(straight / "model", base / "model")
+    assert (base / "output" / "success").exists()
+    assert len((base / "output/data/training_curves.csv").read_text().splitlines()) == 1 + 3
 
 
 class Tiny(torch.nn.Module):
@@ -110,6 +155,9 @@ RECORD = {
 }
 
 
+SCORES = {"miou": 0.5, "pixel_accuracy": 0.8, "per_class_iou": [0.4, None]}
+
+
 def save_at(folder: Path, epoch: int, iteration: int = 0, record: dict = RECORD):
     model, optimizer, scheduler, scaler = objects()
     with torch.no_grad():
@@ -125,7 +173,7 @@ def save_at(folder: Path, epoch: int, iteration: int = 0, record: dict = RECORD)
         scaler,
         {"best": 0.5, "stale_epochs": 1},
         [{"epoch": 0}],
-        0,
+        checkpoints.Best(0, SCORES, {"linear.weight": torch.full((2, 3), 7.0)}),
         record,
     )
 
@@ -136,7 +184,9 @@ def test_resume_restores_everything(tmp_path: Path) -> None:
     resumed = checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler)
     assert resumed.position == Position(2, 3, 1.5, 3)
     assert resumed.early_stopping == {"best": 0.5, "stale_epochs": 1}
-    assert resumed.curves == [{"epoch": 0}] and resumed.best_epoch == 0
+    assert resumed.curves == [{"epoch": 0}]
+    assert resumed.best.epoch == 0 and resumed.best.scores == SCORES
+    assert torch.all(resumed.best.weights["linear.weight"] == 7.0)
     assert torch.all(model.linear.weight == 2.03)
     assert optimizer.param_groups[0]["lr"] == 0.1 and scheduler.last_epoch == 1
     assert scheduler.milestones == {2: 1, 4: 1}
@@ -166,6 +216,24 @@ def test_only_the_newest_few_are_kept(tmp_path: Path) -> None:
         save_at(tmp_path, epoch)
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == [f"checkpoint-e{e:04d}-i000000.pt" for e in (3, 4, 5)]
+
+
+def test_pruning_leaves_another_jobs_checkpoints_alone(tmp_path: Path, caplog) -> None:
+    """A reused checkpoint_s3_uri holds another job's (newer-named) checkpoints: they are
+    neither counted nor deleted, and this job keeps its own newest three."""
+    foreign = {**RECORD, "epochs": 12}
+    for epoch in (9, 10, 11):
+        save_at(tmp_path, epoch, record=foreign)
+    for epoch in range(5):
+        save_at(tmp_path, epoch)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == [f"checkpoint-e{e:04d}-i000000.pt" for e in (2, 3, 4, 9, 10, 11)]
+    assert "checkpoint-e0011-i000000.pt is left alone" in caplog.text
+    assert "written with other epochs" in caplog.text
+    model, optimizer, scheduler, scaler = objects()
+    assert checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler).position == (
+        Position(4, 0, 1.5, 0)
+    )
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path: Path) -> None:

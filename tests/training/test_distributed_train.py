@@ -69,7 +69,7 @@ def assert_rank_0_reported_its_model(base: Path, output: str, epochs: int) -> No
     assert [int(epoch) for _, epoch, _ in found] == list(range(epochs)), output[-3000:]
     info = json.loads((base / "model" / "model_info.json").read_text())
     model, _ = load_model(base / "model")
-    miou = validation_miou(model, base / "input" / "data")
+    miou = validation_miou(model, base / "input" / "data", SETTINGS)
     assert miou == pytest.approx(info["validation_mIOU"], abs=1e-4)
     assert float(found[info["best_epoch"]][2]) == pytest.approx(miou, abs=1e-4)
 
@@ -129,7 +129,7 @@ def test_two_hosts_on_loopback_stopped_by_sigterm_resume_and_finish(tmp_path: Pa
     info = json.loads((bases[0] / "model" / "model_info.json").read_text())
     model, _ = load_model(bases[0] / "model")
     if info["best_epoch"] == 1:
-        miou = validation_miou(model, bases[0] / "input" / "data")
+        miou = validation_miou(model, bases[0] / "input" / "data", SETTINGS)
         assert float(found[0][2]) == pytest.approx(miou, abs=1e-4)
     # the second host trains but writes no model, checkpoint, curve or metric line
     assert "#quality_metric" not in outputs[1]

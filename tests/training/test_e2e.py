@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from segcontainer.data.augment import pad_collate
-from segcontainer.data.channels import identity_lut, pair_samples
-from segcontainer.data.dataset import SegmentationDataset
-from segcontainer.data.preprocess import validation_transform
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.data.channels import pair_samples
+from segcontainer.data.label_maps import identity_lut
+from segcontainer.data.loaders import build_validation_loader
 from segcontainer.model_folder import load_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
@@ -45,10 +44,10 @@ LEARNABLE = {
 }
 
 
-def validation_miou(model: torch.nn.Module, data: Path) -> float:
+def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNABLE) -> float:
+    """One process's mIoU at the scale of the job's ``settings`` (base_size, crop_size)."""
     samples, _, _ = pair_samples(data / "validation", data / "validation_annotation")
-    dataset = SegmentationDataset(samples, identity_lut(), validation_transform())
-    loader = DataLoader(dataset, batch_size=4, collate_fn=pad_collate)
+    loader = build_validation_loader(samples, identity_lut(), resolve(settings))
     cpu = torch.device("cpu")
     return evaluate(model, loader, 3, Precision.choose("fp32", cpu), cpu).miou
 

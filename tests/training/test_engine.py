@@ -15,6 +15,7 @@ from segcontainer.training.engine import (
     build_scheduler,
     segmentation_loss,
 )
+from segcontainer.training.optim import resize_schedule
 
 ITERS_PER_EPOCH = 5
 
@@ -79,11 +80,94 @@ def test_optimizer_settings_follow_the_builtin_meanings() -> None:
     nag = build_optimizer(config(optimizer="nag"), params)
     assert isinstance(nag, torch.optim.SGD) and nag.defaults["nesterov"] is True
     rms = build_optimizer(config(optimizer="rmsprop", gamma1="0.95", gamma2="0.5"), params)
-    assert isinstance(rms, torch.optim.RMSprop)
-    assert rms.defaults["alpha"] == 0.95 and rms.defaults["momentum"] == 0.5
+    assert rms.defaults["gamma1"] == 0.95 and rms.defaults["gamma2"] == 0.5
     adam = build_optimizer(config(optimizer="adam", weight_decay="0.01"), params)
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 0
     assert isinstance(build_optimizer(config(optimizer="adagrad"), params), torch.optim.Adagrad)
+
+
+def mxnet_centered_rmsprop(weights, grads, rates, gamma1, gamma2, eps=1e-8):
+    """MXNet's rmspropalex_update (RMSProp, centered=True) in plain floats, element-wise."""
+    n, g, delta = [0.0] * len(weights), [0.0] * len(weights), [0.0] * len(weights)
+    weights = list(weights)
+    for grad, lr in zip(grads, rates, strict=True):
+        for i, gi in enumerate(grad):
+            n[i] = (1 - gamma1) * gi * gi + gamma1 * n[i]
+            g[i] = (1 - gamma1) * gi + gamma1 * g[i]
+            delta[i] = gamma2 * delta[i] - lr * gi / math.sqrt(n[i] - g[i] * g[i] + eps)
+            weights[i] += delta[i]
+    return weights
+
+
+def test_rmsprop_is_the_builtins_centered_update() -> None:
+    """gamma1 decays the gradient and squared-gradient means, gamma2 is the momentum; the
+    learning rate scales each new step (a schedule change does not rescale past ones)."""
+    grads = [[0.5, -2.0], [0.3, 1.0], [-0.2, 0.1], [0.4, 0.4]]
+    rates = [0.01, 0.01, 0.005, 0.002]
+    param = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    cfg = config(optimizer="rmsprop", learning_rate="0.01", gamma1="0.9", gamma2="0.8")
+    optimizer = build_optimizer(cfg, [param])
+    for step, (grad, lr) in enumerate(zip(grads, rates, strict=True)):
+        optimizer.param_groups[0]["lr"] = lr
+        param.grad = torch.tensor(grad, dtype=torch.float64)
+        optimizer.step()
+        expected = mxnet_centered_rmsprop(
+            [1.0, -1.0], grads[: step + 1], rates[: step + 1], 0.9, 0.8
+        )
+        assert param.tolist() == pytest.approx(expected, rel=1e-12), step
+    # by hand: the first step moves each weight by lr / sqrt(0.1 - 0.01) = lr / 0.3, downhill
+    first = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    single = build_optimizer(cfg, [first])
+    first.grad = torch.tensor(grads[0], dtype=torch.float64)
+    single.step()
+    assert first.tolist() == pytest.approx([1.0 - 0.01 / 0.3, -1.0 + 0.01 / 0.3], rel=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_schedule_resized_from_the_real_epoch_length(schedule: str) -> None:
+    """Pipe mode: num_training_samples promised 2 batches an epoch, the stream gave 5. After
+    the first epoch the rest of the run follows the schedule of the real count: poly does
+    not sit at 0 and cosine does not rise again."""
+    cfg = config(learning_rate="0.1", epochs="3", lr_scheduler=schedule)
+    rates = []
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = build_optimizer(cfg, [param])
+    scheduler = build_scheduler(cfg, optimizer, 2)
+    for epoch in range(3):
+        for _ in range(5):
+            rates.append(optimizer.param_groups[0]["lr"])
+            param.grad = torch.ones(2)
+            optimizer.step()
+            scheduler.step()
+        if epoch == 0:
+            resize_schedule(scheduler, epochs_done=1, iters_per_epoch=5)
+    real = lr_trajectory(cfg, iters_per_epoch=5)  # had num_training_samples been right
+    assert rates[5:] == pytest.approx(real[5:])
+    assert all(rate > 0 for rate in rates)
+    assert all(later <= earlier for earlier, later in zip(rates[5:], rates[6:], strict=False))
+
+
+def test_step_milestones_move_with_the_real_epoch_length() -> None:
+    cfg = config(
+        learning_rate="0.1",
+        epochs="4",
+        lr_scheduler="step",
+        lr_scheduler_step="2, 3",
+        lr_scheduler_factor="0.5",
+    )
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = build_optimizer(cfg, [param])
+    scheduler = build_scheduler(cfg, optimizer, 2)
+    per_epoch = []
+    for epoch in range(4):
+        per_epoch.append(optimizer.param_groups[0]["lr"])
+        for _ in range(3):  # 3 batches, not the 2 promised
+            param.grad = torch.ones(2)
+            optimizer.step()
+            scheduler.step()
+        if epoch == 0:
+            resize_schedule(scheduler, epochs_done=1, iters_per_epoch=3)
+    assert per_epoch == pytest.approx([0.1, 0.1, 0.05, 0.025])
 
 
 def run_early_stopping(stopper: EarlyStopping, mious: list[float]) -> tuple[int, list[bool]]:
@@ -153,6 +237,27 @@ def test_precision_on_cpu_is_fp32_without_a_scaler() -> None:
         precision = Precision.choose(requested, torch.device("cpu"))
         assert precision.dtype == torch.float32
         assert not precision.scaler.is_enabled()
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [
+        ((7, 0), torch.float16),  # V100 (ml.p3): bf16 only emulated
+        ((7, 5), torch.float16),  # T4 (ml.g4dn)
+        ((8, 0), torch.bfloat16),  # A100
+        ((9, 0), torch.bfloat16),  # H100
+    ],
+)
+def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it(
+    monkeypatch, capability, dtype
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as on a T4
+    # let the gradient scaler switch on without a GPU here
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    precision = Precision.choose("auto", torch.device("cuda"))
+    assert precision.dtype == dtype
+    assert precision.scaler.is_enabled() == (dtype == torch.float16)
 
 
 def test_progress_lines_carry_iterations_rate_and_eta(caplog) -> None:

@@ -16,7 +16,13 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.errors import UserError
 from segcontainer.metrics import Scores
-from segcontainer.model_folder import extract_model_tarball, model_config, pack_model, save_model
+from segcontainer.model_folder import (
+    extract_model_tarball,
+    load_model,
+    model_config,
+    pack_model,
+    save_model,
+)
 from segcontainer.models import build_model
 from segcontainer.training.incremental import start_from_model_channel
 from tests.conftest import subprocess_env, train_command
@@ -85,6 +91,41 @@ def test_empty_model_channel_is_an_error(paths: Paths) -> None:
     paths.channel("model").mkdir(parents=True)
     with pytest.raises(UserError, match="holds no model.tar.gz"):
         start_from_model_channel(paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3))
+
+
+def builtin_algorithm_model(folder: Path) -> Path:
+    """What the SageMaker built-in (MXNet) algorithm's model.tar.gz holds: string-valued
+    hyperparams.json and MXNet .params weights, no model.pt."""
+    folder.mkdir(parents=True)
+    settings = {"num_classes": "21", "algorithm": "fcn", "backbone": "resnet-50"}
+    (folder / "hyperparams.json").write_text(json.dumps(settings))
+    (folder / "model_algo-1-0000.params").write_bytes(b"\x12\x01\x00\x00mxnet")
+    (folder / "model_algo-1-symbol.json").write_text("{}")
+    return folder
+
+
+def test_a_model_of_the_builtin_algorithm_is_named_as_such(paths: Paths, tmp_path) -> None:
+    folder = builtin_algorithm_model(tmp_path / "builtin")
+    pack_model(folder, tmp_path / "model.tar.gz")
+    model_channel(paths, tmp_path / "model.tar.gz")
+    config = resolve({**SETTINGS, "num_classes": "21"})
+    with pytest.raises(UserError) as error:
+        start_from_model_channel(paths, config, build_model("fcn", "resnet-50", 21))
+    message = str(error.value)
+    assert "is not a model of this container" in message
+    assert "model_algo-1-0000.params" in message
+    assert "written by this container's train" in message and "model.pt" in message
+    assert "in the model but" not in message
+
+
+def test_serving_names_a_model_of_the_builtin_algorithm_as_such(tmp_path: Path) -> None:
+    folder = builtin_algorithm_model(tmp_path / "model")
+    with pytest.raises(UserError, match="is not a model of this container") as error:
+        load_model(folder)
+    assert "written by this container's train" in str(error.value)
+    (folder / "model_algo-1-0000.params").unlink()  # string values alone give it away too
+    with pytest.raises(UserError, match="is not a model of this container"):
+        load_model(folder)
 
 
 def tarball_with(tmp_path: Path, add) -> Path:

@@ -173,6 +173,15 @@ EXTRA: dict[str, Param] = {
     "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
     "class_names": Param((), name_list, "optional names for logs, model info and serving"),
     "seed": Param(0, integer(0), "fixed seed: two runs with the same data give the same model"),
+    "input_pipeline": Param(
+        "auto", choice("auto", "cpu"), "auto: JPEGs decoded and augmented on the GPU if any"
+    ),
+    "compile_model": Param(
+        "auto", choice("auto", "true", "false"), "auto: torch.compile on a GPU, where it pays"
+    ),
+    "aux_loss_weight": Param(
+        0.0, real(0, 10), "auxiliary FCN head on layer3 while training; 0 = off, as the built-in"
+    ),
 }
 
 SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
@@ -245,6 +254,13 @@ def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]
         problems.append(
             f"class_weights has {len(weights)} numbers but num_classes is {values['num_classes']}: "
             "give one weight per class, or 'auto'"
+        )
+    samples = values["num_training_samples"]
+    if samples is not None and samples < values["mini_batch_size"]:
+        problems.append(
+            f"num_training_samples is {samples} but mini_batch_size is "
+            f"{values['mini_batch_size']}: not one full batch per epoch (the last partial batch "
+            "is dropped). Give the real number of training pairs, or lower mini_batch_size"
         )
     names = values["class_names"]
     if names and len(names) != values["num_classes"]:

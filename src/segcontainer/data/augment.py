@@ -2,13 +2,16 @@
 
 Training: rescale the long side to base_size x U(0.5, 2.0) keeping the aspect ratio, random
 crop_size square crop (images padded with the mean colour, masks with 255 = ignore), random
-horizontal flip, ImageNet normalisation. Validation: whole images, normalised only. Masks are
+horizontal flip, ImageNet normalisation. Validation: images prepared as the endpoint prepares
+them (``preprocess.model_input_transform``: long side resized to base_size, normalised), masks
+at their own size, batched by model-input size (``SizeGroupCollate``). Masks are
 ``tv_tensors.Mask`` so every geometric step resamples them with nearest neighbour.
 Serving uses ``validation_transform`` from here so both sides normalise alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,15 +63,35 @@ def train_transform(base_size: int, crop_size: int) -> v2.Transform:
     )
 
 
-def pad_collate(
-    batch: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack whole images of different sizes: pad images with 0 (the mean) and masks with 255."""
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
-    images = torch.zeros(len(batch), 3, height, width)
-    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.uint8)
-    for i, (image, mask) in enumerate(batch):
-        images[i, :, : image.shape[-2], : image.shape[-1]] = image
-        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
-    return images, masks
+@dataclass
+class ValidationBatch:
+    """Validation images as the endpoint prepares them, grouped by model-input size (each
+    group one forward pass, (n, 3, h, w)) with their masks at the masks' own sizes, and the
+    tile size the endpoint would predict them with."""
+
+    groups: list[tuple[torch.Tensor, list[torch.Tensor]]]
+    tile_size: int
+
+    def pin_memory(self) -> ValidationBatch:  # DataLoader(pin_memory=True) calls this
+        groups = [
+            (inputs.pin_memory(), [m.pin_memory() for m in masks]) for inputs, masks in self.groups
+        ]
+        return ValidationBatch(groups, self.tile_size)
+
+
+class SizeGroupCollate:
+    """Batch validation pairs without padding: images of one model-input size are stacked
+    (whole images, no padding to predict differently from the endpoint)."""
+
+    def __init__(self, tile_size: int):
+        self.tile_size = tile_size
+
+    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> ValidationBatch:
+        by_size: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for image, mask in batch:
+            by_size.setdefault(tuple(image.shape[-2:]), []).append((image, mask))
+        groups = [
+            (torch.stack([image for image, _ in pairs]), [mask for _, mask in pairs])
+            for pairs in by_size.values()
+        ]
+        return ValidationBatch(groups, self.tile_size)

@@ -1,15 +1,15 @@
-"""Dataset channels in File mode: finding the files, pairing them, label maps, decoding.
+"""Samples: finding and pairing them in File-mode channel folders, and decoding them.
 
 Contract §2.4: ``train``, ``validation``, ``train_annotation``, ``validation_annotation`` hold
-images and single-channel PNG masks paired by base name; the optional ``label_map`` channel
-holds ``train_label_map.json`` / ``validation_label_map.json`` in the ``{"scale": k}`` or
-``{"map": {label: pixel}}`` form. Value 255 in a mask means "ignore".
+images and single-channel PNG masks paired by name (here: the path in the channel without the
+extension). Value 255 in a mask means "ignore". Label maps are in label_maps.py, manifests in
+manifest.py, Pipe-mode streams in pipe.py.
 """
 
 from __future__ import annotations
 
 import io
-import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +17,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from segcontainer.config.environment import Paths
+from segcontainer.data.label_maps import IGNORE_INDEX, UNMAPPED
 from segcontainer.data.preprocess import to_rgb
 from segcontainer.errors import UserError
 
-IGNORE_INDEX = 255
-UNMAPPED = -1  # look-up-table entry for a pixel value the label map does not name
 MASK_MODES = ("P", "L", "1")
-SPLITS = ("train", "validation")
+SHOWN = 5  # files named per problem before "and N more"
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,52 @@ def _files(folder: Path) -> list[Path]:
     )
 
 
+def _by_stem(folder: Path) -> tuple[dict[str, Path], list[list[Path]]]:
+    """Files keyed by their path relative to ``folder`` without extension (``x/001``), and the
+    groups of files that share one key (``a.jpg`` and ``a.png``), which cannot be paired."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for path in _files(folder):
+        groups[path.relative_to(folder).with_suffix("").as_posix()].append(path)
+    clashes = [files for files in groups.values() if len(files) > 1]
+    return {key: files[0] for key, files in groups.items()}, clashes
+
+
 def pair_samples(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], list[Path], list[Path]]:
-    """Pair images and masks by base name: (pairs, images without mask, masks without image)."""
-    images = {p.stem: p for p in _files(images_dir)}
-    masks = {p.stem: p for p in _files(masks_dir)}
+    """Pair images and masks by relative path without extension (``x/001.jpg`` with
+    ``x/001.png``): (pairs, images without mask, masks without image).
+
+    UserError when two files of one channel share that key: which one pairs is ambiguous.
+    """
+    images, image_clashes = _by_stem(images_dir)
+    masks, mask_clashes = _by_stem(masks_dir)
+    clashes = [(images_dir, files) for files in image_clashes]
+    clashes += [(masks_dir, files) for files in mask_clashes]
+    if clashes:
+        named = [
+            f"{folder.name}: " + " and ".join(p.relative_to(folder).as_posix() for p in files)
+            for folder, files in clashes
+        ]
+        more = f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""
+        raise UserError(
+            f"{len(named)} names are given to more than one file of a channel, so it is "
+            f"ambiguous which file pairs with its partner: {'; '.join(named[:SHOWN])}{more}. "
+            "Images and masks pair by their path without the extension: keep one file per "
+            "name in each channel (rename or remove the others)."
+        )
     pairs = [Sample(images[k], masks[k]) for k in sorted(images.keys() & masks.keys())]
     lonely_images = [images[k] for k in sorted(images.keys() - masks.keys())]
     lonely_masks = [masks[k] for k in sorted(masks.keys() - images.keys())]
     return pairs, lonely_images, lonely_masks
+
+
+@dataclass
+class FoundSamples:
+    """A File-mode split's pairs, and its files without a partner (named relative to their
+    channel) for the data check to report with every other problem."""
+
+    samples: list[Sample]
+    lonely_images: list[str] = field(default_factory=list)
+    lonely_masks: list[str] = field(default_factory=list)
 
 
 def channel_dirs(paths: Paths, split: str) -> tuple[Path, Path]:
@@ -81,75 +118,20 @@ def channel_dirs(paths: Paths, split: str) -> tuple[Path, Path]:
     return images, masks
 
 
-# --- label maps ------------------------------------------------------------------------------
-
-
-def identity_lut() -> np.ndarray:
-    return np.arange(256, dtype=np.int16)
-
-
-def label_map_lut(spec: dict, source: str) -> np.ndarray:
-    """A 256-entry look-up table: pixel value -> training label (UNMAPPED if not named).
-
-    ``scale`` divides every value except 255, which stays "ignore". ``map`` names each label's
-    pixel value explicitly; it may map 255 to a class (binary 0/255 masks), and values it does
-    not name are reported by the dataset check.
-    """
-    if not isinstance(spec, dict) or not ({"scale", "map"} & spec.keys()):
+def find_samples(paths: Paths, split: str) -> FoundSamples:
+    """A split's image and annotation folders, paired; UserError when missing or empty."""
+    images_dir, masks_dir = channel_dirs(paths, split)
+    samples, lonely_images, lonely_masks = pair_samples(images_dir, masks_dir)
+    if not (samples or lonely_images or lonely_masks):
         raise UserError(
-            f'{source} must be {{"scale": k}} or {{"map": {{"<label>": <pixel value>, ...}}}}.'
+            f"Channel '{split}' is empty: no image/mask pairs in {images_dir} and {masks_dir}. "
+            "Check the S3 prefixes given to fit() and that the role can read them."
         )
-    if "scale" in spec and "map" in spec:
-        raise UserError(f"{source} gives both 'scale' and 'map'; use one of them.")
-    if "scale" in spec:
-        try:
-            scale = float(spec["scale"])
-        except (TypeError, ValueError):
-            scale = -1.0
-        if not scale >= 1:
-            raise UserError(f"{source}: 'scale' must be a number >= 1, got {spec['scale']!r}.")
-        lut = (np.arange(256) // scale).astype(np.int16)
-        lut[IGNORE_INDEX] = IGNORE_INDEX
-        return lut
-    mapping = spec["map"]
-    if not isinstance(mapping, dict) or not mapping:
-        raise UserError(f"{source}: 'map' must be a non-empty object of label -> pixel value.")
-    lut = np.full(256, UNMAPPED, dtype=np.int16)
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    for label, pixel in mapping.items():
-        try:
-            label_i, pixel_i = int(label), int(pixel)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: map entry {label!r}: {pixel!r} must be integers.") from None
-        if not (0 <= label_i < 255 and 0 <= pixel_i <= 255):
-            raise UserError(f"{source}: map entry {label!r}: {pixel!r} is out of 0..255.")
-        lut[pixel_i] = label_i
-    return lut
-
-
-def read_label_maps(paths: Paths) -> dict[str, dict]:
-    """The label map of each split, as given (identity when absent).
-
-    ``validation`` falls back to ``train_label_map.json`` when only that one is given, because
-    both splits come from the same annotation tool.
-    """
-    folder = paths.channel("label_map")
-    found: dict[str, dict] = {}
-    for split in SPLITS:
-        file = folder / f"{split}_label_map.json"
-        if file.is_file():
-            try:
-                found[split] = json.loads(file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(f"{file} is not valid UTF-8 JSON: {exc}.") from exc
-            label_map_lut(found[split], str(file))  # validate early
-    if folder.is_dir() and not found:
-        raise UserError(
-            f"The label_map channel ({folder}) has neither train_label_map.json nor "
-            "validation_label_map.json. Name the files that way, or drop the channel."
-        )
-    train = found.get("train", {"scale": 1})
-    return {"train": train, "validation": found.get("validation", train)}
+    return FoundSamples(
+        samples,
+        [p.relative_to(images_dir).as_posix() for p in lonely_images],
+        [p.relative_to(masks_dir).as_posix() for p in lonely_masks],
+    )
 
 
 # --- decoding --------------------------------------------------------------------------------

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import ImageOps
 
-from segcontainer.config.environment import Paths
 from segcontainer.data.channels import (
-    IGNORE_INDEX,
-    UNMAPPED,
+    FoundSamples,
     Sample,
     Source,
-    channel_dirs,
-    label_map_lut,
     load_mask_pixels,
     open_image,
-    pair_samples,
 )
-from segcontainer.data.manifest import find_manifest, manifest_samples
+from segcontainer.data.label_maps import IGNORE_INDEX, UNMAPPED
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,42 +89,26 @@ def _check_sample(sample: Sample, lut: np.ndarray, num_classes: int):
     return problems, hist, raw_values
 
 
-def check_split(paths: Paths, split: str, label_map: dict, num_classes: int) -> SplitSummary:
-    """Check one File-mode split; raise UserError naming every offending file."""
-    images_dir = paths.channel(split)
-    manifest = None
-    if images_dir.is_dir() and not paths.channel(f"{split}_annotation").exists():
-        manifest = find_manifest(images_dir)
-    if manifest is not None:  # an augmented manifest (Ground Truth) instead of two folders
-        samples = manifest_samples(manifest, Path(tempfile.gettempdir()) / "segcontainer-s3")
-        if not samples:
-            raise UserError(f"The manifest {manifest} lists no images.")
-        return check_samples(samples, split, label_map, num_classes)
-    images_dir, masks_dir = channel_dirs(paths, split)
-    samples, lonely_images, lonely_masks = pair_samples(images_dir, masks_dir)
-    found: dict[str, list[str]] = defaultdict(list)
-    if lonely_images:
-        found["no_mask"] = [p.name for p in lonely_images]
-    if lonely_masks:
-        found["no_image"] = [p.name for p in lonely_masks]
-    if not samples and not found:
-        raise UserError(
-            f"Channel '{split}' is empty: no image/mask pairs in {images_dir} and {masks_dir}. "
-            "Check the S3 prefixes given to fit() and that the role can read them."
-        )
-    return check_samples(samples, split, label_map, num_classes, found)
+def check_split(found: FoundSamples, split: str, lut: np.ndarray, num_classes: int) -> SplitSummary:
+    """Check one File-mode split, found and paired; raise UserError naming every offender."""
+    problems: dict[str, list[str]] = {}
+    if found.lonely_images:
+        problems["no_mask"] = found.lonely_images
+    if found.lonely_masks:
+        problems["no_image"] = found.lonely_masks
+    return check_samples(found.samples, split, lut, num_classes, problems)
 
 
 def check_samples(
     samples: list[Sample],
     split: str,
-    label_map: dict,
+    lut: np.ndarray,
     num_classes: int,
     found: dict[str, list[str]] | None = None,
 ) -> SplitSummary:
-    """Check every pair (files, or Pipe-mode records); raise UserError naming the offenders."""
+    """Check every pair (files, or Pipe-mode records) against the label map's look-up table;
+    raise UserError naming the offenders."""
     found = defaultdict(list, found or {})
-    lut = label_map_lut(label_map, f"{split}_label_map.json")
     hist = np.zeros(256, dtype=np.int64)
     raw_values: set[int] = set()
 

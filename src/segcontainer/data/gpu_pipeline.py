@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from segcontainer.data.augment import SCALE_RANGE
-from segcontainer.data.channels import IGNORE_INDEX, Sample, load_image, load_mask
+from segcontainer.data.channels import Sample, load_image, load_mask
 from segcontainer.data.dataset import EpochSampler, mixed_seed
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.data.preprocess import MEAN, STD
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,11 @@ class GpuTrainBatches:
         seed: int,
         workers: int,
         device: torch.device,
+        sampler: EpochSampler | None = None,
     ):
         self.samples, self.lut, self.device = list(samples), lut, device
-        self.sampler = EpochSampler(len(self.samples), seed)
+        # Data parallel: the caller's sampler takes this process's shard, as on the CPU path.
+        self.sampler = EpochSampler(len(self.samples), seed) if sampler is None else sampler
         self.loader = DataLoader(
             EncodedImages(self.samples),
             batch_size,

@@ -10,10 +10,12 @@ into a cache folder. In File mode a ``train`` (or ``validation``) channel holdin
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from segcontainer.data.channels import Sample
+from segcontainer.config.environment import Paths
+from segcontainer.data.channels import FoundSamples, Sample
 from segcontainer.errors import UserError
 
 MANIFEST_SUFFIXES = (".manifest", ".jsonl")
@@ -25,6 +27,21 @@ def find_manifest(folder: Path) -> Path | None:
     if len(files) == 1 and files[0].suffix in MANIFEST_SUFFIXES:
         return files[0]
     return None
+
+
+def find_manifest_samples(paths: Paths, split: str) -> FoundSamples | None:
+    """A split's samples when its channel is one manifest and it has no annotation channel;
+    None otherwise (the two-folder layout)."""
+    images_dir = paths.channel(split)
+    if not images_dir.is_dir() or paths.channel(f"{split}_annotation").exists():
+        return None
+    manifest = find_manifest(images_dir)
+    if manifest is None:
+        return None
+    samples = manifest_samples(manifest, Path(tempfile.gettempdir()) / "segcontainer-s3")
+    if not samples:
+        raise UserError(f"The manifest {manifest} lists no images.")
+    return FoundSamples(samples)
 
 
 def _fetch_s3(uri: str, cache: Path) -> Path:

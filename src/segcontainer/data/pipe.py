@@ -26,14 +26,26 @@ from torch.utils.data import IterableDataset
 
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.data.channels import InMemory, Sample, load_image, load_mask
-from segcontainer.data.check import check_samples
+from segcontainer.data.check import SplitSummary, binary_255_hint, check_samples
 from segcontainer.data.dataset import WHOLE, Shard, mixed_seed
+from segcontainer.data.label_maps import LabelMap
 from segcontainer.data.preprocess import to_tensors
 from segcontainer.data.recordio import RecordIOError, iter_records
 from segcontainer.errors import TrainingStopped, UserError
 
 log = logging.getLogger(__name__)
 FIFO_WAIT_SECONDS = 600.0  # SageMaker opens the next epoch's FIFO as soon as it is asked
+
+
+def is_pipe(channels: dict[str, ChannelConfig], name: str) -> bool:
+    return name in channels and channels[name].input_mode == "Pipe"
+
+
+def read_whole(paths: Paths, channel: str, should_stop: Callable[[], bool]) -> bytes:
+    """All of a small one-off channel's stream (``<channel>_0``), e.g. the label map."""
+    path = paths.channel(f"{channel}_0")
+    wait_for(path, should_stop)
+    return path.read_bytes()
 
 
 def pipe_layout(channels: dict[str, ChannelConfig], split: str) -> str | None:
@@ -122,24 +134,30 @@ def stream_pairs(
         )
 
 
-def read_validation(paths: Paths, layout: str, label_map: dict, num_classes: int, stop):
+def read_validation(
+    paths: Paths, layout: str, lut: np.ndarray, num_classes: int, stop
+) -> SplitSummary:
     """Validation in Pipe mode: read validation_0 once, check every pair, keep it."""
     samples = list(stream_pairs(paths, "validation", layout, 0, stop))
     if not samples:
         raise UserError("The Pipe-mode validation stream is empty.")
-    return check_samples(samples, "validation", label_map, num_classes)
+    return check_samples(samples, "validation", lut, num_classes)
 
 
 class PipeTrainStream(IterableDataset):
-    """Training pairs streamed from ``train_<n>`` every epoch through a shuffle buffer."""
+    """Training pairs streamed from ``train_<n>`` every epoch through a shuffle buffer.
+
+    Each pass also gathers the masks' raw values for the 0/255 hint, which File mode gives
+    before training: here it comes once the first pass has read the whole stream (before the
+    first step when the stream fits the shuffle buffer).
+    """
 
     def __init__(
         self,
         paths: Paths,
         layout: str,
-        lut: np.ndarray,
+        label_map: LabelMap,
         transform: Callable,
-        label_map: dict,
         num_classes: int,
         length: int,
         seed: int,
@@ -147,8 +165,13 @@ class PipeTrainStream(IterableDataset):
         should_stop: Callable[[], bool],
         shard: Shard = WHOLE,
     ):
-        self.paths, self.layout, self.lut, self.transform = paths, layout, lut, transform
-        self.label_map, self.num_classes, self.length = label_map, num_classes, length
+        self.paths, self.layout, self.label_map, self.transform = (
+            paths,
+            layout,
+            label_map,
+            transform,
+        )
+        self.num_classes, self.length = num_classes, length
         self.seed, self.buffer_size, self.should_stop = seed, buffer_size, should_stop
         self.shard = shard  # FullyReplicated on several hosts: record i goes to rank i % count
         self.epoch, self.skip, self.fifo_index, self.streamed = 0, 0, 0, 0
@@ -167,16 +190,21 @@ class PipeTrainStream(IterableDataset):
         pairs = stream_pairs(self.paths, "train", self.layout, self.fifo_index, self.should_stop)
         self.fifo_index += 1  # each pass reads the next FIFO, whatever the epoch number
         self.streamed = 0
+        raw_values: set[int] = set()
         for index, sample in enumerate(pairs):
             self.streamed = index + 1
             if index % self.shard.count != self.shard.index:
                 continue  # another host's record (each host reads the whole stream)
-            check_samples([sample], "train", self.label_map, self.num_classes)
+            summary = check_samples([sample], "train", self.label_map.lut, self.num_classes)
+            raw_values |= summary.raw_values
             buffer.append((index, sample))
             if len(buffer) >= self.buffer_size:
                 yield buffer.pop(rng.randrange(len(buffer)))
         if not self.streamed:
             raise UserError(f"The Pipe-mode training stream train_{self.fifo_index - 1} is empty.")
+        hint = binary_255_hint(raw_values, self.num_classes, self.label_map.spec)
+        if hint:
+            raise UserError(hint)
         while buffer:
             yield buffer.pop(rng.randrange(len(buffer)))
 
@@ -184,7 +212,9 @@ class PipeTrainStream(IterableDataset):
         for position, (index, sample) in enumerate(self.shuffled()):
             if position < self.skip:
                 continue  # trained on before a stop: the stream is replayed up to here
-            image, mask = to_tensors(load_image(sample.image), load_mask(sample.mask, self.lut))
+            image, mask = to_tensors(
+                load_image(sample.image), load_mask(sample.mask, self.label_map.lut)
+            )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
                 image, mask = self.transform(image, mask)

@@ -17,19 +17,43 @@ STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image as RGB, EXIF orientation applied; 16-bit scaled to 8-bit, not clipped.
+    """Any Pillow image as RGB, EXIF orientation applied; deep modes scaled to 8-bit, not clipped.
 
     Training and serving both prepare images through this function.
     """
     image = ImageOps.exif_transpose(image)
     image.load()
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # Pillow's convert() would clip 16-bit values at 255 (a white image); scale instead.
-        array = np.asarray(image, dtype=np.float32)
-        sixteen_bit = image.mode.startswith("I;16") or array.max(initial=0) > 255
-        peak = 65535.0 if sixteen_bit else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        # Pillow's convert() would clip these at 255 (white) or 0 (black); scale instead.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = _value_range(image.mode, array)
+        scaled = (np.nan_to_num(array, nan=low) - low) / max(high - low, 1e-12) * 255.0
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
+    """The values that map to black and white for a deep grayscale image.
+
+    The type's range where it says what the values mean, else the image's own min..max:
+    - 16-bit modes (I;16*): 0..65535, so brightness stays comparable between images, as
+      with 8-bit files. Mode I holding only 0..65535 (how Pillow may widen a 16-bit file)
+      likewise, or 0..255 when no value exceeds 255 (8-bit data widened).
+    - float (F) holding only 0..1: the usual float-image convention, 0..1.
+    - anything else (32-bit integers outside 0..65535, floats outside 0..1): the type's
+      range is meaningless (2^32 levels, unbounded floats) and would decode as black, so
+      the image's own finite min..max is stretched to 0..255.
+    """
+    finite = array[np.isfinite(array)]
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 0.0
+    if mode.startswith("I;16"):
+        return 0.0, 65535.0
+    if mode == "I" and low >= 0 and high <= 65535:
+        return 0.0, 65535.0 if high > 255 else 255.0
+    if mode == "F" and low >= 0 and high <= 1:
+        return 0.0, 1.0
+    return low, high
 
 
 def to_tensors(image: Image.Image, mask: np.ndarray | None):
@@ -46,3 +70,37 @@ def validation_transform() -> v2.Transform:
             v2.Normalize(MEAN, STD),
         ]
     )
+
+
+class LongSideResize(v2.Transform):
+    """Resize images, not masks, so the long side is ``long_side`` (0: keep the image's size).
+
+    The endpoint and validation both prepare the model input with this transform (bilinear,
+    antialiased), while validation masks keep their own size: the logits are brought back
+    to it, as the endpoint brings them back to the request image's size.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, long_side: int):
+        super().__init__()
+        self.long_side = long_side
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        height, width = inpt.shape[-2:]
+        if not self.long_side or max(height, width) == self.long_side:
+            return inpt
+        scale = self.long_side / max(height, width)
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        return v2.functional.resize(inpt, size, antialias=True)
+
+
+def model_input_transform(long_side: int) -> v2.Transform:
+    """The endpoint's preparation of an image: resize the long side, then normalise."""
+    return v2.Compose([LongSideResize(long_side), validation_transform()])
+
+
+def tile_size(crop_size: int, requested: int | None = None) -> int:
+    """The tile the endpoint (SEGCONTAINER_TILE_SIZE, default 2 x crop_size) and validation
+    predict larger model inputs in; at least 32 pixels (the encoder's stride 8 needs room)."""
+    return max(2 * crop_size if requested is None else requested, 32)

@@ -3,11 +3,17 @@
 request -> decode -> predict -> encode. The model loads in a background thread at start-up
 (once per gunicorn worker), so /ping answers 503 until it is ready, 200 after, and 503 with
 the reason logged if loading failed. No bad request may crash or hang a worker.
+
+Each worker runs several threads (gunicorn gthread) but predicts one request at a time (a
+lock): /ping is answered by another thread while a long prediction runs (torch, Pillow and
+numpy release the GIL in their kernels), and the worker's torch threads keep its share of the
+cores instead of two predictions competing for them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -18,8 +24,8 @@ from flask import Flask, Response, jsonify, request
 
 from segcontainer.serving import codecs
 from segcontainer.serving.predictor import Predictor, warm_up
-from segcontainer.serving.protobuf_record import encode_probabilities
-from segcontainer.serving.settings import ServingSettings
+from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, encode_probabilities
+from segcontainer.serving.settings import ServingSettings, worker_device
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +36,12 @@ class ModelSlot:
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
         self.error: str | None = None
+        self.busy = threading.Lock()  # one prediction at a time per worker
 
-    def load(self, model_dir: Path) -> None:
+    def load(self, model_dir: Path, device: torch.device | None = None) -> None:
         try:
             start = time.monotonic()
-            predictor = Predictor(model_dir)
+            predictor = Predictor(model_dir, device)
             warm_up(predictor)
             self.predictor = predictor
             log.info(
@@ -53,10 +60,11 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     settings = settings or ServingSettings.from_env()
     torch.set_num_threads(settings.torch_threads)
     slot = ModelSlot()
+    device = worker_device()
     if load_in_background:
-        threading.Thread(target=slot.load, args=(settings.model_dir,), daemon=True).start()
+        threading.Thread(target=slot.load, args=(settings.model_dir, device), daemon=True).start()
     else:
-        slot.load(settings.model_dir)
+        slot.load(settings.model_dir, device)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -80,20 +88,17 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
             return jsonify(error="the model is not loaded yet"), 503
         try:
             accept = codecs.choose_accept(request.headers.get("Accept"), settings.default_accept)
-            image = codecs.decode_image(request.get_data(cache=False), request.content_type)
+            body = request.get_data(cache=False)
+            with slot.busy:  # decoding and encoding use the cores too: all inside the lock
+                image = codecs.decode_image(body, request.content_type)
+                del body
+                return Response(answer(predictor, image, accept), status=200, mimetype=accept)
         except codecs.RequestError as exc:
             return jsonify(error=str(exc)), exc.status
-        if accept in codecs.PROBABILITY_TYPES:
-            body = encode_probabilities(predictor.probabilities(image))
-        elif accept == codecs.JSON:
-            body = codecs.encode_json(predictor.class_map(image), predictor.class_names)
-        else:
-            body = codecs.encode_png(predictor.class_map(image))
-        return Response(body, status=200, mimetype=accept)
 
     @app.errorhandler(413)
     def too_large(_error) -> tuple[Response, int]:
-        limit = settings.max_body_bytes // (1024 * 1024)
+        limit = (settings.max_body_bytes or 0) // (1024 * 1024)
         return jsonify(error=f"request body larger than {limit} MB"), 413
 
     @app.errorhandler(Exception)
@@ -104,3 +109,26 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
         return jsonify(error=f"internal error: {type(error).__name__}"), 500
 
     return app
+
+
+def answer(predictor: Predictor, image, accept: str) -> bytes:
+    """The response body for ``accept``; a probability answer too large for one RecordIO
+    record is refused (413) before anything is computed."""
+    if accept in codecs.PROBABILITY_TYPES:
+        width, height = image.size
+        size = answer_bytes(predictor.num_classes, height, width)
+        if size > RECORD_LIMIT:
+            side = math.isqrt((RECORD_LIMIT - answer_bytes(0, 0, 0)) // (4 * predictor.num_classes))
+            raise codecs.RequestError(
+                413,
+                f"the probability answer for this {width}x{height} image would be "
+                f"{size / 2**20:.0f} MiB ({predictor.num_classes} classes x {height} x {width} "
+                f"x 4 bytes), more than the {RECORD_LIMIT / 2**20:.0f} MiB one RecordIO record "
+                f"can hold. Ask for Accept: image/png or application/json (class ids), or send "
+                f"a smaller image (at most {side}x{side} pixels, or the same pixel count, with "
+                f"{predictor.num_classes} classes).",
+            )
+        return encode_probabilities(predictor.probabilities(image))
+    if accept == codecs.JSON:
+        return codecs.encode_json(predictor.class_map(image), predictor.class_names)
+    return codecs.encode_png(predictor.class_map(image))

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from segcontainer.data.recordio import frame
+from segcontainer.data.recordio import LENGTH_MASK, frame
 from segcontainer.serving.record_pb2 import Record
+
+# One RecordIO record holds at most 2**29 - 1 bytes (its length field has 29 bits).
+RECORD_LIMIT = LENGTH_MASK
+FRAMING_BYTES = 128  # protobuf keys, tags and the shape: a few dozen bytes, bounded generously
+
+
+def answer_bytes(num_classes: int, height: int, width: int) -> int:
+    """An upper bound on the record payload for a (num_classes, height, width) answer, known
+    before predicting, so an answer too large for one record is refused up front."""
+    return 4 * num_classes * height * width + FRAMING_BYTES
 
 
 def _varint(value: int) -> bytes:

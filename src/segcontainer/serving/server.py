@@ -18,10 +18,20 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from segcontainer.serving.settings import ServingSettings
+from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV
+from segcontainer.serving.settings import ServingSettings, gpu_count
 
 log = logging.getLogger("segcontainer.serve")
 STOP_GRACE_SECONDS = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
+# Per worker: one predicts (the others wait for its lock) and the rest answer /ping and
+# /execution-parameters at once; more waiting requests than this also delay /ping.
+WORKER_THREADS = 8
+
+
+def body_limit(settings: ServingSettings) -> str:
+    """The body limit in nginx's and the log's words: "30m", or "0" (no limit)."""
+    limit = settings.max_body_bytes
+    return "0" if limit is None else f"{limit // (1024 * 1024)}m"
 
 
 def nginx_config(settings: ServingSettings, run_dir: Path, socket: Path) -> str:
@@ -33,7 +43,7 @@ def nginx_config(settings: ServingSettings, run_dir: Path, socket: Path) -> str:
         run_dir=run_dir,
         socket=socket,
         port=settings.port,
-        max_body_mb=settings.max_body_bytes // (1024 * 1024),
+        max_body=body_limit(settings),
         timeout=settings.timeout,
     )
 
@@ -54,8 +64,15 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
             f"unix:{socket}",
             "--workers",
             str(settings.workers),
+            # Threads answer /ping while a prediction runs; a lock in each worker keeps
+            # predictions one at a time (app.py), so its torch threads own its cores.
             "--worker-class",
-            "sync",  # one request per worker: a model call saturates its cores
+            "gthread",
+            "--threads",
+            str(WORKER_THREADS),
+            # pre_fork/post_fork hooks: each worker gets its own GPU
+            "--config",
+            "python:segcontainer.serving.gunicorn_config",
             "--timeout",
             str(settings.timeout),
             "--graceful-timeout",
@@ -63,7 +80,8 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
             "--log-level",
             "info",
             "segcontainer.serving.wsgi:app",
-        ]
+        ],
+        env={**os.environ, GPU_COUNT_ENV: str(gpu_count())},
     )
     nginx_process = subprocess.Popen([nginx, "-c", str(config), "-p", str(run_dir)])
     return nginx_process, gunicorn
@@ -79,12 +97,12 @@ def main() -> int:
         log.error("cannot start: %s", exc)
         return 1
     log.info(
-        "serving %s on port %d with %d workers (timeout %d s, body limit %d MB)",
+        "serving %s on port %d with %d workers (timeout %d s, body limit %s)",
         settings.model_dir,
         settings.port,
         settings.workers,
         settings.timeout,
-        settings.max_body_bytes // (1024 * 1024),
+        "none" if settings.max_body_bytes is None else body_limit(settings),
     )
     run_dir = Path(tempfile.mkdtemp(prefix="segcontainer-serve-"))
     nginx, gunicorn = start(settings, run_dir)

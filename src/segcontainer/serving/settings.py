@@ -11,6 +11,7 @@ from segcontainer.serving.codecs import ACCEPT_TYPES, PNG
 
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 DEFAULT_BATCH_PAYLOAD_MB = 20  # a 4K PNG frame fits; batch transform allows up to 100
+WORKER_GPU_ENV = "SEGCONTAINER_WORKER_GPU"  # set in each gunicorn worker (gunicorn_config.py)
 
 
 def env_int(names: tuple[str, ...], default: int, low: int = 0) -> int:
@@ -33,6 +34,18 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_device():
+    """This worker's device: the GPU gunicorn_config assigned it (one per worker), else the
+    first GPU, else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", env_int((WORKER_GPU_ENV,), 0))
+    torch.cuda.set_device(device)  # so nothing lands on cuda:0 by default
+    return device
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,11 @@ class ServingSettings:
         )
 
     @property
-    def max_body_bytes(self) -> int:
+    def max_body_bytes(self) -> int | None:
+        """The request body limit; None = no limit (SAGEMAKER_MAX_PAYLOAD_IN_MB=0, as SageMaker
+        defines it)."""
+        if self.max_payload_mb == 0:
+            return None
         return max(REALTIME_LIMIT_MB, self.max_payload_mb) * 1024 * 1024
 
     def execution_parameters(self) -> dict:

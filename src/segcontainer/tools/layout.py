@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segcontainer.data.channels import IGNORE_INDEX, SPLITS, Sample, pair_samples
+from segcontainer.data.channels import Sample, pair_samples
+from segcontainer.data.label_maps import IGNORE_INDEX, SPLITS
 from segcontainer.errors import UserError
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")

@@ -3,8 +3,13 @@
 One file per save, written atomically, the newest few kept. A checkpoint holds everything
 needed to continue bit for bit: model, optimizer, scheduler, gradient scaler, the position
 (epoch, and batches already done in it), the epoch's running loss, early-stopping state,
-the training curves so far, and the global random state (dropout). Data order and
-augmentation are functions of (seed, epoch, sample), so they need no saved state.
+the training curves so far, the global random state (dropout), and the best epoch so far
+with its scores and weights (stored once when they are the checkpoint's own weights), from
+which a restarted job rewrites model/. Data order and augmentation are functions of
+(seed, epoch, sample), so they need no saved state.
+
+The folder may also hold another job's checkpoints (a reused checkpoint_s3_uri): they are
+neither resumed from nor pruned.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 log = logging.getLogger(__name__)
 KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful save
 NAME = re.compile(r"^checkpoint-e(\d+)-i(\d+)\.pt$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: carries the best model
 MUST_MATCH = ("algorithm", "backbone", "num_classes", "crop_size", "mini_batch_size", "epochs")
 
 
@@ -37,11 +42,20 @@ class Position:
 
 
 @dataclass
+class Best:
+    """The best epoch so far: its number, scores (metrics.Scores fields) and weights (CPU)."""
+
+    epoch: int
+    scores: dict
+    weights: dict[str, torch.Tensor]
+
+
+@dataclass
 class Resumed:
     position: Position
     early_stopping: dict
     curves: list[dict] = field(default_factory=list)
-    best_epoch: int = -1
+    best: Best | None = None
 
 
 def save(
@@ -53,11 +67,18 @@ def save(
     scaler,
     early_stopping: dict,
     curves: list[dict],
-    best_epoch: int,
+    best: Best | None,
     record: dict,
+    model_is_best: bool = False,
 ) -> Path:
+    """Write a checkpoint atomically, then prune this job's older ones. ``model_is_best``:
+    the model's current weights are the best's (stored once, not twice)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"checkpoint-e{position.epoch:04d}-i{position.iteration:06d}.pt"
+    best_state = None
+    if best is not None:
+        weights = None if model_is_best else best.weights  # None: the same as "model"
+        best_state = {"epoch": best.epoch, "scores": best.scores, "model": weights}
     state = {
         "format_version": FORMAT_VERSION,
         "position": vars(position),
@@ -67,16 +88,48 @@ def save(
         "scaler": scaler.state_dict(),
         "early_stopping": early_stopping,
         "curves": curves,
-        "best_epoch": best_epoch,
+        "best": best_state,
         "rng": torch.get_rng_state(),
         "config": record,
     }
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # a stop mid-write never leaves a half checkpoint under the name
-    for old in _listed(folder)[KEEP:]:
-        old.unlink(missing_ok=True)
+    _prune(folder, record)
     return path
+
+
+def _mismatched(config: dict, record: dict) -> list[str]:
+    return [k for k in MUST_MATCH if config.get(k) != record.get(k)]
+
+
+def _prune(folder: Path, record: dict) -> None:
+    """Keep this job's newest KEEP checkpoints; leave any other job's alone (a reused
+    checkpoint_s3_uri): counting them would delete this job's fresh checkpoints."""
+    own = []
+    for path in _listed(folder):
+        try:  # mmap: only the small pickle is read, not the weights
+            with torch.serialization.safe_globals([collections.Counter]):
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            why = _mismatched(state.get("config", {}), record)
+            reason = f"written with other {', '.join(why)}" if why else None
+        except Exception as exc:  # unreadable: not ours to delete either
+            reason = f"it cannot be read ({exc})"
+        if reason is None:
+            own.append(path)
+        elif str(path) not in _left_alone:
+            _left_alone.add(str(path))
+            log.warning(
+                "checkpoint %s is left alone: another job's (%s), so neither resumed from "
+                "nor pruned",
+                path.name,
+                reason,
+            )
+    for old in own[KEEP:]:
+        old.unlink(missing_ok=True)
+
+
+_left_alone: set[str] = set()  # paths already reported, so the log says it once
 
 
 def _listed(folder: Path) -> list[Path]:
@@ -105,7 +158,7 @@ def _valid_states(folder: Path, record: dict, model) -> Iterator[dict]:
         except Exception as exc:  # truncated zip, bad pickle, wrong format: try an older one
             log.warning("skipping checkpoint %s: it cannot be read (%s)", path.name, exc)
             continue
-        mismatched = [k for k in MUST_MATCH if state.get("config", {}).get(k) != record.get(k)]
+        mismatched = _mismatched(state.get("config", {}), record)
         if mismatched:
             log.warning(
                 "skipping checkpoint %s: written with other %s", path.name, ", ".join(mismatched)
@@ -136,7 +189,12 @@ def apply(state: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
         position.epoch,
         position.iteration,
     )
-    return Resumed(position, state["early_stopping"], state["curves"], state["best_epoch"])
+    best = None
+    if state.get("best"):
+        saved = state["best"]
+        weights = state["model"] if saved["model"] is None else saved["model"]
+        best = Best(saved["epoch"], saved["scores"], weights)
+    return Resumed(position, state["early_stopping"], state["curves"], best)
 
 
 def resume(

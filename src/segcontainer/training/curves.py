@@ -25,6 +25,12 @@ class TrainingCurves:
 
     def add(self, **row: float) -> None:
         self.rows.append(row)
+        self.write()
+
+    def write(self) -> None:
+        """(Re)write both files from the rows; a restarted job's output/ may be empty."""
+        if not self.rows:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "training_curves.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)

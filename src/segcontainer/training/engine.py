@@ -12,21 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segcontainer import inference
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
+from segcontainer.models import native_bf16
 from segcontainer.training import collectives
+from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
 
 
-def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: Config, params: Iterable[nn.Parameter], device: torch.device | None = None
+) -> torch.optim.Optimizer:
     """The built-in's optimizers: momentum and weight_decay apply to sgd and nag only;
-    gamma1 is rmsprop's squared-gradient decay and gamma2 its momentum."""
+    gamma1 is rmsprop's squared-gradient decay and gamma2 its momentum. On a GPU, SGD and
+    Adam use their fused kernels (one launch for all parameters instead of one per tensor)."""
     lr = config.learning_rate
     name = config.optimizer
+    fused = device is not None and device.type == "cuda"
     if name in ("sgd", "nag"):
         return torch.optim.SGD(
             params,
@@ -34,27 +41,29 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             nesterov=name == "nag",
+            fused=fused or None,
         )
     if name == "adam":
-        return torch.optim.Adam(params, lr)
+        return torch.optim.Adam(params, lr, fused=fused or None)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr, alpha=config.gamma1, momentum=config.gamma2)
+    if name == "rmsprop":  # MXNet's centered RMSProp, where gamma2 is defined (see optim.py)
+        return MXNetRMSProp(params, lr, gamma1=config.gamma1, gamma2=config.gamma2)
     raise ValueError(f"unknown optimizer {name}")
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
     """A scheduler stepped once per iteration: poly (power 0.9) and cosine decay smoothly over
-    the whole run; step multiplies by lr_scheduler_factor after each listed epoch."""
-    total = config.epochs * iters_per_epoch
-    schedulers = torch.optim.lr_scheduler
-    if config.lr_scheduler == "poly":
-        return schedulers.PolynomialLR(optimizer, total_iters=total, power=0.9)
-    if config.lr_scheduler == "cosine":
-        return schedulers.CosineAnnealingLR(optimizer, T_max=total)
-    milestones = [epoch * iters_per_epoch for epoch in config.lr_scheduler_step]
-    return schedulers.MultiStepLR(optimizer, milestones, gamma=config.lr_scheduler_factor)
+    the whole run; step multiplies by lr_scheduler_factor after each listed epoch. In closed
+    form, so Pipe mode can resize it once an epoch's real length is known."""
+    schedule = IterationSchedule(
+        config.lr_scheduler,
+        config.epochs,
+        iters_per_epoch,
+        config.lr_scheduler_step or (),
+        config.lr_scheduler_factor,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 @dataclass
@@ -74,8 +83,15 @@ class Precision:
             if requested in ("bf16", "fp16") and device.type != "cuda":
                 log.warning("precision=%s needs a GPU; training in fp32 on the CPU", requested)
             return cls(torch.float32, device)
-        if requested == "fp16" or (requested == "auto" and not torch.cuda.is_bf16_supported()):
+        # auto: bf16 only where the GPU computes it natively; V100 and T4 only emulate it
+        # (slowly), so they get fp16 with the gradient scaler.
+        if requested == "fp16" or (requested == "auto" and not native_bf16(device)):
             return cls(torch.float16, device)
+        if requested == "bf16" and not native_bf16(device):
+            log.warning(
+                "precision=bf16 on a GPU without native bf16 (compute capability < 8.0) "
+                "is emulated and slow; precision=auto would use fp16 here"
+            )
         return cls(torch.bfloat16, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -141,6 +157,7 @@ class EpochStats:
     seconds: float
     images: int
     data_seconds: float
+    steps: int = 0  # batches in the epoch, those before a resume included
 
     @property
     def images_per_second(self) -> float:
@@ -163,6 +180,8 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     done: int = 0,
     loss_sum: float = 0.0,
+    aux_weight: float = 0.0,
+    time_first_step: bool = False,
 ) -> EpochStats:
     """Train over ``loader``; ``done`` batches (summed loss ``loss_sum``) of this epoch were
     trained before a resume. A stop request raises TrainingStopped carrying the progress."""
@@ -174,7 +193,14 @@ def train_one_epoch(
     progress = ProgressLog(epoch, done + len(loader), done=done)
     share = collectives.count_share if collectives.active() else None
     fetch_start = time.monotonic()
-    for images_batch, masks in loader:
+    batches = iter(loader)
+    while True:
+        try:
+            images_batch, masks = next(batches)
+        except StopIteration:
+            break
+        except TrainingStopped as exc:  # from the data: SIGTERM while waiting for a FIFO
+            raise TrainingStopped(str(exc), done + steps, loss_sum + float(total_loss)) from exc
         data_seconds += time.monotonic() - fetch_start
         if should_stop():
             raise TrainingStopped(
@@ -185,8 +211,13 @@ def train_one_epoch(
             images_batch = images_batch.contiguous(memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
         with precision.autocast():
-            logits = model(images_batch)
+            out = model(images_batch)
+        logits, aux_logits = out if isinstance(out, tuple) else (out, None)
         loss = segmentation_loss(logits, masks, class_weight, share)
+        if aux_logits is not None:  # the training-only head on layer3 (aux_loss_weight)
+            # the same global-count normalisation as the main term, so ranks still average
+            aux = segmentation_loss(aux_logits, masks, class_weight, share)
+            loss = loss + aux_weight * aux
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)
@@ -196,11 +227,25 @@ def train_one_epoch(
         steps += 1
         images += images_batch.shape[0]
         progress.step(done + steps, images)
+        if steps == 1 and time_first_step:
+            # One sync, once: the first step holds cuDNN autotuning and torch.compile.
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            log.info(
+                "first training step: %.1f s (compilation and autotuning included)",
+                time.monotonic() - start,
+            )
         fetch_start = time.monotonic()
+    if device.type == "cuda":
+        log.info(
+            "epoch %d: peak GPU memory %.2f GiB",
+            epoch,
+            torch.cuda.max_memory_allocated(device) / 2**30,
+        )
     if done + steps == 0:
         raise RuntimeError("the training loader produced no batch")
     mean_loss = (loss_sum + float(total_loss)) / (done + steps)
-    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds)
+    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds, done + steps)
 
 
 @torch.no_grad()
@@ -212,17 +257,28 @@ def evaluate(
     device,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Scores:
+    """Score the model on what the endpoint would answer: the loader prepares each image as
+    the endpoint does (long side resized to base_size; ``data.loaders``), inference tiles it
+    and upsamples the logits to the mask's size in bands as the endpoint does, and the
+    confusion matrix counts pixels at the mask's resolution."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, device)
-    for images_batch, masks in loader:
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            return model(inputs).float()
+
+    for batch in loader:
         if should_stop():
             raise TrainingStopped("stopped during validation")
-        images_batch = images_batch.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images_batch = images_batch.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(images_batch)
-        matrix.update(masks.to(device, non_blocking=True), logits.argmax(1))
+        for inputs, masks in batch.groups:
+            inputs = inputs.to(device, non_blocking=True)
+            logits = inference.tiled_logits(forward, inputs, batch.tile_size)
+            for image_logits, mask in zip(logits, masks, strict=True):
+                mask = mask.to(device, non_blocking=True)
+                matrix.update(mask, inference.class_map(image_logits, *mask.shape[-2:]))
     matrix.reduce()
     return matrix.scores()
 

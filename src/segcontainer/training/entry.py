@@ -96,6 +96,17 @@ def data_parallel(channels: dict, rank: Rank, batch_size: int) -> Parallel:
     )
 
 
+def compiled(model: torch.nn.Module, setting: str, device: torch.device):
+    """torch.compile for the training steps (auto: on a GPU, where it pays; on the CPU the
+    compile time outweighs the gain for short jobs), or None. Compilation happens at the
+    first step, whose time is logged; validation keeps the eager model (its image sizes vary)."""
+    if setting == "false" or (setting == "auto" and device.type != "cuda"):
+        log.info("compile_model=%s: training steps run eagerly", setting)
+        return None
+    log.info("compile_model=%s: the training steps run through torch.compile", setting)
+    return torch.compile(model)
+
+
 def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     config = resolve(read_hyperparameters(paths))
     host = read_resource_config(paths).current_host
@@ -129,13 +140,16 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
         config.backbone,
         config.num_classes,
         pretrained=config.use_pretrained_model and not incremental,
+        aux=config.aux_loss_weight > 0,
     )
     start_from_model_channel(paths, config, model)
     model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    # Data parallel: compile the DDP wrapper (torch.compile(DDP(model))), so DDP's graph
+    # splitting at gradient buckets keeps overlapping communication with the backward pass.
     train_model = collectives.wrap(model, device)
-    optimizer = engine.build_optimizer(config, model.parameters())
+    optimizer = engine.build_optimizer(config, model.parameters(), device)
     scheduler = engine.build_scheduler(config, optimizer, data.iters_per_epoch)
     class_weight = None
     if config.class_weights == "auto":
@@ -164,7 +178,7 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
         data.iters_per_epoch,
         batch_size,
         rank,
-        train_model,
+        compiled(train_model, config.compile_model, device) or train_model,
     )
     stop.in_loop = True
     fit(setup, stop)

@@ -7,7 +7,6 @@ job's, and training starts from its weights.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -18,7 +17,12 @@ from torch import nn
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import UserError
-from segcontainer.model_folder import CONFIG_FILE, WEIGHTS_FILE, extract_model_tarball
+from segcontainer.model_folder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    extract_model_tarball,
+    read_record,
+)
 
 log = logging.getLogger(__name__)
 MUST_MATCH = ("algorithm", "backbone", "crop_size", "num_classes")
@@ -33,8 +37,8 @@ def _model_folder(channel: Path, scratch: Path) -> Path:
         )
     if tarballs:
         return extract_model_tarball(tarballs[0], scratch)
-    if (channel / WEIGHTS_FILE).is_file():
-        return channel  # already extracted
+    if (channel / WEIGHTS_FILE).is_file() or (channel / CONFIG_FILE).is_file():
+        return channel  # already extracted (read_record tells whether it is one of ours)
     raise UserError(
         f"The model channel ({channel}) holds no model.tar.gz. Give the "
         "model.tar.gz of an earlier training job of this container."
@@ -48,13 +52,7 @@ def start_from_model_channel(paths: Paths, config: Config, model: nn.Module) -> 
         return False
     with tempfile.TemporaryDirectory() as scratch:
         folder = _model_folder(channel, Path(scratch))
-        try:
-            earlier = json.loads((folder / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(
-                f"The model channel's model has no readable {CONFIG_FILE} ({exc}); "
-                "it must come from a training job of this container."
-            ) from exc
+        earlier = read_record(folder, "The model channel's model")
         mismatches = [
             f"{key} is {earlier.get(key)!r} in the model but {config[key]!r} in this job"
             for key in MUST_MATCH

@@ -12,12 +12,13 @@ from segcontainer import model_folder
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
-from segcontainer.metrics import metric_lines
+from segcontainer.metrics import Scores, metric_lines
 from segcontainer.training import checkpoints, collectives, engine
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
 from segcontainer.training.distributed import SINGLE, Rank
+from segcontainer.training.optim import resize_schedule
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,35 @@ class Setup:
     iters_per_epoch: int
     batch_size: int  # per process: mini_batch_size split across the host's processes
     rank: Rank = SINGLE
-    train_model: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, if any
+    # What the training steps call: ``model`` wrapped for data parallelism and/or compiled
+    # (compile_model); None: ``model`` itself. Validation, checkpoints and model/ always use
+    # ``model``.
+    train_model: torch.nn.Module | None = None
+
+
+def _scores_dict(scores: Scores) -> dict:
+    return {
+        "miou": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class_iou": list(scores.per_class_iou),
+    }
+
+
+def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
+    """After a resume, model/ holds the best model so far before training goes on: a spot
+    restart starts with an empty /opt/ml/model, and no later epoch may beat the best."""
+    scores = Scores(
+        best.scores["miou"], best.scores["pixel_accuracy"], tuple(best.scores["per_class_iou"])
+    )
+    model_folder.save_model(
+        s.paths.model_dir, best.weights, s.record, best.epoch, scores, s.config.class_names
+    )
+    log.info(
+        "wrote the best model so far (epoch %d, mIoU %.4f) from the checkpoint to %s",
+        best.epoch,
+        scores.miou,
+        s.paths.model_dir,
+    )
 
 
 def fit(s: Setup, local_stop) -> None:
@@ -59,7 +88,8 @@ def fit(s: Setup, local_stop) -> None:
         config.early_stopping_tolerance,
     )
     curves = TrainingCurves(s.paths.output_data_dir)
-    position, best_epoch = Position(), -1
+    position, best = Position(), None
+    model_is_best = False  # the model's current weights are best's (stored once)
     resumed = checkpoints.resume(
         s.paths.checkpoints_dir,
         s.record,
@@ -71,9 +101,19 @@ def fit(s: Setup, local_stop) -> None:
         collectives.broadcast_from_main if collectives.active() else None,
     )
     if resumed:
-        position, best_epoch, curves.rows = resumed.position, resumed.best_epoch, resumed.curves
+        position, best, curves.rows = resumed.position, resumed.best, resumed.curves
         stopper.best = resumed.early_stopping["best"]
         stopper.stale_epochs = resumed.early_stopping["stale_epochs"]
+        if best is not None and main:
+            _restore_model_folder(s, best)
+        elif stopper.best >= 0 and main:
+            log.warning(
+                "the checkpoint holds no best model (written by an older version): model/ is "
+                "written again when an epoch beats mIoU %.4f",
+                stopper.best,
+            )
+        if main:
+            curves.write()
 
     def checkpoint(at: Position) -> None:
         if not main:
@@ -88,15 +128,18 @@ def fit(s: Setup, local_stop) -> None:
             s.precision.scaler,
             state,
             curves.rows,
-            best_epoch,
+            best,
             s.record,
+            model_is_best,
         )
 
     names = config.class_names or tuple(str(i) for i in range(config.num_classes))
+    iters_per_epoch = s.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
     for epoch in range(position.epoch, config.epochs):
         resuming = epoch == position.epoch
         done = position.iteration if resuming else 0
         s.start_epoch(epoch, done * s.batch_size)
+        model_is_best = False  # training changes the weights
         try:
             stats = engine.train_one_epoch(
                 train_model,
@@ -110,11 +153,25 @@ def fit(s: Setup, local_stop) -> None:
                 stop,
                 done=done,
                 loss_sum=position.loss_sum if resuming else 0.0,
+                aux_weight=config.aux_loss_weight,
+                time_first_step=resuming,  # this process's first epoch
             )
         except TrainingStopped as exc:
-            checkpoint(Position(epoch, exc.iteration, exc.loss_sum))
+            checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
         collectives.sync_buffers(s.model)
+        if stats.steps != iters_per_epoch:
+            # Pipe mode: num_training_samples sized the schedule, the stream was another length
+            log.warning(
+                "epoch %d had %d batches, not the %d the schedule assumed "
+                "(num_training_samples / batch size): the rest of the learning-rate "
+                "schedule is sized from the real count",
+                epoch,
+                stats.steps,
+                iters_per_epoch,
+            )
+            iters_per_epoch = stats.steps
+            resize_schedule(s.scheduler, epoch + 1, iters_per_epoch)
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
             scores = engine.evaluate(
@@ -128,7 +185,7 @@ def fit(s: Setup, local_stop) -> None:
             if collectives.active() and stop.agree():
                 raise TrainingStopped("stopped during validation")
         except TrainingStopped:  # the epoch's training is done; validation runs again
-            checkpoint(Position(epoch, s.iters_per_epoch, stats.loss * s.iters_per_epoch))
+            checkpoint(Position(epoch, stats.steps, stats.loss * stats.steps))
             raise
         stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
@@ -136,10 +193,14 @@ def fit(s: Setup, local_stop) -> None:
             report(s, epoch, stats, scores, names, curves)
         # every rank sees the same (summed) scores, so all take the same decisions
         if stopper.update(scores.miou):
-            best_epoch = epoch
-            if main:
+            model_is_best = True
+            if main:  # only the main process keeps the best weights and writes model/
+                weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()
+                }
+                best = checkpoints.Best(epoch, _scores_dict(scores), weights)
                 model_folder.save_model(
-                    s.paths.model_dir, s.model, s.record, epoch, scores, config.class_names
+                    s.paths.model_dir, weights, s.record, epoch, scores, config.class_names
                 )
             log.info(
                 "epoch %d is the best so far (mIoU %.4f): saved to %s",

@@ -1,0 +1,292 @@
+"""The image as users drive it: `docker run IMAGE train|serve` (with podman) and the SageMaker
+Python SDK 2.x local mode. Run by container_test.sh, which builds IMAGE and starts podman's API
+service (DOCKER_HOST); not part of the fast suite.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_TEST = REPO / "container" / "local_test"
+TEST_DIR = LOCAL_TEST / "test_dir"
+DATA = TEST_DIR / "input" / "data"
+SAMPLE = DATA / "validation" / "validation_0000.jpg"
+IMAGE = os.environ["IMAGE"]
+CHANNELS = ("train", "validation", "train_annotation", "validation_annotation")
+# The hyperparameters of test_dir (train_local.sh) are the ones the SDK's Estimator gets: string
+# values, as SageMaker writes them.
+HYPERPARAMETERS = json.loads((TEST_DIR / "input" / "config" / "hyperparameters.json").read_text())
+SIGTERM_GRACE = 30  # SageMaker sends SIGKILL this long after SIGTERM
+
+
+def readme_metric_definitions() -> list[dict]:
+    """The metric_definitions the README tells users to pass (the test uses exactly those)."""
+    text = (REPO / "README.md").read_text()
+    found = re.findall(r'"Name": "([^"]+)",\s*"Regex": r"([^"]+)"', text)
+    assert len(found) == 3, f"README metric_definitions not found: {found}"
+    return [{"Name": name, "Regex": regex} for name, regex in found]
+
+
+def assert_metric_lines(log: str, epochs: int) -> None:
+    for definition in readme_metric_definitions():
+        values = re.findall(definition["Regex"], log)
+        assert len(values) == epochs, f"{definition['Name']}: {values} in\n{log[-3000:]}"
+        assert all(np.isfinite(float(v)) for v in values), values
+
+
+def run_script(script: str, *args: str, timeout: float, merge: bool = True, **env: str):
+    """One of container/local_test's scripts, with podman; stderr into stdout when merge."""
+    return subprocess.run(
+        [str(LOCAL_TEST / script), *args],
+        env={**os.environ, "DOCKER": "podman", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ping(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def check_answers(png: bytes, probabilities: np.ndarray, classes: int = 3) -> None:
+    """The PNG mask has the request's size and is the argmax of the probabilities."""
+    width, height = Image.open(SAMPLE).size
+    mask = np.array(Image.open(io.BytesIO(png)))
+    assert mask.shape == (height, width)
+    assert probabilities.shape == (classes, height, width)
+    assert np.allclose(probabilities.sum(axis=0), 1, atol=1e-3)
+    assert np.array_equal(mask, probabilities.argmax(axis=0))
+
+
+# ----------------------------------------------------------------------------- the image itself
+
+
+def test_image_metadata_and_contents():
+    inspect = subprocess.run(
+        ["podman", "image", "inspect", "--format",
+         "{{json .Config.Labels}} {{json .Config.ExposedPorts}} {{json .Config.Entrypoint}}"
+         " {{json .Config.Env}}", IMAGE],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert '"com.amazonaws.sagemaker.capabilities.accept-bind-to-port":"true"' in inspect
+    assert '"8080/tcp"' in inspect
+    assert "PYTHONUNBUFFERED=TRUE" in inspect and "TORCH_HOME=/opt/torch" in inspect
+    entrypoint = inspect.split()[2]
+    assert entrypoint in ("null", "[]"), entrypoint
+    probe = (
+        "import shutil, segcontainer; from importlib.metadata import version as v; "
+        "print(v('torch'), v('torchvision')); "
+        "print([t for t in ('train', 'serve', 'nginx') if not shutil.which(t)]); "
+        "print([t for t in ('gcc', 'cc', 'g++') if shutil.which(t)])"
+    )
+    result = subprocess.run(
+        ["podman", "run", "--rm", IMAGE, "sh", "-c",
+         f"python3 -c \"{probe}\"; ls /root/.cache/pip /tmp/build /opt/ml 2>&1 | head -3"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    # The base's torch pair, not reinstalled: container_test.sh builds on torch 2.14.1.
+    assert result[0] == "2.14.1 0.29.1", result
+    assert result[1] == "[]", f"missing on PATH: {result}"
+    assert result[2] == "[]", f"compilers in the image: {result}"
+    assert all("No such file" in line for line in result[3:]), result
+
+
+# ------------------------------------------------------------------ docker run IMAGE train|serve
+
+
+@pytest.fixture(scope="module")
+def docker_run_training(tmp_path_factory):
+    """train_local.sh on a copy of test_dir (the repository's copy stays clean)."""
+    base = tmp_path_factory.mktemp("docker-run") / "opt_ml"
+    shutil.copytree(TEST_DIR, base)
+    started = time.monotonic()
+    result = run_script("train_local.sh", IMAGE, timeout=600, TEST_DIR=str(base))
+    print(f"docker-run training: {time.monotonic() - started:.0f} s")
+    return result.returncode, result.stdout.decode(errors="replace"), base
+
+
+def test_docker_run_train(docker_run_training):
+    status, log, base = docker_run_training
+    assert status == 0, log[-5000:]
+    assert_metric_lines(log, epochs=int(HYPERPARAMETERS["epochs"]))
+    assert {"model.pt", "hyperparams.json", "model_info.json"} <= {
+        p.name for p in (base / "model").iterdir()
+    }, log[-3000:]
+    # No TRAINING_JOB_NAME under plain docker run: the image packs model/ itself.
+    assert (base / "output" / "model.tar.gz").is_file()
+    assert (base / "output" / "success").is_file()
+    assert not (base / "output" / "failure").exists()
+
+
+def test_docker_run_serve(docker_run_training, tmp_path):
+    status, _, base = docker_run_training
+    assert status == 0, "training failed: see test_docker_run_train"
+    port, name = free_port(), f"segcontainer-ci-serve-{os.getpid()}"
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(LOCAL_TEST / "serve_local.sh"), IMAGE, "--name", name],
+            env={**os.environ, "DOCKER": "podman", "PORT": str(port), "TEST_DIR": str(base)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240  # SageMaker's limit for the first passing ping
+        while ping(port) != 200:
+            assert server.poll() is None, f"serve exited:\n{log_path.read_text()[-5000:]}"
+            assert time.monotonic() < deadline, f"no ping:\n{log_path.read_text()[-5000:]}"
+            time.sleep(1)
+
+        answers = {}
+        for accept in ("image/png", "application/x-recordio-protobuf"):
+            result = run_script(
+                "predict.sh", str(SAMPLE), accept, timeout=120, merge=False, PORT=str(port)
+            )
+            assert result.returncode == 0, (accept, result.stdout[-2000:], result.stderr)
+            answers[accept] = result.stdout
+        from segcontainer.client import decode_recordio_protobuf
+
+        probabilities = decode_recordio_protobuf(answers["application/x-recordio-protobuf"])
+        check_answers(answers["image/png"], probabilities)
+
+        # `docker stop`: SIGTERM, SIGKILL after the grace period; serve must exit 0 before it.
+        started = time.monotonic()
+        subprocess.run(
+            ["podman", "stop", "-t", str(SIGTERM_GRACE), name], check=True, capture_output=True
+        )
+        status = server.wait(timeout=SIGTERM_GRACE + 30)
+        elapsed = time.monotonic() - started
+        assert status == 0, f"exit {status} after SIGTERM:\n{log_path.read_text()[-5000:]}"
+        assert elapsed < SIGTERM_GRACE, f"SIGTERM took {elapsed:.0f} s"
+        print(f"serve stopped {elapsed:.1f} s after SIGTERM")
+    except BaseException:
+        print(f"----- serve log -----\n{log_path.read_text()[-10000:]}")
+        raise
+    finally:
+        if server.poll() is None:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True)
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+# ------------------------------------------------------------------------ SageMaker SDK local
+
+
+@pytest.fixture(scope="module")
+def sdk_session(tmp_path_factory):
+    """A LocalSession that talks to nothing but podman: dummy credentials and region, telemetry
+    off, file:// channels and output."""
+    root = tmp_path_factory.mktemp("sdk")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    patch.setenv("AWS_ACCESS_KEY_ID", "local")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    patch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    from sagemaker.local import LocalSession
+
+    session = LocalSession(
+        sagemaker_config={
+            "SchemaVersion": "1.0",
+            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+        }
+    )
+    (root / "containers").mkdir()
+    session.config = {"local": {"local_code": True, "container_root": str(root / "containers")}}
+    yield session, root
+    patch.undo()
+
+
+def fit(session, root: Path, instance_count: int = 1):
+    """Estimator.fit in local mode on the test_dir dataset; returns the estimator.
+    (instance_count=2 runs algo-1 and algo-2 on the compose network.)"""
+    from sagemaker.estimator import Estimator
+
+    estimator = Estimator(
+        image_uri=IMAGE,
+        role="arn:aws:iam::111111111111:role/SageMakerRole",
+        instance_count=instance_count,
+        instance_type="local",
+        output_path=f"file://{root}/output",
+        sagemaker_session=session,
+        metric_definitions=readme_metric_definitions(),
+        hyperparameters=HYPERPARAMETERS,
+    )
+    estimator.fit({channel: f"file://{DATA / channel}" for channel in CHANNELS})
+    return estimator
+
+
+def image_containers() -> list[str]:
+    return subprocess.run(
+        ["podman", "ps", "-q", "--filter", f"ancestor={IMAGE}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def test_sdk_local_mode_fit_deploy_predict(sdk_session, capfd):
+    from sagemaker.deserializers import BytesDeserializer, RecordDeserializer
+    from sagemaker.serializers import IdentitySerializer
+
+    session, root = sdk_session
+    started = time.monotonic()
+    estimator = fit(session, root)
+    log = capfd.readouterr().out
+    print(log[-3000:])
+    print(f"SDK fit: {time.monotonic() - started:.0f} s")
+    assert_metric_lines(log, epochs=int(HYPERPARAMETERS["epochs"]))
+    model_data = estimator.model_data
+    assert model_data.startswith("file://") and model_data.endswith("model.tar.gz"), model_data
+    assert Path(model_data[len("file://") :]).is_file()
+
+    started = time.monotonic()
+    predictor = estimator.deploy(
+        1, "local", wait=False, serializer=IdentitySerializer("image/jpeg")
+    )
+    try:
+        print(f"SDK deploy: {time.monotonic() - started:.0f} s")
+        jpeg = SAMPLE.read_bytes()
+        predictor.deserializer = BytesDeserializer(accept="image/png")
+        png = predictor.predict(jpeg)
+        predictor.deserializer = RecordDeserializer(accept="application/x-recordio-protobuf")
+        records = predictor.predict(jpeg)
+        assert len(records) == 1
+        features = records[0].features
+        shape = tuple(features["shape"].int32_tensor.values)
+        assert shape[:2] == (1, 3), shape
+        values = np.array(features["target"].float32_tensor.values, dtype=np.float32)
+        check_answers(png, values.reshape(shape)[0])
+    finally:
+        predictor.delete_endpoint()
+    deadline = time.monotonic() + 60
+    while image_containers():
+        assert time.monotonic() < deadline, "serving container still running after delete"
+        time.sleep(1)

@@ -1,0 +1,42 @@
+"""gunicorn hooks (``--config python:segcontainer.serving.gunicorn_config``): one GPU per worker.
+
+``serve`` starts one worker per GPU; without these hooks every worker would load the model on
+cuda:0. The master picks the GPU for each worker it forks (pre_fork, where it knows the GPUs
+its live workers hold), and the worker finds it in its environment (post_fork), before the
+app, torch or CUDA is loaded there. A worker started after a crash takes the GPU its
+predecessor left free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from segcontainer.serving.settings import WORKER_GPU_ENV
+
+GPU_COUNT_ENV = "SEGCONTAINER_GPU_COUNT"  # set by serve (counted there, not in the master)
+
+
+def gpu_for_new_worker(taken: Iterable[int | None], gpus: int) -> int | None:
+    """The GPU for a worker about to start, given those the running workers hold: the
+    lowest-numbered GPU with the fewest workers; None without GPUs."""
+    if gpus <= 0:
+        return None
+    load = [0] * gpus
+    for gpu in taken:
+        if gpu is not None and 0 <= gpu < gpus:
+            load[gpu] += 1
+    return min(range(gpus), key=lambda gpu: (load[gpu], gpu))
+
+
+def pre_fork(server, worker) -> None:
+    gpus = int(os.environ.get(GPU_COUNT_ENV) or 0)
+    taken = [getattr(w, "segcontainer_gpu", None) for w in server.WORKERS.values()]
+    worker.segcontainer_gpu = gpu_for_new_worker(taken, gpus)
+
+
+def post_fork(server, worker) -> None:
+    gpu = getattr(worker, "segcontainer_gpu", None)
+    if gpu is not None:
+        os.environ[WORKER_GPU_ENV] = str(gpu)
+        server.log.info("worker %d uses cuda:%d", worker.pid, gpu)

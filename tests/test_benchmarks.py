@@ -1,0 +1,81 @@
+"""Each benchmark runs at tiny sizes on the CPU and prints its table (no timing asserted).
+Slow (several trainings and a server): run by .ci/run after the README's test command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segcontainer.tools.demo_data import make_dataset
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("SAGEMAKER_BASE_DIR",)}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "device" in result.stdout
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("benchmark") / "data"
+    make_dataset(data, train=8, validation=4, size=(48, 40))
+    return data
+
+
+def test_model_only_throughput_table() -> None:
+    out = run(
+        "train_throughput.py",
+        *("--crop", "32", "--batch", "2", "--iters", "1", "--warmup", "0"),
+        *("--algorithms", "fcn,psp", "--backbones", "resnet-50"),
+    )
+    assert "| fcn-resnet-50 |" in out and "| psp-resnet-50 |" in out
+
+
+def test_end_to_end_training_table(demo_data: Path) -> None:
+    out = run(
+        "train_end_to_end.py",
+        *("--data", str(demo_data), "--epochs", "2", "--crop", "32", "--batch", "4"),
+        *("--algorithms", "fcn", "--backbones", "resnet-50", "--set", "workers=0"),
+    )
+    assert "| fcn-resnet-50 |" in out
+    assert "decoding and augmentation on the CPU (no GPU)" in out
+
+
+def test_seed_workload_table(demo_data: Path) -> None:
+    out = run(
+        "seed_workload.py",
+        *("--data", str(demo_data), "--epochs", "1", "--images", "8"),
+        *("--crop", "32", "--batch", "4", "--set", "workers=0"),
+    )
+    assert "| segcontainer train | 1 x 8 |" in out and "model-only ceiling" in out
+
+
+def test_camvid_recipe_table_with_the_torchvision_reference(demo_data: Path) -> None:
+    out = run(
+        "camvid_recipe.py",
+        *("--data", str(demo_data), "--budget", "600", "--set", "epochs=1", "crop_size=32"),
+        *("base_size=48", "mini_batch_size=4", "workers=0"),
+    )
+    assert "| segcontainer DeepLabV3-ResNet50 | 1 |" in out
+    assert "| torchvision deeplabv3_resnet50 | 1 |" in out
+    assert "reference model: torchvision deeplabv3_resnet50(aux_loss=True)" in out
+
+
+def test_serving_latency_table() -> None:
+    out = run("serve_latency.py", "--requests", "1", "--size", "96x64")
+    assert "bare forward 1x3x341x512" in out and "1 client(s): p50" in out
