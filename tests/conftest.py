@@ -26,6 +26,7 @@ FAST_HYPERPARAMETERS = {
     "mini_batch_size": "4",
     "validation_mini_batch_size": "4",
     "workers": "0",
+    "export": "none",  # exports cost ~1 min on 2 cores: only tests/export/ makes them
 }
 
 
@@ -71,6 +72,27 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     return base
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    """trained_base's model.tar.gz (made without exports) after `segcontainer export` added
+    onnx, int8 and torchscript, calibrated on trained_base's channels: (tarball, its log)."""
+    import shutil
+    import subprocess
+
+    tarball = tmp_path_factory.mktemp("exported") / "model.tar.gz"
+    shutil.copy(trained_base / "output" / "model.tar.gz", tarball)
+    result = subprocess.run(
+        [sys.executable, "-m", "segcontainer.cli", "export", str(tarball)]
+        + ["--formats", "onnx,int8,torchscript", "--calibration", str(trained_base / "input/data")],
+        env=subprocess_env(trained_base),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tarball, result.stdout + result.stderr
 
 
 def write_config(base: Path, **overrides: str) -> None:

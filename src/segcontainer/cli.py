@@ -1,10 +1,11 @@
-"""Command line: ``segcontainer train | serve | predict | demo | groundtruth | labelme | tile``.
+"""Command line: ``segcontainer train | serve | predict | export | demo | groundtruth | labelme
+| tile | recordio``.
 
 ``train`` and ``serve`` are what SageMaker runs (``docker run IMAGE train``); the executables
 of the same names at the repository root call them. ``predict`` writes masks for a folder of
-images; ``demo`` runs train, serve and one prediction on a generated dataset. ``groundtruth``
-and ``labelme`` convert labelling-tool output into the channel layout; ``tile`` cuts a layout's
-large frames into tiles.
+images; ``export`` adds ONNX/int8/TorchScript files to a trained model; ``demo`` runs train,
+serve and one prediction on a generated dataset. ``groundtruth`` and ``labelme`` convert
+labelling-tool output into the channel layout; ``tile`` cuts a layout's large frames into tiles.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     predict_parser.add_argument("input", type=Path, help="folder of images")
     predict_parser.add_argument("output", type=Path, help="folder for <name>.png masks")
     predict_parser.add_argument("--overlay", action="store_true", help="also write overlays")
+    export_parser = commands.add_parser(
+        "export", help="add model.onnx / model.int8.onnx / model.ts to a trained model"
+    )
+    export_parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    export_parser.add_argument(
+        "--formats", default="onnx,int8", help="onnx, int8, torchscript (default onnx,int8)"
+    )
+    export_parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="folder laid out like the channels: train/ images (int8 calibration), "
+        "validation/ + validation_annotation/ pairs (the checks)",
+    )
     recordio_parser = commands.add_parser("recordio", help="write or list Pipe-mode RecordIO")
     recordio_commands = recordio_parser.add_subparsers(dest="recordio_command", required=True)
     write_parser = recordio_commands.add_parser("write", help="image/mask pairs -> RecordIO")
@@ -108,6 +122,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recordio: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {count} image/annotation pairs ({2 * count} records) to {args.output}")
+        return 0
+    if args.command == "export":
+        import logging
+
+        from segcontainer.errors import UserError
+        from segcontainer.tools.export import export_command
+
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
+        try:
+            exports = export_command(args.model, args.formats, args.calibration)
+        except UserError as exc:
+            print(f"export: {exc}", file=sys.stderr)
+            return 1
+        written = [entry["file"] for entry in exports.values() if entry.get("file")]
+        print(f"{args.model}: wrote {', '.join(written) or 'nothing'}")
+        if "int8" in exports and not exports["int8"].get("passed"):
+            print(f"model.int8.onnx withheld: {exports['int8'].get('reason')}")
         return 0
     if args.command == "predict":
         from segcontainer.errors import UserError

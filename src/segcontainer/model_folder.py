@@ -3,7 +3,10 @@
 ``model/`` holds ``model.pt`` (the best epoch's state_dict, loadable with
 ``torch.load(..., weights_only=True)``), ``hyperparams.json`` (the resolved configuration
 serving rebuilds the model from) and ``model_info.json`` (class names, best epoch and its
-metrics, versions). It never holds a tarball: SageMaker packs the folder itself.
+metrics, versions), and the exports the ``export`` hyperparameter asked for: ``model.onnx``,
+``model.int8.onnx`` (only when it passed its check) and ``model.ts``, described under
+``"exports"`` in ``model_info.json``. It never holds a tarball: SageMaker packs the folder
+itself. A folder from before the exports (no export files, no ``"exports"`` entry) still loads.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "hyperparams.json"
 INFO_FILE = "model_info.json"
 FORMAT_VERSION = 1
+ONNX_FILE = "model.onnx"  # fp32, dynamic height and width
+INT8_FILE = "model.int8.onnx"  # static QDQ int8, present only when it passed its check
+TORCHSCRIPT_FILE = "model.ts"
+EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see export/)
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -43,6 +50,17 @@ def _write_atomically(path: Path, write) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_info(model_dir: Path) -> dict:
+    """model_info.json, or {} for a folder without one."""
+    file = model_dir / INFO_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def update_info(model_dir: Path, **fields: object) -> None:
+    """Add or replace top-level entries of model_info.json, keeping the others."""
+    _write_json(model_dir / INFO_FILE, {**read_info(model_dir), **fields})
 
 
 def model_config(config: Config, label_maps: dict[str, dict]) -> dict:

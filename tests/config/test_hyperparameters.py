@@ -66,6 +66,7 @@ DEFAULTS = {
     "class_weights": "none",
     "class_names": (),
     "seed": 0,
+    "export": ("onnx", "int8"),
 }
 
 

@@ -80,6 +80,10 @@ def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_s
     hyperparameters = {**LEARNABLE, "algorithm": algorithm, "backbone": backbone}
     if algorithm != "fcn":
         hyperparameters["workers"] = "0"  # the fcn runs cover the default worker processes
+    # The default export (onnx,int8) costs about a minute: the fcn/resnet-50 run covers it.
+    default_export = (algorithm, backbone) == ("fcn", "resnet-50")
+    if not default_export:
+        hyperparameters["export"] = "none"
     write_local_mode_config(base, hyperparameters, host=HOST)
     assert json.loads((base / "input/config/hyperparameters.json").read_text())[
         "_tuning_objective_metric"
@@ -98,7 +102,14 @@ def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_s
 
     # model/: weights, resolved configuration, info; never a tarball
     model_dir = base / "model"
-    assert {p.name for p in model_dir.iterdir()} == MODEL_FILES
+    info = json.loads((model_dir / "model_info.json").read_text())
+    files = set(MODEL_FILES)
+    if default_export:  # model.onnx always; model.int8.onnx when it passed its check
+        int8 = info["exports"]["int8"]
+        assert info["exports"]["onnx"]["file"] == "model.onnx"
+        assert int8["passed"] is (int8["file"] == "model.int8.onnx")
+        files |= {"model.onnx"} | ({"model.int8.onnx"} if int8["passed"] else set())
+    assert {p.name for p in model_dir.iterdir()} == files
     state = torch.load(model_dir / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     record = json.loads((model_dir / "hyperparams.json").read_text())
@@ -106,7 +117,6 @@ def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_s
     assert (record["num_classes"], record["crop_size"], record["base_size"]) == (3, 48, 64)
     assert record["label_maps"] == {"train": {"scale": 1}, "validation": {"scale": 1}}
     assert record["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    info = json.loads((model_dir / "model_info.json").read_text())
     assert info["best_epoch"] == best_epoch
     assert info["validation_mIOU"] == pytest.approx(mious[best_epoch], abs=1e-4)
 
@@ -129,4 +139,4 @@ def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_s
         assert not tarball.exists()
     else:
         with tarfile.open(tarball) as archive:
-            assert set(archive.getnames()) == MODEL_FILES
+            assert set(archive.getnames()) == files

@@ -104,3 +104,10 @@ def tile_size(crop_size: int, requested: int | None = None) -> int:
     """The tile the endpoint (SEGCONTAINER_TILE_SIZE, default 2 x crop_size) and validation
     predict larger model inputs in; at least 32 pixels (the encoder's stride 8 needs room)."""
     return max(2 * crop_size if requested is None else requested, 32)
+
+
+def model_input(image: Image.Image, long_side: int) -> torch.Tensor:
+    """An RGB image as the model sees it at serve time: (1, 3, h, w) normalised float32 (the
+    export's calibration and checks prepare images through this, as the endpoint does)."""
+    tensor, _ = to_tensors(image, None)
+    return model_input_transform(long_side)(tensor).as_subclass(torch.Tensor).unsqueeze(0)

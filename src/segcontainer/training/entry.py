@@ -33,6 +33,7 @@ from segcontainer.config.hyperparameters import describe, resolve
 from segcontainer.data.dataset import Parallel, Shard
 from segcontainer.data.loaders import prepare
 from segcontainer.errors import TrainingStopped, UserError
+from segcontainer.export import after_training as export_after_training
 from segcontainer.models import build_model
 from segcontainer.training import collectives, distributed, engine, launch, syncbn
 from segcontainer.training.distributed import SINGLE, Rank, World
@@ -183,6 +184,7 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     stop.in_loop = True
     fit(setup, stop)
     stop.in_loop = False
+    export_after_training(paths, config, data)
 
 
 def write_failure(file: Path, reason: str, details: str) -> None:

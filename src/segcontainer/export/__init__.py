@@ -1,0 +1,14 @@
+"""Exports of a trained model for faster serving: model.onnx, model.int8.onnx, model.ts.
+
+Run at the end of training (``after_training``, formats from the ``export`` hyperparameter)
+and by ``segcontainer export`` on an existing model (``export_model``). Every file is
+checked against the eager PyTorch model before it is kept; see ``run`` and ``int8``.
+"""
+
+from __future__ import annotations
+
+from segcontainer.export.run import export_model
+from segcontainer.export.samples import ExportData, from_channels
+from segcontainer.export.training import after_training
+
+__all__ = ["ExportData", "after_training", "export_model", "from_channels"]

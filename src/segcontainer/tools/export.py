@@ -1,0 +1,65 @@
+"""``segcontainer export``: add the exports to an existing model/ folder or model.tar.gz.
+
+    segcontainer export model.tar.gz --formats onnx,int8 --calibration data/
+
+For models trained before the exports existed, or to re-calibrate on other images. The
+checks are those of the end of training. ``--calibration DIR`` is laid out like the training
+channels: ``train/`` holds the calibration images, ``validation/`` and
+``validation_annotation/`` the image/mask pairs the checks run on (the model's own validation
+label map applies). A model.tar.gz is rewritten with the new files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from segcontainer import model_folder
+from segcontainer.config.hyperparameters import export_formats
+from segcontainer.errors import UserError
+from segcontainer.export import ExportData, export_model, from_channels
+
+log = logging.getLogger(__name__)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    try:
+        wanted = export_formats(text)
+    except ValueError as exc:
+        raise UserError(f"--formats {text!r} is not valid: expected {exc}.") from None
+    if not wanted:
+        raise UserError("--formats none exports nothing: name at least one format.")
+    return wanted
+
+
+def export_command(model: Path, formats_text: str, calibration: Path | None) -> dict:
+    wanted = parse_formats(formats_text)
+    if "int8" in wanted and calibration is None:
+        raise UserError(
+            "int8 needs --calibration DIR: train/ images to calibrate on and validation/ with "
+            "validation_annotation/ to check it on (as the training channels). Or export "
+            "--formats onnx only."
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = model
+        if model.is_file():
+            model_dir = model_folder.extract_model_tarball(model, Path(scratch) / "model")
+        if not (model_dir / model_folder.WEIGHTS_FILE).is_file():
+            raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
+        record = json.loads((model_dir / model_folder.CONFIG_FILE).read_text())
+        label_map = record.get("label_maps", {}).get("validation", {"scale": 1})
+        data = (
+            from_channels(calibration, label_map, record["base_size"])
+            if calibration
+            else ExportData([], [], None, record["base_size"])
+        )
+        exports = export_model(model_dir, wanted, data, explicit=True)
+        if model.is_file():
+            repacked = Path(scratch) / "model.tar.gz"
+            model_folder.pack_model(model_dir, repacked)
+            shutil.move(repacked, model)  # pack first: a failure leaves the original intact
+            log.info("rewrote %s with %s", model, ", ".join(wanted))
+    return exports

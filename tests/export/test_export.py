@@ -1,0 +1,218 @@
+"""Exports: ONNX matches eager at any size, int8 ships only when checked, the export
+hyperparameter, failures (explicit: fail; default: warn), `segcontainer export` on old models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from segcontainer import cli, model_folder
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.data.preprocess import model_input
+from segcontainer.engines import OnnxEngine, TorchEngine
+from segcontainer.errors import UserError
+from segcontainer.export import ExportData, export_model, formats
+from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
+from segcontainer.models import build_model
+from segcontainer.serving.predictor import Predictor
+from segcontainer.training.entry import main as train_main
+from tests.conftest import write_config
+
+SIZES = [(1, 3, 48, 40), (2, 3, 33, 57)]  # two sizes (and batches): height and width are dynamic
+
+
+def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+@pytest.fixture(scope="module")
+def exported_dir(exported_model, tmp_path_factory) -> Path:
+    tarball, _ = exported_model
+    return model_folder.extract_model_tarball(tarball, tmp_path_factory.mktemp("unpacked"))
+
+
+# --- ONNX and TorchScript match eager at any size -------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["psp", "deeplab"])
+def test_onnx_export_matches_eager_at_two_sizes(algorithm: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(algorithm, "resnet-50", 2).eval()
+    formats.to_onnx(model, tmp_path / "model.onnx", torch.randn(1, 3, 64, 48))
+    eager, exported = TorchEngine(model, torch.device("cpu")), OnnxEngine(tmp_path / "model.onnx")
+    for shape in SIZES:
+        batch = torch.randn(*shape)
+        logits = exported(batch)
+        assert logits.shape == (shape[0], 2, *shape[2:])
+        assert largest_difference(logits, eager(batch)) < 1e-4
+
+
+def test_trained_fcn_exports_match_eager_at_two_sizes(exported_dir: Path) -> None:
+    model, _ = model_folder.load_model(exported_dir)
+    eager = TorchEngine(model, torch.device("cpu"))
+    with pytest.warns(FutureWarning):  # torch.jit.load is deprecated, not gone
+        scripted = torch.jit.load(str(exported_dir / "model.ts"))
+    traced = TorchEngine(scripted, torch.device("cpu"))
+    for engine in (OnnxEngine(exported_dir / "model.onnx"), traced):
+        for shape in SIZES:
+            batch = torch.randn(*shape)
+            assert largest_difference(engine(batch), eager(batch)) < 1e-4
+
+
+@pytest.mark.parametrize("size", [(17, 17), (23, 40), (6, 6), (5, 9)])
+def test_bin_pooling_is_adaptive_average_pooling(size: tuple[int, int]) -> None:
+    x = torch.randn(2, 4, *size)
+    for bins in (1, 2, 3, 6):
+        expected = nn.AdaptiveAvgPool2d(bins)(x)
+        torch.testing.assert_close(formats.BinPooling(bins)(x), expected)
+
+
+def test_export_prepares_images_as_serving_does(trained_base: Path) -> None:
+    predictor = Predictor(trained_base / "model")
+    image = Image.new("RGB", (70, 30), (200, 30, 90))
+    expected = predictor._model_input(image)
+    torch.testing.assert_close(model_input(image, predictor.long_side), expected)
+
+
+# --- int8: shipped only when checked, reported consistently ---------------------------------
+
+
+def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir: Path) -> None:
+    _, log = exported_model
+    info = json.loads((exported_dir / model_folder.INFO_FILE).read_text())
+    int8 = info["exports"]["int8"]
+    shipped = (exported_dir / "model.int8.onnx").is_file()
+    assert int8["passed"] is shipped
+    assert int8["tries"], "every try is recorded"
+    if shipped:
+        assert int8["file"] == "model.int8.onnx"
+        assert int8["pixel_agreement"] >= MIN_AGREEMENT
+        assert int8["mIOU_fp32"] - int8["mIOU_int8"] <= MAX_MIOU_DROP
+        assert "model.int8.onnx passed its check" in log
+        assert f"pixel agreement {int8['pixel_agreement']:.4f}" in log
+        assert isinstance(int8["kept_fp32"], list)
+        OnnxEngine(exported_dir / "model.int8.onnx")(torch.randn(1, 3, 40, 48))  # it runs
+    else:
+        assert int8["file"] is None and int8["reason"]
+        assert f"model.int8.onnx withheld: {int8['reason']}" in log
+    for name in ("onnx", "torchscript"):
+        assert info["exports"][name]["max_abs_difference"] < 1e-3
+        assert f"{name} export took" in log
+
+
+# --- segcontainer export on a model.tar.gz made without exports -----------------------------
+
+
+def test_export_command_adds_the_files_to_a_tarball(trained_base, exported_model) -> None:
+    tarball, log = exported_model
+    with tarfile.open(trained_base / "output" / "model.tar.gz") as original:
+        assert not any(n.endswith((".onnx", ".ts")) for n in original.getnames())
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+    assert {"model.pt", "hyperparams.json", "model_info.json", "model.onnx", "model.ts"} <= names
+    assert not any(n.endswith((".jpg", ".png")) for n in names), "no images travel"
+    assert "rewrote" in log
+
+
+def test_export_command_int8_needs_calibration(trained_base: Path, tmp_path: Path, capsys) -> None:
+    model = str(trained_base / "model")
+    assert cli.main(["export", model]) == 1
+    assert "int8 needs --calibration DIR" in capsys.readouterr().err
+    assert cli.main(["export", model, "--formats", "tf"]) == 1
+    assert "--formats 'tf' is not valid" in capsys.readouterr().err
+    assert cli.main(["export", model, "--calibration", str(tmp_path)]) == 1
+    assert "holds neither train/" in capsys.readouterr().err
+    assert not (trained_base / "model" / "model.onnx").exists()
+
+
+def test_model_from_before_the_exports_still_loads(trained_base: Path, tmp_path: Path) -> None:
+    old = tmp_path / "model"
+    shutil.copytree(trained_base / "model", old)
+    record = json.loads((old / model_folder.CONFIG_FILE).read_text())
+    record.pop("export")
+    (old / model_folder.CONFIG_FILE).write_text(json.dumps(record))
+    assert "exports" not in json.loads((old / model_folder.INFO_FILE).read_text())
+    model, loaded = model_folder.load_model(old)
+    assert "export" not in loaded and isinstance(model, nn.Module)
+    mask = Predictor(old).class_map(Image.new("RGB", (48, 40)))
+    assert mask.shape == (40, 48)
+
+
+# --- the export hyperparameter ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, ("onnx", "int8")),
+        ("none", ()),
+        ("NONE", ()),
+        ("onnx", ("onnx",)),
+        ("torchscript, int8 ,onnx", ("onnx", "int8", "torchscript")),
+        ("torchscript", ("torchscript",)),
+    ],
+)
+def test_export_hyperparameter(text: str | None, expected: tuple[str, ...]) -> None:
+    given = {"num_classes": "3"} | ({"export": text} if text is not None else {})
+    assert resolve(given)["export"] == expected
+
+
+@pytest.mark.parametrize("text", ["int8", "onnx,tensorrt", "", ",", "none,onnx"])
+def test_export_hyperparameter_errors(text: str) -> None:
+    with pytest.raises(UserError, match=r"hyperparameter 'export' = .* expected none or a comma"):
+        resolve({"num_classes": "3", "export": text})
+
+
+# --- failures: an explicit format fails the job, the default warns --------------------------
+
+
+def broken_exporter(*args, **kwargs) -> None:
+    raise RuntimeError("exporter exploded")
+
+
+def test_default_export_failure_warns_and_training_succeeds(
+    base_dir, small_dataset, monkeypatch, capsys
+) -> None:
+    write_config(base_dir)
+    given = base_dir / "input" / "config" / "hyperparameters.json"
+    hyperparameters = json.loads(given.read_text())
+    hyperparameters.pop("export")  # the default: onnx,int8
+    given.write_text(json.dumps(hyperparameters))
+    monkeypatch.setattr(formats, "to_onnx", broken_exporter)
+    assert train_main() == 0
+    log = capsys.readouterr().out  # train logs to stdout, as SageMaker collects it
+    assert (
+        "WARNING] onnx export failed (model.pt is complete): RuntimeError: exporter exploded" in log
+    )
+    assert "int8 export failed" in log  # it is quantized from the missing model.onnx
+    exports = json.loads((base_dir / "model" / model_folder.INFO_FILE).read_text())["exports"]
+    assert exports["onnx"] == {"file": None, "error": "RuntimeError: exporter exploded"}
+    assert (base_dir / "output" / "success").exists()
+
+
+def test_explicit_export_failure_fails_the_job(base_dir, small_dataset, monkeypatch) -> None:
+    write_config(base_dir, export="torchscript")
+    monkeypatch.setattr(formats, "to_torchscript", broken_exporter)
+    assert train_main() == 1
+    reason = (base_dir / "output" / "failure").read_text().partition("\n\n")[0]
+    assert "The torchscript export asked for by the export hyperparameter failed" in reason
+    assert "exporter exploded" in reason and "model.pt" in reason
+    assert (base_dir / "model" / "model.pt").is_file()
+
+
+def test_explicit_int8_without_training_images_fails(trained_base, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_base / "model", model_dir)
+    (model_dir / "model.onnx").write_bytes(b"")  # stands in: int8 stops before reading it
+    data = ExportData([], [], None, 48)
+    with pytest.raises(UserError, match="no training images to calibrate on"):
+        export_model(model_dir, ("int8",), data, explicit=True)
+    exports = export_model(model_dir, ("int8",), data, explicit=False)
+    assert exports["int8"]["file"] is None and "Pipe mode" in exports["int8"]["error"]
