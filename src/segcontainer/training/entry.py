@@ -184,7 +184,8 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     stop.in_loop = True
     fit(setup, stop)
     stop.in_loop = False
-    export_after_training(paths, config, data)
+    if rank.is_main:  # model/ is rank 0's; a host's other processes share the folder
+        export_after_training(paths, config, data)
 
 
 def write_failure(file: Path, reason: str, details: str) -> None:
