@@ -66,6 +66,9 @@ DEFAULTS = {
     "class_weights": "none",
     "class_names": (),
     "seed": 0,
+    "input_pipeline": "auto",
+    "compile_model": "auto",
+    "aux_loss_weight": 0.0,
     "export": ("onnx", "int8"),
 }
 
