@@ -16,7 +16,7 @@ from segcontainer.config.hyperparameters import resolve
 from segcontainer.data import loaders
 from segcontainer.data.augment import train_transform
 from segcontainer.data.channels import Sample, load_image, load_mask
-from segcontainer.data.dataset import SegmentationDataset
+from segcontainer.data.dataset import Parallel, SegmentationDataset, Shard
 from segcontainer.data.gpu_pipeline import (
     GpuTrainBatches,
     apply_orientation,
@@ -150,3 +150,27 @@ def test_prepare_builds_gpu_batches_when_the_pipeline_is_chosen(
     assert isinstance(data.train_loader, GpuTrainBatches)
     data.start_epoch(1, 4)  # resumed after one batch of epoch 1
     assert len(list(data.train_loader)) == 1 == data.iters_per_epoch - 1
+
+
+def test_gpu_batches_take_this_processs_shard_as_the_cpu_path_does(
+    base_dir, small_dataset, monkeypatch
+):
+    """Data parallel: with the GPU pipeline each rank gets its part of the epoch's order,
+    the very samples the CPU path's sampler gives it (so the ranks never train on the same)."""
+    write_config(base_dir)
+    paths = Paths(base_dir)
+    config = resolve(read_hyperparameters(paths))
+    channels = read_input_data_config(paths)
+
+    def epoch_samples(path: str, rank: int) -> list[int]:
+        monkeypatch.setattr(loaders, "choose_pipeline", lambda *args: (path, "test"))
+        parallel = Parallel(Shard(rank, 2), Shard(rank, 2), batch_size=2, ranks=2, local=2)
+        data = prepare(paths, config, channels, CPU, lambda: False, parallel)
+        data.start_epoch(1, 0)
+        sampler = data.train_loader.sampler
+        return list(sampler)
+
+    gpu = [epoch_samples("gpu", rank) for rank in range(2)]
+    assert gpu == [epoch_samples("cpu", rank) for rank in range(2)]
+    assert not set(gpu[0]) & set(gpu[1])
+    assert len(gpu[0]) == len(gpu[1]) > 0

@@ -20,6 +20,7 @@ from PIL import Image
 from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data import pipe
+from segcontainer.data.dataset import WHOLE, Shard
 from segcontainer.data.label_maps import IDENTITY, LabelMap, identity_lut
 from segcontainer.data.loaders import TrainingData, prepare
 from segcontainer.data.pipe import PipeTrainStream, wait_for
@@ -169,7 +170,9 @@ def test_pipe_mode_needs_num_training_samples(base_dir: Path) -> None:
     assert "set num_training_samples" in failure_reason(base_dir)
 
 
-def stream_over(base: Path, count: int, buffer: int, epoch: int = 0) -> PipeTrainStream:
+def stream_over(
+    base: Path, count: int, buffer: int, epoch: int = 0, shard: Shard = WHOLE
+) -> PipeTrainStream:
     (base / "input" / "data").mkdir(parents=True, exist_ok=True)
     (base / "input" / "data" / "train_0").write_bytes(manifest_stream(pairs(count, seed=1)))
     stream = PipeTrainStream(
@@ -182,6 +185,7 @@ def stream_over(base: Path, count: int, buffer: int, epoch: int = 0) -> PipeTrai
         seed=0,
         buffer_size=buffer,
         should_stop=lambda: False,
+        shard=shard,
     )
     stream.set_epoch(epoch)
     return stream
@@ -200,6 +204,15 @@ def test_shuffle_order_follows_seed_and_epoch(base_dir: Path) -> None:
     again = [i for i, _ in stream_over(base_dir, 12, buffer=6, epoch=0).shuffled()]
     other = [i for i, _ in stream_over(base_dir, 12, buffer=6, epoch=1).shuffled()]
     assert first == again and first != other
+
+
+def test_fully_replicated_stream_is_split_across_hosts_by_record_index(base_dir: Path) -> None:
+    """Every host reads the whole stream; host h of n keeps records h, h+n, h+2n..."""
+    parts = [
+        sorted(i for i, _ in stream_over(base_dir, 10, buffer=4, shard=Shard(h, 2)).shuffled())
+        for h in range(2)
+    ]
+    assert parts == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
 
 
 def test_waiting_for_a_fifo_stops_on_sigterm_and_times_out(tmp_path: Path) -> None:

@@ -44,9 +44,10 @@ LEARNABLE = {
 }
 
 
-def validation_miou(model: torch.nn.Module, data: Path) -> float:
+def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNABLE) -> float:
+    """One process's mIoU at the scale of the job's ``settings`` (base_size, crop_size)."""
     samples, _, _ = pair_samples(data / "validation", data / "validation_annotation")
-    loader = build_validation_loader(samples, identity_lut(), resolve(LEARNABLE))
+    loader = build_validation_loader(samples, identity_lut(), resolve(settings))
     cpu = torch.device("cpu")
     return evaluate(model, loader, 3, Precision.choose("fp32", cpu), cpu).miou
 

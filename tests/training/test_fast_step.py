@@ -67,6 +67,25 @@ def test_auxiliary_loss_is_added_with_its_weight():
     assert run_epoch(model, data).loss == pytest.approx(float(plain), rel=1e-5)
 
 
+def test_auxiliary_loss_is_normalised_by_the_global_pixel_count(monkeypatch):
+    """Data parallel: both terms are divided by the global batch's labelled-pixel share, so
+    the ranks' summed gradients stay those of one process over the global batch."""
+    from segcontainer.training import collectives
+
+    monkeypatch.setattr(collectives, "active", lambda: True)
+    monkeypatch.setattr(collectives, "count_share", lambda count: torch.tensor(1000.0))
+    torch.manual_seed(0)
+    model, data = Tiny(aux=True), batches()
+    stats = run_epoch(model, data, aux_weight=0.4)
+    with torch.no_grad():
+        sums = [
+            segmentation_loss(model.conv(x), y, None, lambda c: 1.0)
+            + 0.4 * segmentation_loss(model.aux_head(x), y, None, lambda c: 1.0)
+            for x, y in data
+        ]
+    assert stats.loss == pytest.approx(float(sum(sums)) / 1000.0 / len(data), rel=1e-5)
+
+
 @pytest.mark.slow  # compiling even this model takes a minute on 2 cores: run by .ci/run
 def test_compile_setting_and_the_compiled_training_step(caplog):
     model = Tiny(aux=False)

@@ -7,6 +7,7 @@ count gives the same batches, and a resumed job continues exactly where it stopp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,12 +53,50 @@ class SegmentationDataset(Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-class EpochSampler(Sampler[int]):
-    """A shuffled order per epoch from (seed, epoch); ``skip`` leaves out samples already
-    trained on before a stop, so a resumed epoch sees exactly the batches it had left."""
+@dataclass(frozen=True)
+class Shard:
+    """One training process's part of the data: part ``index`` of ``count`` (data parallel)."""
 
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed = length, seed
+    index: int = 0
+    count: int = 1
+
+    def take(self, order: Sequence[int]) -> list[int]:
+        """Every count-th item from ``index``, every part equally long (the rest is dropped).
+
+        With per-process batch b, step k of all parts together covers order[k*b*count :
+        (k+1)*b*count]: one process's batch k at the global batch, so the training matches."""
+        return list(order[self.index :: self.count][: len(order) // self.count])
+
+    def size(self, length: int) -> int:
+        return length // self.count
+
+    def every(self, items: Sequence) -> list:
+        """Every count-th item from ``index``, nothing dropped (validation covers all)."""
+        return list(items[self.index :: self.count])
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How this process takes part in data-parallel training (one process: the defaults)."""
+
+    train: Shard = Shard()  # its part of the training order (or, Pipe mode, of the records)
+    validation: Shard = Shard()  # its part of the validation images
+    batch_size: int | None = None  # per process; None: mini_batch_size
+    ranks: int = 1  # processes in the job (Pipe mode shares num_training_samples among them)
+    local: int = 1  # processes on this host, sharing its cores for data loading
+
+
+WHOLE = Shard()
+ONE_PROCESS = Parallel()
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order per epoch from (seed, epoch), of which this process takes its shard;
+    ``skip`` leaves out samples already trained on before a stop, so a resumed epoch sees
+    exactly the batches it had left; ``limit`` caps the shard (hosts with unequal parts)."""
+
+    def __init__(self, length: int, seed: int, shard: Shard = WHOLE, limit: int | None = None):
+        self.length, self.seed, self.shard, self.limit = length, seed, shard, limit
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -65,8 +104,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-        order = torch.randperm(self.length, generator=generator).tolist()
-        return iter(order[self.skip :])
+        order = self.shard.take(torch.randperm(self.length, generator=generator).tolist())
+        return iter(order[: self.limit][self.skip :])
 
     def __len__(self) -> int:
-        return self.length - self.skip
+        size = self.shard.size(self.length)
+        return max(0, min(size, size if self.limit is None else self.limit) - self.skip)

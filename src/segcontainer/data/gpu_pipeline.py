@@ -167,9 +167,11 @@ class GpuTrainBatches:
         seed: int,
         workers: int,
         device: torch.device,
+        sampler: EpochSampler | None = None,
     ):
         self.samples, self.lut, self.device = list(samples), lut, device
-        self.sampler = EpochSampler(len(self.samples), seed)
+        # Data parallel: the caller's sampler takes this process's shard, as on the CPU path.
+        self.sampler = EpochSampler(len(self.samples), seed) if sampler is None else sampler
         self.loader = DataLoader(
             EncodedImages(self.samples),
             batch_size,

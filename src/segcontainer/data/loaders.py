@@ -25,7 +25,7 @@ from segcontainer.data import check as datacheck
 from segcontainer.data import manifest, pipe
 from segcontainer.data.augment import SizeGroupCollate, train_transform
 from segcontainer.data.channels import FoundSamples, Sample, find_samples
-from segcontainer.data.dataset import EpochSampler, SegmentationDataset
+from segcontainer.data.dataset import ONE_PROCESS, EpochSampler, Parallel, SegmentationDataset
 from segcontainer.data.gpu_pipeline import GpuTrainBatches, choose_pipeline
 from segcontainer.data.label_maps import (
     LabelMap,
@@ -51,21 +51,32 @@ class TrainingData:
     start_epoch: Callable[[int, int], None]  # (epoch, samples already trained on)
     iters_per_epoch: int
     pixels_per_class: np.ndarray | None  # training histogram (File mode only)
+    limit_steps: Callable[[int], None]  # cap the steps per epoch (ranks with unequal parts)
 
 
-def worker_count(setting: str | int) -> int:
+def worker_count(setting: str | int, processes: int = 1) -> int:
+    """DataLoader workers per training process; ``auto`` shares the host's cores among its
+    training processes (one per GPU), leaving a core to each of them."""
     if setting != "auto":
         return int(setting)
-    return max(1, min(8, (os.cpu_count() or 2) - 1))  # leave a core for the training process
+    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
 
 
-def _check_count(config: Config, count: int) -> None:
+def _check_count(config: Config, count: int, parallel: Parallel) -> None:
     if config.num_training_samples is not None and config.num_training_samples != count:
         log.warning(
             "num_training_samples is %d but the train channel holds %d image/mask pairs; using %d",
             config.num_training_samples,
             count,
             count,
+        )
+    share = parallel.train.size(count)
+    batch = parallel.batch_size or config.mini_batch_size
+    if parallel.train.count > 1 and batch > share:
+        raise UserError(
+            f"The train channel holds {count} image/mask pairs, {share} for each of the "
+            f"{parallel.train.count} training processes, fewer than the {batch} each trains "
+            "on per step. Lower mini_batch_size or add data."
         )
     if config.mini_batch_size > count:
         raise UserError(
@@ -105,19 +116,20 @@ def build_validation_loader(
     )
 
 
-def _cpu_train_loader(samples, lut, transform, config: Config, workers: int, common: dict):
+def _cpu_train_loader(
+    samples, lut, transform, sampler: EpochSampler, batch: int, seed: int, workers: int, common
+):
     """Decoding and augmentation in DataLoader workers (PIL and transforms.v2)."""
-    train_set = SegmentationDataset(samples, lut, transform, config.seed)
-    sampler = EpochSampler(len(train_set), config.seed)
+    train_set = SegmentationDataset(samples, lut, transform, seed)
     # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
     loader = DataLoader(
         train_set,
-        config.mini_batch_size,
+        batch,
         sampler=sampler,
         drop_last=True,
         # Own generator: creating loader iterators must not draw from the global random
         # state, which dropout uses and checkpoints restore.
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         **common,
     )
@@ -135,6 +147,7 @@ def prepare(
     channels: dict[str, ChannelConfig],
     device,
     stop: Callable[[], bool],
+    parallel: Parallel = ONE_PROCESS,
 ) -> TrainingData:
     label_maps = read_label_maps(paths, channels, stop)
     layouts = {split: pipe.pipe_layout(channels, split) for split in ("train", "validation")}
@@ -154,7 +167,7 @@ def prepare(
         )
         if hint:
             raise UserError(hint)
-        _check_count(config, len(train_summary.samples))
+        _check_count(config, len(train_summary.samples), parallel)
     validation_lut = label_maps["validation"].lut
     if layouts["validation"]:
         validation = pipe.read_validation(
@@ -167,12 +180,13 @@ def prepare(
     if train_summary is not None:
         datacheck.log_histogram(train_summary, config.class_names)
 
-    workers = worker_count(config.workers)
+    workers = worker_count(config.workers, parallel.local)
     # Workers start afresh each epoch (not persistent) so they see the dataset's epoch.
     common = {"pin_memory": device.type == "cuda"}
     # Own generator: creating loader iterators must not draw from the global random state,
     # which dropout uses and checkpoints restore.
     generator = torch.Generator().manual_seed(config.seed)
+    batch = parallel.batch_size or config.mini_batch_size
     transform = train_transform(config.base_size, config.crop_size)
     if layouts["train"]:
         stream = pipe.PipeTrainStream(
@@ -181,16 +195,22 @@ def prepare(
             label_maps["train"],
             transform,
             config.num_classes,
-            config.num_training_samples,
+            config.num_training_samples // parallel.ranks,
             config.seed,
             SHUFFLE_BUFFER,
             stop,
+            parallel.train,
         )
         log.info("input pipeline: %s (Pipe mode: records decoded as they arrive)", PIPELINES["cpu"])
         # One reader per FIFO: the stream is read in this process.
-        train_loader = DataLoader(stream, config.mini_batch_size, drop_last=True, **common)
-        start_epoch, count = stream.set_epoch, config.num_training_samples
+        train_loader = DataLoader(stream, batch, drop_last=True, **common)
+        start_epoch, count = stream.set_epoch, stream.length
+
+        def limit_steps(steps: int) -> None:
+            stream.length = min(stream.length, steps * batch)
     else:
+        # One order for either input pipeline: this process's shard of the epoch's order.
+        sampler = EpochSampler(len(train_summary.samples), config.seed, parallel.train)
         path, why = choose_pipeline(config.input_pipeline, device, False, train_summary.samples)
         log.info("input pipeline: %s (%s)", PIPELINES[path], why)
         if path == "gpu":
@@ -199,19 +219,31 @@ def prepare(
                 label_maps["train"].lut,
                 config.base_size,
                 config.crop_size,
-                config.mini_batch_size,
+                batch,
                 config.seed,
                 workers,
                 device,
+                sampler,
             )
             start_epoch = train_loader.set_epoch
         else:
             train_loader, start_epoch = _cpu_train_loader(
-                train_summary.samples, label_maps["train"].lut, transform, config, workers, common
+                train_summary.samples,
+                label_maps["train"].lut,
+                transform,
+                sampler,
+                batch,
+                config.seed,
+                workers,
+                common,
             )
-        count = len(train_summary.samples)
+
+        def limit_steps(steps: int) -> None:
+            sampler.limit = steps * batch
+
+        count = len(sampler)
     validation_loader = build_validation_loader(
-        validation.samples,
+        parallel.validation.every(validation.samples),
         validation_lut,
         config,
         generator=generator,
@@ -223,6 +255,7 @@ def prepare(
         train_loader,
         validation_loader,
         start_epoch,
-        count // config.mini_batch_size,
+        count // batch,
         train_summary.pixels_per_class if train_summary else None,
+        limit_steps,
     )

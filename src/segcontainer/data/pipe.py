@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.data.channels import InMemory, Sample, load_image, load_mask
 from segcontainer.data.check import SplitSummary, binary_255_hint, check_samples
-from segcontainer.data.dataset import mixed_seed
+from segcontainer.data.dataset import WHOLE, Shard, mixed_seed
 from segcontainer.data.label_maps import LabelMap
 from segcontainer.data.preprocess import to_tensors
 from segcontainer.data.recordio import RecordIOError, iter_records
@@ -163,6 +163,7 @@ class PipeTrainStream(IterableDataset):
         seed: int,
         buffer_size: int,
         should_stop: Callable[[], bool],
+        shard: Shard = WHOLE,
     ):
         self.paths, self.layout, self.label_map, self.transform = (
             paths,
@@ -172,6 +173,7 @@ class PipeTrainStream(IterableDataset):
         )
         self.num_classes, self.length = num_classes, length
         self.seed, self.buffer_size, self.should_stop = seed, buffer_size, should_stop
+        self.shard = shard  # FullyReplicated on several hosts: record i goes to rank i % count
         self.epoch, self.skip, self.fifo_index, self.streamed = 0, 0, 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -190,9 +192,11 @@ class PipeTrainStream(IterableDataset):
         self.streamed = 0
         raw_values: set[int] = set()
         for index, sample in enumerate(pairs):
+            self.streamed = index + 1
+            if index % self.shard.count != self.shard.index:
+                continue  # another host's record (each host reads the whole stream)
             summary = check_samples([sample], "train", self.label_map.lut, self.num_classes)
             raw_values |= summary.raw_values
-            self.streamed = index + 1
             buffer.append((index, sample))
             if len(buffer) >= self.buffer_size:
                 yield buffer.pop(rng.randrange(len(buffer)))
@@ -215,10 +219,10 @@ class PipeTrainStream(IterableDataset):
                 torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
                 image, mask = self.transform(image, mask)
             yield image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        if self.streamed != self.length:
+        if self.streamed // self.shard.count != self.length:
             log.warning(
                 "train_%d streamed %d pairs but num_training_samples is %d",
                 self.fifo_index - 1,
                 self.streamed,
-                self.length,
+                self.length * self.shard.count,
             )

@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,11 +148,10 @@ def _load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def resume(folder: Path, record: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
-    """Load the newest valid checkpoint into the given objects; None when there is none.
-
-    A truncated or corrupt file, or one written for another model, is skipped with a warning.
-    """
+def _valid_states(folder: Path, record: dict, model) -> Iterator[dict]:
+    """Checkpoint contents, newest first, leaving out (with a warning) truncated or corrupt
+    files and those written for another model."""
+    current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for path in _listed(folder):
         try:
             state = _load(path)
@@ -164,32 +164,63 @@ def resume(folder: Path, record: dict, model, optimizer, scheduler, scaler) -> R
                 "skipping checkpoint %s: written with other %s", path.name, ", ".join(mismatched)
             )
             continue
-        current = model.state_dict()
-        if {k: tuple(v.shape) for k, v in state["model"].items()} != {
-            k: tuple(v.shape) for k, v in current.items()
-        }:
+        if {k: tuple(v.shape) for k, v in state["model"].items()} != current:
             log.warning("skipping checkpoint %s: its weights do not fit this model", path.name)
             continue
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            log.warning("skipping checkpoint %s: it does not fit this model (%s)", path.name, exc)
-            continue
-        torch.set_rng_state(state["rng"])
-        position = Position(**state["position"])
-        log.info(
-            "resuming from %s: epoch %d, %d batches done",
-            path.name,
-            position.epoch,
-            position.iteration,
-        )
-        best = None
-        if state.get("best"):
-            saved = state["best"]
-            weights = state["model"] if saved["model"] is None else saved["model"]
-            best = Best(saved["epoch"], saved["scores"], weights)
-        return Resumed(position, state["early_stopping"], state["curves"], best)
-    return None
+        state["name"] = path.name
+        yield state
+
+
+def apply(state: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
+    """Load a checkpoint's contents into the given objects; None when they do not fit."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        log.warning("skipping checkpoint %s: it does not fit this model (%s)", state["name"], exc)
+        return None
+    torch.set_rng_state(state["rng"])
+    position = Position(**state["position"])
+    log.info(
+        "resuming from %s: epoch %d, %d batches done",
+        state["name"],
+        position.epoch,
+        position.iteration,
+    )
+    best = None
+    if state.get("best"):
+        saved = state["best"]
+        weights = state["model"] if saved["model"] is None else saved["model"]
+        best = Best(saved["epoch"], saved["scores"], weights)
+    return Resumed(position, state["early_stopping"], state["curves"], best)
+
+
+def resume(
+    folder: Path,
+    record: dict,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    main: bool = True,
+    share: Callable[[dict | None], dict | None] | None = None,
+) -> Resumed | None:
+    """Load the newest valid checkpoint into the given objects; None when there is none.
+
+    Data parallel: the ``main`` process reads its folder and ``share`` hands its choice to
+    every process, so a host whose checkpoint folder is empty resumes from the same state.
+    """
+    chosen, resumed = None, None
+    if main:
+        for state in _valid_states(folder, record, model):
+            if resumed := apply(state, model, optimizer, scheduler, scaler):
+                chosen = state
+                break
+    if share is None:
+        return resumed
+    chosen = share(chosen)
+    if main or chosen is None:
+        return resumed
+    return apply(chosen, model, optimizer, scheduler, scaler)

@@ -18,6 +18,7 @@ from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
 from segcontainer.models import native_bf16
+from segcontainer.training import collectives
 from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,17 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
-    """Pixel-wise cross-entropy ignoring 255; a batch with no labelled pixel gives 0, not NaN."""
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    share: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Pixel-wise cross-entropy ignoring 255; a batch with no labelled pixel gives 0, not NaN.
+
+    ``share`` (data parallel) turns this process's labelled-pixel count into its share of the
+    global batch's count, so the ranks' losses average (as DDP averages gradients) to the loss
+    of one process over the whole global batch, however the labelled pixels fall."""
     target = target.long()
     total = F.cross_entropy(
         logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
@@ -110,6 +120,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         count = valid.sum()
     else:
         count = (weight[target.clamp(max=logits.shape[1] - 1)] * valid).sum()
+    if share is not None:
+        return total / share(count)
     return total / count.clamp_min(1)
 
 
@@ -179,6 +191,7 @@ def train_one_epoch(
     start = time.monotonic()
     data_seconds, images, steps = 0.0, 0, 0
     progress = ProgressLog(epoch, done + len(loader), done=done)
+    share = collectives.count_share if collectives.active() else None
     fetch_start = time.monotonic()
     batches = iter(loader)
     while True:
@@ -200,9 +213,11 @@ def train_one_epoch(
         with precision.autocast():
             out = model(images_batch)
         logits, aux_logits = out if isinstance(out, tuple) else (out, None)
-        loss = segmentation_loss(logits, masks, class_weight)
+        loss = segmentation_loss(logits, masks, class_weight, share)
         if aux_logits is not None:  # the training-only head on layer3 (aux_loss_weight)
-            loss = loss + aux_weight * segmentation_loss(aux_logits, masks, class_weight)
+            # the same global-count normalisation as the main term, so ranks still average
+            aux = segmentation_loss(aux_logits, masks, class_weight, share)
+            loss = loss + aux_weight * aux
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)

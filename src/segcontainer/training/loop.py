@@ -13,9 +13,11 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import Scores, metric_lines
-from segcontainer.training import checkpoints, engine
+from segcontainer.training import checkpoints, collectives, engine
 from segcontainer.training.checkpoints import Position
+from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
+from segcontainer.training.distributed import SINGLE, Rank
 from segcontainer.training.optim import resize_schedule
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,11 @@ class Setup:
     validation_loader: torch.utils.data.DataLoader
     class_weight: torch.Tensor | None
     iters_per_epoch: int
-    # What the training steps call: ``model`` compiled (compile_model); None: ``model``
-    # itself. Validation, checkpoints and model/ always use ``model``.
+    batch_size: int  # per process: mini_batch_size split across the host's processes
+    rank: Rank = SINGLE
+    # What the training steps call: ``model`` wrapped for data parallelism and/or compiled
+    # (compile_model); None: ``model`` itself. Validation, checkpoints and model/ always use
+    # ``model``.
     train_model: torch.nn.Module | None = None
 
 
@@ -69,8 +74,13 @@ def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
     )
 
 
-def fit(s: Setup, stop) -> None:
+def fit(s: Setup, local_stop) -> None:
+    """Train every epoch. Data parallel: every rank trains and validates its shard; global
+    rank 0 alone writes the metric lines, curves, model/ and checkpoints."""
     config = s.config
+    main = s.rank.is_main
+    train_model = s.train_model or s.model
+    stop = CoordinatedStop(local_stop, s.device)
     stopper = engine.EarlyStopping(
         config.early_stopping,
         config.early_stopping_min_epochs,
@@ -81,23 +91,33 @@ def fit(s: Setup, stop) -> None:
     position, best = Position(), None
     model_is_best = False  # the model's current weights are best's (stored once)
     resumed = checkpoints.resume(
-        s.paths.checkpoints_dir, s.record, s.model, s.optimizer, s.scheduler, s.precision.scaler
+        s.paths.checkpoints_dir,
+        s.record,
+        s.model,
+        s.optimizer,
+        s.scheduler,
+        s.precision.scaler,
+        main,
+        collectives.broadcast_from_main if collectives.active() else None,
     )
     if resumed:
         position, best, curves.rows = resumed.position, resumed.best, resumed.curves
         stopper.best = resumed.early_stopping["best"]
         stopper.stale_epochs = resumed.early_stopping["stale_epochs"]
-        if best is not None:
+        if best is not None and main:
             _restore_model_folder(s, best)
-        elif stopper.best >= 0:
+        elif stopper.best >= 0 and main:
             log.warning(
                 "the checkpoint holds no best model (written by an older version): model/ is "
                 "written again when an epoch beats mIoU %.4f",
                 stopper.best,
             )
-        curves.write()
+        if main:
+            curves.write()
 
     def checkpoint(at: Position) -> None:
+        if not main:
+            return
         state = {"best": stopper.best, "stale_epochs": stopper.stale_epochs}
         checkpoints.save(
             s.paths.checkpoints_dir,
@@ -118,11 +138,11 @@ def fit(s: Setup, stop) -> None:
     for epoch in range(position.epoch, config.epochs):
         resuming = epoch == position.epoch
         done = position.iteration if resuming else 0
-        s.start_epoch(epoch, done * config.mini_batch_size)
+        s.start_epoch(epoch, done * s.batch_size)
         model_is_best = False  # training changes the weights
         try:
             stats = engine.train_one_epoch(
-                s.train_model or s.model,
+                train_model,
                 s.train_loader,
                 s.optimizer,
                 s.scheduler,
@@ -139,11 +159,12 @@ def fit(s: Setup, stop) -> None:
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
+        collectives.sync_buffers(s.model)
         if stats.steps != iters_per_epoch:
             # Pipe mode: num_training_samples sized the schedule, the stream was another length
             log.warning(
                 "epoch %d had %d batches, not the %d the schedule assumed "
-                "(num_training_samples / mini_batch_size): the rest of the learning-rate "
+                "(num_training_samples / batch size): the rest of the learning-rate "
                 "schedule is sized from the real count",
                 epoch,
                 stats.steps,
@@ -152,41 +173,35 @@ def fit(s: Setup, stop) -> None:
             iters_per_epoch = stats.steps
             resize_schedule(s.scheduler, epoch + 1, iters_per_epoch)
         try:
+            # Ranks may hold unequal validation shards, so they agree on a stop after it.
             scores = engine.evaluate(
-                s.model, s.validation_loader, config.num_classes, s.precision, s.device, stop
+                s.model,
+                s.validation_loader,
+                config.num_classes,
+                s.precision,
+                s.device,
+                local_stop if not collectives.active() else lambda: False,
             )
+            if collectives.active() and stop.agree():
+                raise TrainingStopped("stopped during validation")
         except TrainingStopped:  # the epoch's training is done; validation runs again
             checkpoint(Position(epoch, stats.steps, stats.loss * stats.steps))
             raise
-        for line in metric_lines(s.host, epoch, stats.loss, scores):
-            print(line, flush=True)
-        per_class = ", ".join(
-            f"{n} {'-' if v is None else f'{v:.3f}'}"
-            for n, v in zip(names, scores.per_class_iou, strict=True)
-        )
-        log.info(
-            "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
-            epoch,
-            stats.seconds,
-            stats.images_per_second,
-            100 * stats.data_share,
-            per_class,
-        )
-        curves.add(
-            epoch=epoch,
-            train_loss=stats.loss,
-            validation_mIOU=scores.miou,
-            validation_pixel_accuracy=scores.pixel_accuracy,
-            learning_rate=s.optimizer.param_groups[0]["lr"],
-            epoch_seconds=stats.seconds,
-            images_per_second=stats.images_per_second,
-        )
+        stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
+        stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
+        if main:  # one set of metric lines per epoch, so HPO and CloudWatch see one value
+            report(s, epoch, stats, scores, names, curves)
+        # every rank sees the same (summed) scores, so all take the same decisions
         if stopper.update(scores.miou):
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
-            best, model_is_best = checkpoints.Best(epoch, _scores_dict(scores), weights), True
-            model_folder.save_model(
-                s.paths.model_dir, weights, s.record, epoch, scores, config.class_names
-            )
+            model_is_best = True
+            if main:  # only the main process keeps the best weights and writes model/
+                weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()
+                }
+                best = checkpoints.Best(epoch, _scores_dict(scores), weights)
+                model_folder.save_model(
+                    s.paths.model_dir, weights, s.record, epoch, scores, config.class_names
+                )
             log.info(
                 "epoch %d is the best so far (mIoU %.4f): saved to %s",
                 epoch,
@@ -205,3 +220,29 @@ def fit(s: Setup, stop) -> None:
             checkpoint(Position(config.epochs))  # finished: a restart does not train on
             return
         checkpoint(Position(epoch + 1))
+
+
+def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves) -> None:
+    for line in metric_lines(s.host, epoch, stats.loss, scores):
+        print(line, flush=True)
+    per_class = ", ".join(
+        f"{n} {'-' if v is None else f'{v:.3f}'}"
+        for n, v in zip(names, scores.per_class_iou, strict=True)
+    )
+    log.info(
+        "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
+        epoch,
+        stats.seconds,
+        stats.images_per_second,
+        100 * stats.data_share,
+        per_class,
+    )
+    curves.add(
+        epoch=epoch,
+        train_loss=stats.loss,
+        validation_mIOU=scores.miou,
+        validation_pixel_accuracy=scores.pixel_accuracy,
+        learning_rate=s.optimizer.param_groups[0]["lr"],
+        epoch_seconds=stats.seconds,
+        images_per_second=stats.images_per_second,
+    )
