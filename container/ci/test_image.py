@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -290,3 +291,26 @@ def test_sdk_local_mode_fit_deploy_predict(sdk_session, capfd):
     while image_containers():
         assert time.monotonic() < deadline, "serving container still running after delete"
         time.sleep(1)
+
+
+def test_sdk_local_mode_two_instances_train_as_one_job(sdk_session, capfd):
+    """instance_count=2: algo-1 and algo-2 rendezvous on the compose network by host name and
+    train as one data-parallel job; only rank 0 (the first host) logs the metric lines and
+    writes model/, so model.tar.gz holds its model."""
+    session, root = sdk_session
+    started = time.monotonic()
+    estimator = fit(session, root, instance_count=2)
+    log = capfd.readouterr().out
+    print(log[-4000:])
+    print(f"SDK fit with 2 instances: {time.monotonic() - started:.0f} s")
+    assert "joined 2 processes on 2 hosts (gloo)" in log, log[-4000:]
+    # One set of metric lines per epoch for the job, not one per host.
+    assert_metric_lines(log, epochs=int(HYPERPARAMETERS["epochs"]))
+    archive = Path(estimator.model_data[len("file://") :])
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        info = json.load(tar.extractfile("model_info.json"))
+    assert {"model.pt", "hyperparams.json", "model_info.json"} <= names, names
+    trained_on = info["trained_on"]
+    assert trained_on["world_size"] == 2 and len(trained_on["hosts"]) == 2, trained_on
+    assert trained_on["written_by"] == f"rank 0 on {sorted(trained_on['hosts'])[0]}", trained_on

@@ -80,9 +80,11 @@ def save_model(
     epoch: int,
     scores: Scores,
     class_names: tuple[str, ...],
+    trained_on: dict | None = None,
 ) -> None:
     """Write model/ from a model or its state_dict (a resumed job restores the best epoch's
-    weights from its checkpoint, not from the model it is training)."""
+    weights from its checkpoint, not from the model it is training). `trained_on` records the
+    hosts and processes that trained it (data parallel), for the user and for audits."""
     weights = model.state_dict() if isinstance(model, nn.Module) else model
     # The auxiliary head trains the encoder only: serving never builds it.
     state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
@@ -101,6 +103,7 @@ def save_model(
             "segcontainer_version": __version__,
             "torch_version": torch.__version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"trained_on": trained_on} if trained_on else {}),
         },
     )
 

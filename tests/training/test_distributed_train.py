@@ -89,6 +89,13 @@ def test_two_cpu_workers_on_one_host(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "syncbn=True: batch-norm statistics are computed over all 2 processes" in result.stdout
     assert_rank_0_reported_its_model(base, result.stdout, epochs=1)
+    trained_on = json.loads((base / "model" / "model_info.json").read_text())["trained_on"]
+    assert trained_on == {
+        "hosts": ["algo-1-x7k2q"],
+        "processes_per_host": 2,
+        "world_size": 2,
+        "written_by": "rank 0 on algo-1-x7k2q",
+    }
     assert "[rank 1]" not in result.stdout  # rank 1 logs nothing below a warning
     assert len(list((base / "checkpoints").glob("checkpoint-*.pt"))) == 1
     assert (base / "output" / "success").exists()

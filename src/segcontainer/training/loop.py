@@ -57,6 +57,16 @@ def _scores_dict(scores: Scores) -> dict:
     }
 
 
+def _trained_on(s: Setup) -> dict:
+    world = s.rank.world
+    return {
+        "hosts": list(world.hosts),
+        "processes_per_host": world.local_size,
+        "world_size": world.size,
+        "written_by": f"rank 0 on {world.host}",
+    }
+
+
 def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
     """After a resume, model/ holds the best model so far before training goes on: a spot
     restart starts with an empty /opt/ml/model, and no later epoch may beat the best."""
@@ -64,7 +74,13 @@ def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
         best.scores["miou"], best.scores["pixel_accuracy"], tuple(best.scores["per_class_iou"])
     )
     model_folder.save_model(
-        s.paths.model_dir, best.weights, s.record, best.epoch, scores, s.config.class_names
+        s.paths.model_dir,
+        best.weights,
+        s.record,
+        best.epoch,
+        scores,
+        s.config.class_names,
+        _trained_on(s),
     )
     log.info(
         "wrote the best model so far (epoch %d, mIoU %.4f) from the checkpoint to %s",
@@ -200,7 +216,13 @@ def fit(s: Setup, local_stop) -> None:
                 }
                 best = checkpoints.Best(epoch, _scores_dict(scores), weights)
                 model_folder.save_model(
-                    s.paths.model_dir, weights, s.record, epoch, scores, config.class_names
+                    s.paths.model_dir,
+                    weights,
+                    s.record,
+                    epoch,
+                    scores,
+                    config.class_names,
+                    _trained_on(s),
                 )
             log.info(
                 "epoch %d is the best so far (mIoU %.4f): saved to %s",
