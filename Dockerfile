@@ -33,20 +33,20 @@ RUN apt-get update \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
-# The package, from a copy of the source made inside this step (nothing of the build context
-# stays in a layer), with the base's torch and torchvision held at their installed versions
-# by a constraint so pip never replaces them with another (CPU or other CUDA) build.
+# The package, with the base's torch and torchvision held at their installed versions by a
+# constraint so pip never replaces them with another (CPU or other CUDA) build. COPY, not a
+# bind mount: a RUN with a bind mount is cached by podman/buildah whatever the mounted files
+# hold, so a rebuild after a code change kept the old code; COPY's cache key is the files.
 # PIP_BREAK_SYSTEM_PACKAGES: the base's python3 may be a distribution's (PEP 668).
-RUN --mount=type=bind,target=/tmp/context \
-    mkdir /tmp/build \
-    && cp -r /tmp/context/pyproject.toml /tmp/context/README.md /tmp/context/src /tmp/build/ \
-    && python3 -c 'from importlib.metadata import version as v; print(*(f"{p}=={v(p)}" for p in ("torch", "torchvision")), sep="\n")' > /tmp/base-torch.txt \
+COPY pyproject.toml README.md /tmp/build/
+COPY src /tmp/build/src
+COPY train serve /opt/program/
+RUN python3 -c 'from importlib.metadata import version as v; print(*(f"{p}=={v(p)}" for p in ("torch", "torchvision")), sep="\n")' > /tmp/base-torch.txt \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --no-compile \
         -c /tmp/base-torch.txt /tmp/build \
     && python3 -m pip list --format=freeze | grep -E '^(torch|torchvision)==' | diff - /tmp/base-torch.txt \
     && rm -rf /tmp/build /tmp/base-torch.txt \
-    && mkdir -p /opt/program \
-    && install -m 0755 /tmp/context/train /tmp/context/serve /opt/program/
+    && chmod 0755 /opt/program/train /opt/program/serve
 
 # ImageNet weights of the ResNet-50 and ResNet-101 encoders into the cache that
 # use_pretrained_model reads (there is no network at training time).

@@ -5,6 +5,7 @@ service (DOCKER_HOST); not part of the fast suite.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -120,6 +121,25 @@ def test_image_metadata_and_contents():
     assert result[1] == "[]", f"missing on PATH: {result}"
     assert result[2] == "[]", f"compilers in the image: {result}"
     assert all("No such file" in line for line in result[3:]), result
+
+
+def test_image_holds_the_working_trees_code():
+    """A rebuild after a code change installs the new code (a cached install step once kept
+    the old one): every module of the installed package equals the working tree's."""
+    probe = (
+        "import hashlib, pathlib, segcontainer; root = pathlib.Path(segcontainer.__file__).parent; "
+        "[print(p.relative_to(root), hashlib.sha256(p.read_bytes()).hexdigest()) "
+        "for p in sorted(root.rglob('*.py'))]"
+    )
+    installed = subprocess.run(
+        ["podman", "run", "--rm", IMAGE, "python3", "-c", probe],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.split()  # fmt: skip
+    source = REPO / "src" / "segcontainer"
+    expected = []
+    for path in sorted(source.rglob("*.py")):
+        expected += [str(path.relative_to(source)), hashlib.sha256(path.read_bytes()).hexdigest()]
+    assert installed == expected
 
 
 # ------------------------------------------------------------------ docker run IMAGE train|serve
