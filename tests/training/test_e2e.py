@@ -68,9 +68,11 @@ def parse_metrics(stdout: str) -> dict[str, list[tuple[int, float]]]:
     ("algorithm", "backbone", "under_sagemaker"),
     [
         ("fcn", "resnet-50", False),
-        ("psp", "resnet-50", False),
-        ("deeplab", "resnet-50", False),
-        ("fcn", "resnet-101", True),
+        # The other architectures, ResNet-101 and the SageMaker layout: a minute or more each
+        # on 2 cores, so they run with the slow checks (.ci/run runs both).
+        pytest.param("psp", "resnet-50", False, marks=pytest.mark.slow),
+        pytest.param("deeplab", "resnet-50", False, marks=pytest.mark.slow),
+        pytest.param("fcn", "resnet-101", True, marks=pytest.mark.slow),
     ],
 )
 def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_sagemaker: bool):
