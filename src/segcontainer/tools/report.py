@@ -99,7 +99,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th { background: #f0f0f0; } #classes td:nth-child(2), #summary td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+#classes td:nth-child(2), #classes th:nth-child(2), #summary td:first-child { text-align: left; }
 .images { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; width: 420px; } figure img { width: 100%; border: 1px solid #ccc; }
 figcaption { font-size: 0.9em; } .swatch { display: inline-block; width: 1em; height: 1em; }
