@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from segcontainer import inference, model_folder
 from segcontainer.data import check
-from segcontainer.data.channels import Sample, load_image, load_mask, pair_samples
+from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import label_map_lut
 from segcontainer.data.preprocess import model_input, tile_size
 from segcontainer.engines import Engine, OnnxEngine, TorchEngine
@@ -115,7 +115,7 @@ def open_model(model: Path, scratch: Path, engine: str) -> tuple[Path, dict, Eng
 def _samples(images: Path, masks: Path, lut: np.ndarray, num_classes: int) -> list[Sample]:
     """The pairs, checked as training checks them (every problem named, files included)."""
     samples, lonely_images, lonely_masks = pair_samples(images, masks)
-    found = check.FoundSamples(
+    found = FoundSamples(
         samples,
         [p.relative_to(images).as_posix() for p in lonely_images],
         [p.relative_to(masks).as_posix() for p in lonely_masks],
