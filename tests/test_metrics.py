@@ -8,7 +8,13 @@ import re
 import pytest
 import torch
 
-from segcontainer.metrics import METRIC_DEFINITIONS, ConfusionMatrix, Scores, metric_lines
+from segcontainer.metrics import (
+    METRIC_DEFINITIONS,
+    ConfusionMatrix,
+    Scores,
+    class_rates,
+    metric_lines,
+)
 from tests.conftest import REPO
 
 
@@ -91,3 +97,12 @@ def test_metric_lines_parse_with_the_readme_regexes() -> None:
         "validation:pixel_accuracy": 0.9123,
     }
     assert not math.isnan(values["train:loss"])
+
+
+def test_class_rates_and_undefined_ones() -> None:
+    # rows: truth, columns: prediction; class 2 is never true and never predicted.
+    rates = class_rates(torch.tensor([[3, 1, 0], [2, 4, 0], [0, 0, 0]]))
+    assert rates["precision"] == pytest.approx((3 / 5, 4 / 5, None))
+    assert rates["recall"] == pytest.approx((3 / 4, 4 / 6, None))
+    # false positives over the pixels of other classes: 2 of 6 for class 0, 1 of 4 for class 1
+    assert rates["false_positive_rate"] == pytest.approx((2 / 6, 1 / 4, 0.0))

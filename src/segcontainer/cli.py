@@ -1,11 +1,12 @@
 """Command line: ``segcontainer train | serve | predict | export | demo | groundtruth | labelme
-| tile | recordio``.
+| tile | validate | evaluate | recordio``.
 
 ``train`` and ``serve`` are what SageMaker runs (``docker run IMAGE train``); the executables
 of the same names at the repository root call them. ``predict`` writes masks for a folder of
 images; ``export`` adds ONNX/int8/TorchScript files to a trained model; ``demo`` runs train,
 serve and one prediction on a generated dataset. ``groundtruth`` and ``labelme`` convert
-labelling-tool output into the channel layout; ``tile`` cuts a layout's large frames into tiles.
+labelling-tool output into the channel layout; ``tile`` cuts a layout's large frames into tiles;
+``validate`` runs training's data check on a layout; ``evaluate`` scores a model, with a report.
 """
 
 from __future__ import annotations
@@ -178,7 +179,25 @@ Tiles are named <image>_x<left>_y<top>; every tile of an image (or of a --group-
 lands on the same side of the train/validation split.
 """
 
-DATA_TOOLS = ("groundtruth", "labelme", "tile")
+VALIDATE_EXAMPLE = """example:
+  segcontainer validate data/ --num-classes 3
+  segcontainer validate data/ --label-map train_label_map.json
+
+Runs train's data check on data/{train,train_annotation,validation,validation_annotation}:
+prints the counts, the pixels per class and every problem with the files named; exits 0 when
+training would accept the data, 1 otherwise.
+"""
+
+EVALUATE_EXAMPLE = """example:
+  segcontainer evaluate model.tar.gz data/ report/
+  segcontainer evaluate model/ data/train report-train/ --engine onnx-int8
+
+DATA: a layout root (its validation/ pairs are scored) or one channel folder with its masks in
+<channel>_annotation/ beside it. Images are predicted as the endpoint predicts them. Writes
+report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser).
+"""
+
+DATA_TOOLS = ("groundtruth", "labelme", "tile", "validate", "evaluate")
 
 
 def _split_options(parser: argparse.ArgumentParser, fraction: float | None) -> None:
@@ -244,6 +263,34 @@ def add_data_tools(commands) -> None:
     tile.add_argument("--stride", type=int, help="step between tiles (default: --size)")
     tile.add_argument("--drop-empty", action="store_true", help="leave out background-only tiles")
     _split_options(tile, None)
+    check = commands.add_parser(
+        "validate",
+        help="training's data check on a channel layout, without training",
+        epilog=VALIDATE_EXAMPLE,
+        formatter_class=raw,
+    )
+    check.add_argument("root", type=Path, help="layout root (train/, train_annotation/...)")
+    check.add_argument("--num-classes", type=int, help="default: the lines of class_names.txt")
+    check.add_argument(
+        "--label-map",
+        type=Path,
+        help="a label map JSON for both splits, or a label_map folder (default: ROOT/label_map)",
+    )
+    score = commands.add_parser(
+        "evaluate",
+        help="score a model on labelled images; metrics.json, overlays and report.html",
+        epilog=EVALUATE_EXAMPLE,
+        formatter_class=raw,
+    )
+    score.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    score.add_argument("data", type=Path, help="layout root, or a channel folder (data/train)")
+    score.add_argument("out", type=Path, help="folder for the report (new or empty)")
+    score.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
+        help="how the model runs: torch (default), or an exported onnx / onnx-int8 file",
+    )
 
 
 def run_data_tool(args: argparse.Namespace) -> int:
@@ -275,6 +322,14 @@ def run_data_tool(args: argparse.Namespace) -> int:
                 args.group_by,
                 args.manifest_prefix,
             )
+        elif args.command == "validate":
+            from segcontainer.tools.validate import validate
+
+            summary = validate(args.root, args.num_classes, args.label_map)
+        elif args.command == "evaluate":
+            from segcontainer.tools.evaluate import evaluate
+
+            summary = evaluate(args.model, args.data, args.out, args.engine)
         else:
             from segcontainer.tools.tile import tile_layout
 
@@ -293,7 +348,7 @@ def run_data_tool(args: argparse.Namespace) -> int:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
     print("\n".join(summary.lines()))
-    return 0
+    return 0 if getattr(summary, "ok", True) else 1  # validate: 1 when training would refuse
 
 
 if __name__ == "__main__":

@@ -75,6 +75,26 @@ class Scores:
         )
 
 
+def class_rates(matrix: torch.Tensor) -> dict[str, tuple[float | None, ...]]:
+    """Per-class precision (of the pixels predicted as the class, the share truly of it),
+    recall (of its true pixels, the share found) and false-positive rate (of the pixels not
+    of the class, the share predicted as it), from a matrix with rows = truth, columns =
+    prediction. None where the denominator is 0 (no such pixels)."""
+    matrix = matrix.double()
+    hits = matrix.diag()
+    predicted, true = matrix.sum(0), matrix.sum(1)
+    negatives = matrix.sum() - true
+
+    def ratio(top: torch.Tensor, bottom: torch.Tensor) -> tuple[float | None, ...]:
+        return tuple(float(t / b) if b > 0 else None for t, b in zip(top, bottom, strict=True))
+
+    return {
+        "precision": ratio(hits, predicted),
+        "recall": ratio(hits, true),
+        "false_positive_rate": ratio(predicted - hits, negatives),
+    }
+
+
 def metric_lines(host: str, epoch: int, train_loss: float, scores: Scores) -> list[str]:
     values = [
         ("train", "loss", "loss", train_loss),

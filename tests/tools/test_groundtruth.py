@@ -213,3 +213,12 @@ def test_existing_output_is_not_mixed_with_new(tmp_path: Path, capsys) -> None:
     (tmp_path / "out" / "train" / "old.jpg").write_bytes(b"x")
     assert run(str(manifest), str(tmp_path / "out"), "--s3-root", f"{BUCKET}={job}") == 1
     assert f"{tmp_path / 'out' / 'train'} already holds files" in capsys.readouterr().err
+
+
+def test_missing_source_image_names_the_reference(tmp_path: Path, capsys) -> None:
+    job = tmp_path / "job"
+    manifest = make_job(job, count=2)
+    (job / "frames" / "street_01.png").unlink()
+    assert run(str(manifest), str(tmp_path / "out"), "--s3-root", f"{BUCKET}={job}") == 1
+    error = capsys.readouterr().err
+    assert f"cannot read {BUCKET}/frames/street_01.png (as {job / 'frames/street_01.png'})" in error

@@ -112,7 +112,7 @@ def test_split_is_deterministic_and_by_group() -> None:
         assign_splits(names, 1.0, 0)
 
 
-@pytest.mark.parametrize("command", ["groundtruth", "labelme", "tile"])
+@pytest.mark.parametrize("command", ["groundtruth", "labelme", "tile", "validate", "evaluate"])
 def test_help_shows_an_example(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli([command, "--help"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -89,14 +90,21 @@ def _check_sample(sample: Sample, lut: np.ndarray, num_classes: int):
     return problems, hist, raw_values
 
 
-def check_split(found: FoundSamples, split: str, lut: np.ndarray, num_classes: int) -> SplitSummary:
-    """Check one File-mode split, found and paired; raise UserError naming every offender."""
+def check_split(
+    found: FoundSamples,
+    split: str,
+    lut: np.ndarray,
+    num_classes: int,
+    progress: Callable[[], object] | None = None,
+) -> SplitSummary:
+    """Check one File-mode split, found and paired; raise UserError naming every offender.
+    ``progress`` is called once per pair checked (a progress bar's update)."""
     problems: dict[str, list[str]] = {}
     if found.lonely_images:
         problems["no_mask"] = found.lonely_images
     if found.lonely_masks:
         problems["no_image"] = found.lonely_masks
-    return check_samples(found.samples, split, lut, num_classes, problems)
+    return check_samples(found.samples, split, lut, num_classes, problems, progress)
 
 
 def check_samples(
@@ -105,6 +113,7 @@ def check_samples(
     lut: np.ndarray,
     num_classes: int,
     found: dict[str, list[str]] | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> SplitSummary:
     """Check every pair (files, or Pipe-mode records) against the label map's look-up table;
     raise UserError naming the offenders."""
@@ -113,7 +122,10 @@ def check_samples(
     raw_values: set[int] = set()
 
     def check(sample: Sample):
-        return _check_sample(sample, lut, num_classes)
+        result = _check_sample(sample, lut, num_classes)
+        if progress is not None:
+            progress()
+        return result
 
     if len(samples) == 1:  # a streamed Pipe-mode pair: no pool per pair
         results = [check(samples[0])]

@@ -1,0 +1,249 @@
+"""``segcontainer evaluate``: score a trained model on labelled images as the endpoint answers.
+
+    segcontainer evaluate model.tar.gz data/ report/
+
+MODEL is a ``model/`` folder or a model.tar.gz. DATA is a layout root (its ``validation/``
+and ``validation_annotation/`` are scored) or one channel folder whose masks are in the
+``<channel>_annotation`` folder beside it (``data/train`` with ``data/train_annotation``).
+
+Each image is predicted as the endpoint predicts it: ``data.preprocess`` resizes its long side
+to the model's ``base_size`` (or ``SEGCONTAINER_INFERENCE_SIZE``) and normalises it,
+``inference`` predicts it in tiles of 2 x ``crop_size`` (or ``SEGCONTAINER_TILE_SIZE``) and
+upsamples the logits to the mask's size band by band, through an ``engines`` engine. Masks are
+read through the model's own validation label map, and pixels are counted by ``metrics``'
+confusion matrix, as the trainer's validation counts them: on the model's validation images,
+mIoU and per-class IoU are those of its model_info.json.
+
+OUT receives metrics.json, confusion_matrix.png, overlays/<image>.jpg and report.html
+(``report``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segcontainer import inference, model_folder
+from segcontainer.data import check
+from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
+from segcontainer.data.label_maps import label_map_lut
+from segcontainer.data.preprocess import model_input, tile_size
+from segcontainer.engines import Engine, OnnxEngine, TorchEngine
+from segcontainer.errors import UserError
+from segcontainer.metrics import ConfusionMatrix, Scores, class_rates
+from segcontainer.serving.settings import env_int
+from segcontainer.tools import report
+
+ENGINES = ("torch", "onnx", "onnx-int8")
+OVERLAY_DIR = "overlays"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluate printed about: the files written and the headline numbers."""
+
+    out: Path
+    metrics: dict
+
+    def lines(self) -> list[str]:
+        m = self.metrics
+        out = [
+            f"evaluated {m['model']} on {m['images']} images of {m['data']} ({m['engine']}):",
+            f"  mIoU {m['mIOU']:.4f}, pixel accuracy {m['pixel_accuracy']:.4f}",
+            "  per class: IoU / precision / recall",
+        ]
+        for c in m["per_class"]:
+            values = " / ".join(
+                "-" if c[k] is None else f"{c[k]:.4f}" for k in ("IOU", "precision", "recall")
+            )
+            out.append(f"    {c['id']:3d} {c['name']:<20} {values}")
+        if m["per_image"]:
+            worst = m["per_image"][0]
+            out.append(f"  worst image: {worst['name']} (mIoU {worst['mIOU']:.4f})")
+        out.append(f"report: {self.out / 'report.html'} (metrics.json beside it)")
+        return out
+
+
+def channel_pair(data: Path) -> tuple[Path, Path]:
+    """(images, masks) of DATA: a layout root's validation pair, or a channel and its
+    ``_annotation`` sibling."""
+    if (data / "input" / "data" / "validation").is_dir():  # a folder laid out like /opt/ml
+        data = data / "input" / "data"
+    if (data / "validation").is_dir():
+        images, masks = data / "validation", data / "validation_annotation"
+        if not masks.is_dir():
+            raise UserError(f"{masks} is missing: the masks of {images} belong there.")
+        return images, masks
+    sibling = data.parent / f"{data.name}_annotation"
+    if data.is_dir() and sibling.is_dir():
+        return data, sibling
+    raise UserError(
+        f"{data} is neither a layout root with validation/ and validation_annotation/ nor a "
+        f"channel folder with its masks in {sibling.name}/ beside it. Give e.g. data/ or "
+        "data/validation."
+    )
+
+
+def open_model(model: Path, scratch: Path, engine: str) -> tuple[Path, dict, Engine]:
+    """The model folder (a tarball is extracted into ``scratch``), its hyperparams.json and
+    the engine that runs it."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}.")
+    model_dir = model_folder.extract_model_tarball(model, scratch) if model.is_file() else model
+    if not model_dir.is_dir():
+        raise UserError(f"{model} does not exist: give a model/ folder or a model.tar.gz.")
+    if engine == "torch":
+        network, record = model_folder.load_model(model_dir)
+        return model_dir, record, TorchEngine(network)
+    record = model_folder.read_record(model_dir, f"The model in {model}")
+    file = model_dir / (model_folder.ONNX_FILE if engine == "onnx" else model_folder.INT8_FILE)
+    if not file.is_file():
+        raise UserError(
+            f"--engine {engine} needs {file.name}, which {model} does not hold. Add it with "
+            "`segcontainer export MODEL --formats onnx,int8 --calibration DATA` (the int8 file "
+            "is kept only when it passes its check), or use --engine torch."
+        )
+    return model_dir, record, OnnxEngine(file)
+
+
+def _samples(images: Path, masks: Path, lut: np.ndarray, num_classes: int) -> list[Sample]:
+    """The pairs, checked as training checks them (every problem named, files included)."""
+    samples, lonely_images, lonely_masks = pair_samples(images, masks)
+    found = FoundSamples(
+        samples,
+        [p.relative_to(images).as_posix() for p in lonely_images],
+        [p.relative_to(masks).as_posix() for p in lonely_masks],
+    )
+    if not samples and not found.lonely_images and not found.lonely_masks:
+        raise UserError(f"{images} and {masks} hold no image/mask pairs.")
+    with tqdm(total=len(samples), desc="check", unit="pair") as bar:
+        # Named after the images' channel, so messages name its _annotation folder.
+        check.check_split(found, images.name, lut, num_classes, bar.update)
+    return samples
+
+
+def _class_table(matrix: torch.Tensor, names: list[str]) -> list[dict]:
+    iou = Scores.from_matrix(matrix).per_class_iou
+    rates = class_rates(matrix)
+    true, predicted = matrix.sum(1).tolist(), matrix.sum(0).tolist()
+    return [
+        {
+            "id": index,
+            "name": name,
+            "IOU": iou[index],
+            "precision": rates["precision"][index],
+            "recall": rates["recall"][index],
+            "false_positive_rate": rates["false_positive_rate"][index],
+            "true_pixels": int(true[index]),
+            "predicted_pixels": int(predicted[index]),
+        }
+        for index, name in enumerate(names)
+    ]
+
+
+@dataclass(frozen=True)
+class Setting:
+    long_side: int  # the long side the model sees (the endpoint's base_size)
+    tile: int  # larger model inputs are predicted in tiles of this size
+
+
+def endpoint_setting(record: dict) -> Setting:
+    """The endpoint's resize and tile size (serving/predictor.py): the model's base_size and
+    2 x crop_size unless SEGCONTAINER_INFERENCE_SIZE / SEGCONTAINER_TILE_SIZE say otherwise."""
+    try:
+        long_side = env_int(("SEGCONTAINER_INFERENCE_SIZE",), record["base_size"])
+        requested = env_int(("SEGCONTAINER_TILE_SIZE",), 0) or None
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return Setting(long_side, tile_size(record["crop_size"], requested))
+
+
+def _score_image(
+    runner: Engine,
+    sample: Sample,
+    name: str,
+    lut: np.ndarray,
+    setting: Setting,
+    total: ConfusionMatrix,
+    out: Path,
+) -> dict:
+    """Predict one image as the endpoint does, add it to ``total``, write its overlay; its
+    entry of metrics.json's per_image."""
+    image = load_image(sample.image)
+    truth = torch.from_numpy(load_mask(sample.mask, lut))
+    inputs = model_input(image, setting.long_side)
+    logits = inference.tiled_logits(runner, inputs, setting.tile)[0]
+    prediction = inference.class_map(logits, *truth.shape)
+    total.update(truth, prediction)
+    single = ConfusionMatrix(total.num_classes)
+    single.update(truth, prediction)
+    scores = single.scores()
+    overlay = f"{OVERLAY_DIR}/{name}.jpg"
+    (out / overlay).parent.mkdir(parents=True, exist_ok=True)
+    picture = report.overlay_image(image, truth.numpy(), prediction.numpy())
+    # 4:4:4 JPEG: chroma subsampling would smear thin red and blue edges.
+    picture.save(out / overlay, quality=90, subsampling=0)
+    return {
+        "name": name,
+        "mIOU": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "labelled_pixels": int(single.matrix.sum()),
+        "overlay": overlay,
+    }
+
+
+def evaluate(model: Path, data: Path, out: Path, engine: str = "torch") -> Evaluation:
+    images_dir, masks_dir = channel_pair(data)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(
+            f"{out} already holds files; write to a new OUT folder (or empty it), so the "
+            "report shows this run's images only."
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir, record, runner = open_model(model, Path(scratch), engine)
+        info = model_folder.read_info(model_dir)
+        num_classes = record["num_classes"]
+        names = list(info.get("class_names") or [f"class_{i}" for i in range(num_classes)])
+        spec = record.get("label_maps", {}).get("validation", {"scale": 1})
+        lut = label_map_lut(spec, f"the validation label map of {model}")
+        samples = _samples(images_dir, masks_dir, lut, num_classes)
+        setting = endpoint_setting(record)
+        total = ConfusionMatrix(num_classes)
+        per_image = []
+        (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+        for sample in tqdm(samples, desc="evaluate", unit="image"):
+            name = sample.image.relative_to(images_dir).with_suffix("").as_posix()
+            with torch.inference_mode():
+                per_image.append(_score_image(runner, sample, name, lut, setting, total, out))
+    matrix = total.matrix
+    scores = Scores.from_matrix(matrix)
+    per_image.sort(key=lambda item: (item["mIOU"], item["pixel_accuracy"], item["name"]))
+    metrics = {
+        "model": str(model),
+        "data": str(images_dir),
+        "engine": runner.name,
+        "inference": {"long_side": setting.long_side, "tile_size": setting.tile},
+        "images": len(samples),
+        "labelled_pixels": int(matrix.sum()),
+        "mIOU": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class": _class_table(matrix, names),
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "class_names": names,
+            "matrix": matrix.tolist(),
+        },
+        "per_image_order": "per-image mIoU, lowest first; ties by pixel accuracy",
+        "per_image": per_image,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    report.confusion_plot(matrix.numpy(), names, out / report.PLOT_FILE)
+    report.write_html(out, metrics)
+    return Evaluation(out, metrics)

@@ -1,0 +1,189 @@
+"""`segcontainer evaluate`: the trainer's numbers, a hand-computed case, the report's files."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segcontainer import model_folder
+from segcontainer.cli import main as cli
+from segcontainer.tools import evaluate as evaluate_module
+from segcontainer.tools.report import (
+    CORRECT,
+    FALSE_POSITIVE,
+    MISSED,
+    OVERLAY_ALPHA,
+    overlay_image,
+)
+
+
+@pytest.fixture(autouse=True)
+def endpoint_defaults(monkeypatch) -> None:
+    """The endpoint's settings from the model alone, whatever the calling shell has set."""
+    monkeypatch.delenv("SEGCONTAINER_INFERENCE_SIZE", raising=False)
+    monkeypatch.delenv("SEGCONTAINER_TILE_SIZE", raising=False)
+
+
+def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    tarball = trained_base / "output" / "model.tar.gz"
+    assert cli(["evaluate", str(tarball), str(trained_base / "input" / "data"), str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    info = json.loads((trained_base / "model" / "model_info.json").read_text())
+    assert metrics["images"] == 4 and metrics["engine"] == "torch"
+    assert metrics["mIOU"] == pytest.approx(info["validation_mIOU"], abs=1e-6)
+    assert metrics["pixel_accuracy"] == pytest.approx(info["validation_pixel_accuracy"], abs=1e-6)
+    ious = {c["name"]: c["IOU"] for c in metrics["per_class"]}
+    assert list(ious) == ["bg", "rect", "ellipse"]  # the model's class names
+    for name, iou in info["validation_per_class_IOU"].items():
+        assert ious[name] == pytest.approx(iou, abs=1e-6)
+    assert metrics["inference"] == {"long_side": 48, "tile_size": 64}  # base_size, 2 x crop
+    order = [(i["mIOU"], i["pixel_accuracy"]) for i in metrics["per_image"]]
+    assert order == sorted(order)  # worst first
+    # Every file the page shows exists, under a relative path.
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sources[0] == "confusion_matrix.png" and len(sources) == 5
+    assert sources[1:] == [i["overlay"] for i in metrics["per_image"]]
+    for source in sources:
+        assert not source.startswith("/") and Image.open(out / source).size[0] > 0
+    assert page.count("<tr><td>") == 4 + 3  # the summary's rows and one per class
+
+
+class Colours:
+    """A stand-in engine: class 1 where the input is red, 2 where it is blue, else 0, as
+    one-hot logits, so every predicted pixel is known in advance."""
+
+    name = "colours"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        red = batch[:, 0] > 1.0
+        blue = batch[:, 2] > 1.0
+        classes = torch.where(red, 1, torch.where(blue, 2, 0))
+        return torch.nn.functional.one_hot(classes, 3).permute(0, 3, 1, 2).float()
+
+
+RED, BLUE, GREY = (250, 0, 0), (0, 0, 250), (120, 120, 120)
+
+
+def write_pair(root: Path, name: str, colours: list[list[tuple]], labels: list[list[int]]) -> None:
+    (root / "validation").mkdir(parents=True, exist_ok=True)
+    (root / "validation_annotation").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.array(colours, dtype=np.uint8), "RGB").save(
+        root / "validation" / f"{name}.png"
+    )
+    Image.fromarray(np.array(labels, dtype=np.uint8), "L").save(
+        root / "validation_annotation" / f"{name}.png"
+    )
+
+
+def test_hand_computed_confusion_matrix(tmp_path: Path, monkeypatch) -> None:
+    # Predictions (from the colours) and truth, 2 images of 2x3 pixels:
+    #   a: predicted 1 1 0 / 2 0 0   truth 1 0 1 / 2 255 0   (image mIoU (1/3 + 1/3 + 1) / 3)
+    #   b: predicted 0 0 0 / 0 0 0   truth 0 0 0 / 0 0 2
+    data = tmp_path / "data"
+    write_pair(data, "a", [[RED, RED, GREY], [BLUE, GREY, GREY]], [[1, 0, 1], [2, 255, 0]])
+    write_pair(data, "b", [[GREY] * 3, [GREY] * 3], [[0, 0, 0], [0, 0, 2]])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_info.json").write_text(json.dumps({"class_names": ["bg", "red", "blue"]}))
+    record = {"num_classes": 3, "base_size": 3, "crop_size": 16, "label_maps": {}}
+    monkeypatch.setattr(evaluate_module, "open_model", lambda *args: (model, record, Colours()))
+    out = tmp_path / "report"
+    assert cli(["evaluate", str(model), str(data), str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # rows: truth, columns: prediction; the 255 pixel is left out.
+    expected = [[6, 1, 0], [1, 1, 0], [1, 0, 1]]
+    assert metrics["confusion_matrix"]["matrix"] == expected
+    assert metrics["labelled_pixels"] == 11
+    bg, red, blue = metrics["per_class"]
+    assert bg["IOU"] == pytest.approx(6 / (7 + 8 - 6))
+    assert red["IOU"] == pytest.approx(1 / (2 + 2 - 1))
+    assert blue["IOU"] == pytest.approx(1 / 2)
+    assert metrics["mIOU"] == pytest.approx((6 / 9 + 1 / 3 + 1 / 2) / 3)
+    assert metrics["pixel_accuracy"] == pytest.approx(8 / 11)
+    assert (red["precision"], red["recall"]) == pytest.approx((1 / 2, 1 / 2))
+    assert red["false_positive_rate"] == pytest.approx(1 / 9)  # 1 of the 9 pixels not red
+    assert (blue["precision"], blue["recall"], blue["false_positive_rate"]) == pytest.approx(
+        (1.0, 1 / 2, 0.0)
+    )
+    assert (bg["true_pixels"], bg["predicted_pixels"]) == (7, 8)
+    # Per image: b (mIoU (5/6 + 0) / 2; class 1 absent from both) is worse than a (5/9).
+    assert [i["name"] for i in metrics["per_image"]] == ["b", "a"]
+    assert metrics["per_image"][0]["mIOU"] == pytest.approx(5 / 12)
+    assert (out / "overlays" / "a.jpg").is_file() and (out / "overlays" / "b.jpg").is_file()
+    # DATA may also be one channel folder, its masks in <channel>_annotation beside it.
+    again = tmp_path / "again"
+    assert cli(["evaluate", str(model), str(data / "validation"), str(again)]) == 0
+    assert (
+        json.loads((again / "metrics.json").read_text())["confusion_matrix"]["matrix"] == expected
+    )
+
+
+def test_overlay_colours_correct_false_positive_and_missed_pixels() -> None:
+    image = Image.fromarray(np.array([[RED, RED, GREY, GREY, GREY]], dtype=np.uint8), "RGB")
+    truth = np.array([[1, 0, 1, 255, 0]], dtype=np.uint8)
+    prediction = np.array([[1, 2, 0, 1, 0]], dtype=np.uint8)
+    pixels = np.asarray(overlay_image(image, truth, prediction)).astype(int)
+
+    def blended(source, colour):
+        return np.round((1 - OVERLAY_ALPHA) * np.array(source) + OVERLAY_ALPHA * np.array(colour))
+
+    assert pixels[0, 0].tolist() == blended(RED, CORRECT).tolist()
+    assert pixels[0, 1].tolist() == blended(RED, FALSE_POSITIVE).tolist()
+    assert pixels[0, 2].tolist() == blended(GREY, MISSED).tolist()
+    assert pixels[0, 3].tolist() == list(GREY)  # 255: ignored
+    assert pixels[0, 4].tolist() == list(GREY)  # background found: the image as it is
+
+
+def test_errors_name_the_file(trained_base: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(trained_base / "input" / "data", data)
+    model = str(trained_base / "model")
+    bad = data / "validation_annotation" / "validation_0002.png"
+    labels = np.array(Image.open(bad))
+    labels[0, 0] = 9  # not a class of the 3-class model
+    Image.fromarray(labels, "L").save(bad)
+    assert cli(["evaluate", model, str(data), str(tmp_path / "a")]) == 1
+    assert "validation_0002.png (pixel values [9])" in capsys.readouterr().err
+    assert cli(["evaluate", model, str(data / "train_annotation"), str(tmp_path / "b")]) == 1
+    assert "nor a channel folder with its masks in train_annotation_annotation/" in (
+        capsys.readouterr().err
+    )
+    assert cli(["evaluate", model, str(data / "train"), str(tmp_path / "c"), "--engine", "onnx"])
+    assert f"--engine onnx needs model.onnx, which {model} does not hold" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.txt").write_text("x")
+    assert cli(["evaluate", model, str(data / "train"), str(tmp_path / "d")]) == 1
+    assert f"{tmp_path / 'd'} already holds files" in capsys.readouterr().err
+
+
+def test_onnx_engines_score_as_the_export_checks_them(
+    exported_model, trained_base: Path, tmp_path: Path, capsys
+) -> None:
+    """--engine onnx / onnx-int8 run the exported files: their mIoU on the validation images
+    the export checked int8 on is the one that check recorded for fp32 and for int8."""
+    tarball, _ = exported_model
+    model = model_folder.extract_model_tarball(tarball, tmp_path / "model")
+    int8 = model_folder.read_info(model)["exports"]["int8"]
+    data = str(trained_base / "input" / "data")  # exported_model's --calibration
+    assert cli(["evaluate", str(model), data, str(tmp_path / "onnx"), "--engine", "onnx"]) == 0
+    metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    assert metrics["engine"] == "onnx"
+    assert metrics["mIOU"] == pytest.approx(int8["tries"][0]["mIOU_fp32"], abs=1e-6)
+    code = cli(["evaluate", str(model), data, str(tmp_path / "int8"), "--engine", "onnx-int8"])
+    if int8["passed"]:
+        metrics = json.loads((tmp_path / "int8" / "metrics.json").read_text())
+        assert code == 0 and metrics["engine"] == "onnx-int8"
+        assert metrics["mIOU"] == pytest.approx(int8["mIOU_int8"], abs=1e-6)
+    else:  # withheld by its check: the message says how to get one
+        assert code == 1 and "needs model.int8.onnx" in capsys.readouterr().err
