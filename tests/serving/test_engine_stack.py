@@ -17,6 +17,7 @@ from PIL import Image
 from segcontainer import model_folder
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.serving import server as serve_module
+from segcontainer.serving.settings import ServingSettings
 from tests.serving.test_stack import image_bytes, invoke
 from tests.serving_stack import Server
 
@@ -65,10 +66,10 @@ def test_start_log_names_engine_threads_and_file(engine_server) -> None:
     server.log_file.flush()
     log = Path(server.log_file.name).read_text()  # all of it: /ping retries follow the start
     file = "model.pt" if engine == "torch" else f"model{'.int8' if 'int8' in engine else ''}.onnx"
+    settings = ServingSettings.from_env()  # this host's workers and their share of the cores
+    threads = settings.torch_threads if engine == "torch" else settings.cpu_threads
     assert f"engine {engine} (" in log
-    assert f"{file}, 2 intra-op threads in each of 1 workers" in log or (
-        f"{file}, 1 intra-op threads in each of" in log  # a 1-core host
-    )
+    assert f"{file}, {threads} intra-op threads in each of {settings.workers} workers" in log
     assert f"engine {engine}, " in log and "intra-op threads, file" in log  # the worker's line
 
 
@@ -130,3 +131,16 @@ def test_serve_stops_at_start_for_a_missing_or_unknown_engine(
     assert "cannot start: " + message.format(model=tmp_path / "model") in log
     if engine != "fastest":
         assert "segcontainer export MODEL" in log
+
+
+@pytest.mark.parametrize(("cpus", "workers", "threads"), [(2, None, 2), (8, None, 2), (8, "2", 4)])
+def test_each_worker_gets_its_share_of_the_cores(monkeypatch, cpus, workers, threads) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setattr("segcontainer.serving.settings.gpu_count", lambda: 0)
+    monkeypatch.delenv("MODEL_SERVER_WORKERS", raising=False)
+    monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)
+    if workers:
+        monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", workers)
+    settings = ServingSettings.from_env()
+    assert settings.cpu_threads == settings.torch_threads == threads
+    assert settings.workers * settings.cpu_threads == cpus
