@@ -79,3 +79,17 @@ def test_camvid_recipe_table_with_the_torchvision_reference(demo_data: Path) -> 
 def test_serving_latency_table() -> None:
     out = run("serve_latency.py", "--requests", "1", "--size", "96x64")
     assert "bare forward 1x3x341x512" in out and "1 client(s): p50" in out
+
+
+def test_cpu_engines_table(demo_data: Path, tmp_path: Path) -> None:
+    out = run(
+        "cpu_engines.py",
+        *("--data", str(demo_data), "--models", str(tmp_path / "models"), "--algorithms", "fcn"),
+        *("--size", "64", "--requests", "2", "--set", "epochs=1", "crop_size=32"),
+        *("base_size=48", "mini_batch_size=4", "validation_mini_batch_size=4", "workers=0"),
+        *("num_classes=3", "class_names=bg,rect,ellipse"),
+    )
+    for engine in ("torch", "onnx", "onnx-int8"):  # int8: measured, or why it is not served
+        assert f"| FCN-ResNet50 | {engine} |" in out
+    assert "| FCN-ResNet50 | 1, " in out and "| bg | rect | ellipse |" in out
+    assert "fcn onnx: engine onnx (SEGCONTAINER_ENGINE=onnx)" in out

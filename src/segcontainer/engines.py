@@ -13,11 +13,16 @@ served.
 
 onnxruntime is imported only when an ONNX engine is opened, so the PyTorch path does not pay
 for it.
+
+``choose_engine`` is the ``SEGCONTAINER_ENGINE`` policy (auto | torch | onnx | onnx-int8) over a
+model folder's files; ``model_folder.open_engine`` applies it and opens the engine, for
+``serve`` and any tool that must predict exactly as the endpoint does.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,46 +32,74 @@ from torch import nn
 
 from segcontainer.errors import UserError
 
+ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+
 
 class Engine(Protocol):
     name: str  # "torch", "onnx" or "onnx-int8", for logs
+    device: torch.device  # where on_device's logits are (the CPU for ONNX Runtime)
+    threads: int  # intra-op threads (0: the library's default), for logs
+    file: Path | None  # the file it runs (None: a PyTorch module given in memory)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised float32 -> (N, num_classes, H, W) float32 logits (CPU)."""
+        ...
+
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The same logits, left on ``device`` (serving upsamples them there)."""
         ...
 
 
 class TorchEngine:
     """The eager PyTorch model, in eval mode, on ``device`` (default: CUDA when present).
 
-    ``bf16``: autocast to bf16 on a GPU that supports it (serving); False keeps fp32 (the
-    export's reference). Threads: PyTorch's are process-wide (``torch.set_num_threads``), set
-    by whoever owns the process (serving sets each worker's share).
+    ``bf16``: reduced precision on a GPU (serving): bf16 autocast where the GPU computes bf16
+    natively, fp16 on older GPUs; False keeps fp32 (the export's reference). Threads:
+    PyTorch's are process-wide (``torch.set_num_threads``), set by whoever owns the process
+    (serving sets each worker's share).
     """
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device | None = None, bf16: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device | None = None,
+        bf16: bool = True,
+        file: Path | None = None,
+    ):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = bf16
+        self.file = file
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        # bf16 on a GPU that has it: about twice as fast, and argmax barely changes. On the CPU
-        # bf16 autocast was measured slower than fp32, so the CPU stays fp32.
-        if self.bf16 and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        # On the CPU bf16 autocast was measured slower than fp32, so the CPU stays fp32. On a
+        # GPU: bf16 where it is native (compute capability 8.0 and newer; the rule of
+        # models.native_bf16, which this sibling module cannot import); V100 and T4 report
+        # bf16 as supported but only emulate it, slower than fp16, which is safe for
+        # inference (no gradients to scale).
+        if not self.bf16 or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        native = torch.cuda.get_device_capability(self.device) >= (8, 0)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model(batch).float().cpu()
+            return self.model(batch).float()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.on_device(batch).cpu()
 
 
 class OnnxEngine:
@@ -76,6 +109,8 @@ class OnnxEngine:
     parallelism stays at 1: the graph is a single chain, and extra pools only oversubscribe
     the cores other gunicorn workers use.
     """
+
+    device = torch.device("cpu")
 
     def __init__(self, file: Path, threads: int = 0, name: str | None = None):
         import onnxruntime as ort
@@ -106,3 +141,71 @@ class OnnxEngine:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         (logits,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(logits)
+
+    on_device = __call__
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    name: str  # torch | onnx | onnx-int8
+    file: Path | None  # the ONNX file it runs; None: the PyTorch model (model.pt)
+    why: str  # for the start-up log
+
+
+def choose_engine(
+    choice: str, gpu: bool, onnx_file: Path, int8_file: Path, int8_export: dict | None
+) -> EngineChoice:
+    """The engine ``SEGCONTAINER_ENGINE=choice`` gives for a model whose exports would be
+    ``onnx_file`` and ``int8_file`` (``int8_export``: model_info.json's record of the int8
+    check, None when there is none), on a GPU host or not.
+
+    auto: on a CPU host the int8 file when it exists and passed its check, else the fp32 ONNX
+    file when it exists, else PyTorch; on a GPU host PyTorch (ONNX Runtime runs on the CPU
+    here). An explicit choice whose file is missing (or int8 whose check did not pass) is a
+    UserError naming the file and how to produce it."""
+    value = choice.strip().lower()
+    if value not in ENGINE_CHOICES:
+        raise UserError(
+            f"SEGCONTAINER_ENGINE={choice!r} is not valid: expected one of "
+            f"{', '.join(ENGINE_CHOICES)} (auto: int8, else ONNX, else PyTorch on a CPU host; "
+            "PyTorch on a GPU host)."
+        )
+    record = int8_export or {}
+    int8_passed = int8_file.is_file() and record.get("passed") is True
+    if value == "auto":
+        if gpu:
+            return EngineChoice("torch", None, "auto on a GPU host")
+        if int8_passed:
+            return EngineChoice("onnx-int8", int8_file, "auto: int8 file present, check passed")
+        if onnx_file.is_file():
+            return EngineChoice("onnx", onnx_file, "auto: ONNX file present, no checked int8 file")
+        return EngineChoice("torch", None, "auto: no ONNX export in the model")
+    if value == "torch":
+        return EngineChoice("torch", None, "SEGCONTAINER_ENGINE=torch")
+    if value == "onnx":
+        if not onnx_file.is_file():
+            raise UserError(
+                f"SEGCONTAINER_ENGINE=onnx needs {onnx_file}, which the model does not hold. "
+                "Produce it by training with export=onnx (part of the default, onnx,int8), or "
+                "add it to this model with `segcontainer export MODEL --formats onnx`; or "
+                "serve with SEGCONTAINER_ENGINE=torch."
+            )
+        return EngineChoice("onnx", onnx_file, "SEGCONTAINER_ENGINE=onnx")
+    if int8_passed:
+        return EngineChoice("onnx-int8", int8_file, "SEGCONTAINER_ENGINE=onnx-int8")
+    how = (
+        "Produce it by training with export=onnx,int8 (the default), or add it to this model "
+        "with `segcontainer export MODEL --formats onnx,int8 --calibration DIR` (DIR laid out "
+        "like the training channels)"
+    )
+    if record.get("passed") is False or record.get("error"):
+        why = record.get("reason") or record.get("error")
+        problem = f"which was withheld: the int8 export did not pass ({why})"
+    elif int8_file.is_file():
+        problem = "whose check is not recorded as passed in model_info.json"
+    else:
+        problem = "which the model does not hold"
+    raise UserError(
+        f"SEGCONTAINER_ENGINE=onnx-int8 needs {int8_file}, {problem}. {how}; or serve with "
+        "SEGCONTAINER_ENGINE=onnx or torch."
+    )

@@ -24,6 +24,7 @@ from torch import nn
 from segcontainer import __version__
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.preprocess import MEAN, STD
+from segcontainer.engines import Engine, EngineChoice, OnnxEngine, TorchEngine, choose_engine
 from segcontainer.errors import UserError
 from segcontainer.models import AUX_PREFIX, build_model
 
@@ -153,6 +154,34 @@ def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model, record
+
+
+def select_engine(model_dir: Path, choice: str = "auto", gpu: bool = False) -> EngineChoice:
+    """What ``SEGCONTAINER_ENGINE=choice`` serves from model_dir (engines.choose_engine);
+    UserError for an unknown choice or an engine whose file is missing. Reads no weights, so
+    ``serve`` checks it at start before any worker loads the model."""
+    int8 = (read_info(model_dir).get(EXPORTS_KEY) or {}).get("int8")
+    return choose_engine(
+        choice,
+        gpu,
+        model_dir / ONNX_FILE,
+        model_dir / INT8_FILE,
+        int8 if isinstance(int8, dict) else None,
+    )
+
+
+def open_engine(
+    model_dir: Path, choice: str = "auto", device: torch.device | None = None, threads: int = 0
+) -> Engine:
+    """The engine serving runs for model_dir: PyTorch on ``device`` (default: CUDA when
+    present), or an ONNX Runtime session on the CPU with ``threads`` intra-op threads (0: one
+    per physical core). An ONNX engine never loads model.pt."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = select_engine(model_dir, choice, gpu=device.type == "cuda")
+    if chosen.name == "torch":
+        model, _ = load_model(model_dir)
+        return TorchEngine(model, device, file=model_dir / WEIGHTS_FILE)
+    return OnnxEngine(chosen.file, threads, chosen.name)
 
 
 def pack_model(model_dir: Path, tarball: Path) -> None:

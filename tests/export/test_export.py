@@ -4,9 +4,11 @@ hyperparameter, failures (explicit: fail; default: warn), `segcontainer export` 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,11 +16,19 @@ from PIL import Image
 from torch import nn
 
 from segcontainer import cli, model_folder
+from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.preprocess import model_input
 from segcontainer.engines import OnnxEngine, TorchEngine
-from segcontainer.errors import UserError
-from segcontainer.export import ExportData, export_model, formats
+from segcontainer.errors import TrainingStopped, UserError
+from segcontainer.export import (
+    ExportData,
+    after_training,
+    export_model,
+    formats,
+    from_channels,
+    run,
+)
 from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
 from segcontainer.models import build_model
 from segcontainer.serving.predictor import Predictor
@@ -181,10 +191,7 @@ def test_default_export_failure_warns_and_training_succeeds(
     base_dir, small_dataset, monkeypatch, capsys
 ) -> None:
     write_config(base_dir)
-    given = base_dir / "input" / "config" / "hyperparameters.json"
-    hyperparameters = json.loads(given.read_text())
-    hyperparameters.pop("export")  # the default: onnx,int8
-    given.write_text(json.dumps(hyperparameters))
+    use_default_export(base_dir)  # the default: onnx,int8
     monkeypatch.setattr(formats, "to_onnx", broken_exporter)
     assert train_main() == 0
     log = capsys.readouterr().out  # train logs to stdout, as SageMaker collects it
@@ -216,3 +223,72 @@ def test_explicit_int8_without_training_images_fails(trained_base, tmp_path) -> 
         export_model(model_dir, ("int8",), data, explicit=True)
     exports = export_model(model_dir, ("int8",), data, explicit=False)
     assert exports["int8"]["file"] is None and "Pipe mode" in exports["int8"]["error"]
+
+
+def unreadable_images(*args, **kwargs) -> None:
+    raise OSError("cannot identify image file 'frame_007.jpg'")
+
+
+def use_default_export(base_dir: Path) -> None:
+    given = base_dir / "input" / "config" / "hyperparameters.json"
+    hyperparameters = json.loads(given.read_text())
+    hyperparameters.pop("export")
+    given.write_text(json.dumps(hyperparameters))
+
+
+def finished_job(trained_base: Path, tmp_path: Path, export: str | None):
+    """What after_training gets at the end of a job: paths whose model/ holds a trained
+    model, the config (export given or left at its default) and the job's data."""
+    paths = Paths(tmp_path)
+    shutil.copytree(trained_base / "model", paths.model_dir)
+    given = {"num_classes": "3", "base_size": "48"} | ({"export": export} if export else {})
+    channels = from_channels(trained_base / "input" / "data", {"scale": 1}, 48)
+    samples = [SimpleNamespace(image=image) for image in channels.calibration]
+    validation = SimpleNamespace(samples=channels.validation, lut=channels.validation_lut)
+    data = SimpleNamespace(
+        train_loader=SimpleNamespace(samples=samples),
+        validation_loader=SimpleNamespace(dataset=validation),
+    )
+    return paths, resolve(given), data
+
+
+@pytest.mark.parametrize("export", [None, "onnx,int8"])
+def test_failure_before_any_format_follows_the_policy(
+    trained_base, tmp_path, monkeypatch, caplog, export: str | None
+) -> None:
+    # The same formats, by default or named: only the named ones may fail the job.
+    paths, config, data = finished_job(trained_base, tmp_path, export)
+    monkeypatch.setattr(run, "_check_inputs", unreadable_images)
+    caplog.set_level(logging.INFO)
+    if export is None:
+        after_training(paths, config, data)  # returns: the job goes on to succeed
+        assert "the default: a failure only warns" in caplog.text
+        assert "onnx export failed (model.pt is complete): OSError" in caplog.text
+        assert "int8 export failed" in caplog.text
+    else:
+        with pytest.raises(UserError) as failure:
+            after_training(paths, config, data)
+        reason = str(failure.value)
+        assert reason.startswith("The onnx export asked for by the export hyperparameter failed")
+        assert "frame_007.jpg" in reason
+    assert not (paths.model_dir / "model.onnx").exists()
+    assert (paths.model_dir / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_sigterm_during_an_export_stops_it(trained_base, tmp_path, monkeypatch, explicit) -> None:
+    # MaxRuntime's SIGTERM raises TrainingStopped in whatever runs; the export must not take
+    # it for its own failure and carry on (the job would then report success after a stop).
+    def stopped(*args, **kwargs) -> None:
+        raise TrainingStopped("stopped outside the epoch loop")
+
+    paths, config, data = finished_job(trained_base, tmp_path, "onnx" if explicit else None)
+    monkeypatch.setattr(formats, "to_onnx", stopped)
+    with pytest.raises(TrainingStopped):
+        after_training(paths, config, data)
+
+
+def test_config_tells_given_hyperparameters_from_defaults() -> None:
+    assert resolve({"num_classes": "3"}).given == {"num_classes"}
+    config = resolve({"num_classes": "3", "export": "onnx,int8"})
+    assert "export" in config.given and config.export == resolve({"num_classes": "3"}).export

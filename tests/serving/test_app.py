@@ -249,14 +249,14 @@ def test_each_worker_gets_its_own_gpu(monkeypatch) -> None:
 def test_serving_uses_bf16_only_where_the_gpu_computes_it(
     model_dir: Path, monkeypatch, capability, dtype
 ) -> None:
-    predictor = Predictor(model_dir, torch.device("cpu"))
-    predictor.device = torch.device("cuda", 0)  # only the choice is tested, on the CPU
+    engine = Predictor(model_dir, torch.device("cpu")).engine
+    engine.device = torch.device("cuda", 0)  # only the choice is tested, on the CPU
     # V100 (7.0) and T4 (7.5) report bf16 as supported, but only emulate it
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # autocast("cuda") on a CPU-only host warns
-        assert predictor._autocast().fast_dtype == getattr(torch, dtype)
+        assert engine._autocast().fast_dtype == getattr(torch, dtype)
 
 
 def test_tiles_average_to_the_untiled_logits() -> None:

@@ -209,7 +209,14 @@ SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
 
 
 class Config(dict):
-    """The resolved hyperparameters: a plain dict with attribute access for readability."""
+    """The resolved hyperparameters: a plain dict with attribute access for readability.
+
+    ``given``: the names the user set, as opposed to those left at their default (the export
+    policy depends on it: a format asked for explicitly that fails fails the job)."""
+
+    def __init__(self, values: dict[str, object], given: frozenset[str] = frozenset()):
+        super().__init__(values)
+        self.given = frozenset(given)
 
     def __getattr__(self, name: str) -> object:
         try:
@@ -260,7 +267,7 @@ def resolve(given: dict[str, str]) -> Config:
             "momentum and weight_decay apply to sgd and nag only; ignored for %s",
             values["optimizer"],
         )
-    return Config({name: values[name] for name in SPEC})
+    return Config({name: values[name] for name in SPEC}, frozenset(given))
 
 
 def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]:

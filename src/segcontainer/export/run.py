@@ -19,7 +19,7 @@ from segcontainer import model_folder
 from segcontainer.data.channels import load_image
 from segcontainer.data.preprocess import model_input
 from segcontainer.engines import Engine, OnnxEngine, TorchEngine
-from segcontainer.errors import UserError
+from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import formats, int8
 from segcontainer.export.samples import ExportData, spread, validation_pairs
 
@@ -145,18 +145,21 @@ def export_model(
     model, record = model_folder.load_model(model_dir)
     # The reference is the fp32 model the user trained: no bf16 even on a GPU.
     eager = TorchEngine(model, bf16=False)
-    inputs = _check_inputs(data) if wanted else []
+    inputs: list[torch.Tensor] | None = None  # read when a format first needs them
     exports: dict[str, dict] = {}
     try:
         for name in wanted:
             start = time.perf_counter()
             try:
-                if name == "onnx":
-                    entry = _onnx(model_dir, eager, inputs)
-                elif name == "int8":
+                if name == "int8":
                     entry = _int8(model_dir, eager, data, record["num_classes"])
                 else:
-                    entry = _torchscript(model_dir, eager, inputs)
+                    # Inside the try: an unreadable check image is this format's failure.
+                    inputs = _check_inputs(data) if inputs is None else inputs
+                    export = _onnx if name == "onnx" else _torchscript
+                    entry = export(model_dir, eager, inputs)
+            except TrainingStopped:
+                raise  # SIGTERM (MaxRuntime) stops the job, whatever the format
             except Exception as exc:  # exporters and ONNX Runtime raise many types
                 reason = (
                     str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {exc}"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from segcontainer import model_folder
-from segcontainer.config.environment import Paths, read_hyperparameters
+from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
+from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export.run import export_model
 from segcontainer.export.samples import ExportData
 
@@ -16,25 +17,47 @@ log = logging.getLogger(__name__)
 
 def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
     """Write the ``export`` formats into model/. Calibration uses the training images (File
-    mode; Pipe mode keeps none), the checks the validation pairs training validated on."""
+    mode; Pipe mode keeps none), the checks the validation pairs training validated on.
+
+    The policy (README, "Exports"): model.pt is complete before this runs, so with the default
+    ``export`` any failure here is a warning and the job succeeds; a format the user named
+    that fails fails the job with the reason (UserError). SIGTERM still stops the job."""
     if not config.export:
         log.info("export=none: model/ holds the PyTorch model only")
         return
     if not (paths.model_dir / model_folder.WEIGHTS_FILE).is_file():
         return  # no epoch finished: nothing to export
-    # Failing the job is for a format the user named; the default only warns.
-    explicit = "export" in read_hyperparameters(paths)
+    explicit = "export" in config.given
+    log.info(
+        "exporting the best model as %s (%s)",
+        ", ".join(config.export),
+        "asked for: a failure fails the job" if explicit else "the default: a failure only warns",
+    )
+    try:
+        export_model(paths.model_dir, config.export, _export_data(config, data), explicit)
+    except (UserError, TrainingStopped):
+        raise  # an explicit format's failure, already worded; or SIGTERM
+    except Exception as exc:  # anything outside the per-format steps (reading the data, ...)
+        reason = f"{type(exc).__name__}: {exc}"
+        if explicit:
+            raise UserError(
+                f"The export asked for by the export hyperparameter ({','.join(config.export)}) "
+                f"failed: {reason}. model.pt in {paths.model_dir} is complete; set export=none, "
+                "or add the files later with `segcontainer export`."
+            ) from exc
+        log.warning("the exports failed (model.pt is complete): %s", reason, exc_info=True)
+
+
+def _export_data(config: Config, data: TrainingData) -> ExportData:
     validation_set = data.validation_loader.dataset
     # File mode only: the GPU pipeline holds its samples, a DataLoader its dataset's.
     loader = data.train_loader
     training_samples = getattr(loader, "samples", None) or getattr(
         getattr(loader, "dataset", None), "samples", []
     )
-    export_data = ExportData(
+    return ExportData(
         calibration=[sample.image for sample in training_samples],
         validation=validation_set.samples,
         validation_lut=validation_set.lut,
         long_side=config.base_size,
     )
-    log.info("exporting the best model as %s", ", ".join(config.export))
-    export_model(paths.model_dir, config.export, export_data, explicit)

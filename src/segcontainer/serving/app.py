@@ -17,7 +17,6 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 
 import torch
 from flask import Flask, Response, jsonify, request
@@ -38,18 +37,24 @@ class ModelSlot:
         self.error: str | None = None
         self.busy = threading.Lock()  # one prediction at a time per worker
 
-    def load(self, model_dir: Path, device: torch.device | None = None) -> None:
+    def load(self, settings: ServingSettings, device: torch.device | None = None) -> None:
+        model_dir = settings.model_dir
         try:
             start = time.monotonic()
-            predictor = Predictor(model_dir, device)
+            predictor = Predictor(model_dir, device, settings.engine, settings.cpu_threads)
             warm_up(predictor)
             self.predictor = predictor
+            engine = predictor.engine
             log.info(
-                "model from %s ready on %s in %.1f s (pid %d)",
+                "model from %s ready on %s in %.1f s (pid %d): engine %s, %d intra-op "
+                "threads, file %s",
                 model_dir,
                 predictor.device,
                 time.monotonic() - start,
                 os.getpid(),
+                engine.name,
+                engine.threads,
+                engine.file,
             )
         except Exception as exc:  # any failure must leave /ping at 503, not kill the worker
             self.error = f"{type(exc).__name__}: {exc}"
@@ -62,9 +67,9 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     slot = ModelSlot()
     device = worker_device()
     if load_in_background:
-        threading.Thread(target=slot.load, args=(settings.model_dir, device), daemon=True).start()
+        threading.Thread(target=slot.load, args=(settings, device), daemon=True).start()
     else:
-        slot.load(settings.model_dir, device)
+        slot.load(settings, device)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

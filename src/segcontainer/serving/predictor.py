@@ -8,8 +8,6 @@ uint8 mask, or the float32 probabilities the client asked for) and a band of row
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +17,29 @@ from torchvision import tv_tensors
 
 from segcontainer import inference
 from segcontainer.data.preprocess import model_input_transform, tile_size
-from segcontainer.model_folder import INFO_FILE, load_model
-from segcontainer.models import native_bf16
+from segcontainer.model_folder import open_engine, read_info, read_record
 from segcontainer.serving.settings import env_int
 
 
 class Predictor:
-    """Loads model/ once; ``class_map`` and ``probabilities`` answer for one RGB image."""
+    """Loads model/ once; ``class_map`` and ``probabilities`` answer for one RGB image.
 
-    def __init__(self, model_dir: Path, device: torch.device | None = None):
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, record = load_model(model_dir)
-        self.model = model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+    ``engine``: SEGCONTAINER_ENGINE's value (model_folder.open_engine: PyTorch on ``device``,
+    or ONNX Runtime on the CPU with ``threads`` intra-op threads); every engine goes through
+    the same resizing, tiling and banded upsampling."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: torch.device | None = None,
+        engine: str = "auto",
+        threads: int = 0,
+    ):
+        record = read_record(model_dir, f"The model in {model_dir}")
+        self.engine = open_engine(model_dir, engine, device, threads)
+        self.device = self.engine.device
         self.num_classes: int = record["num_classes"]
-        info_file = model_dir / INFO_FILE
-        info = json.loads(info_file.read_text()) if info_file.exists() else {}
-        self.class_names: list[str] = info.get("class_names") or [
+        self.class_names: list[str] = read_info(model_dir).get("class_names") or [
             f"class_{i}" for i in range(self.num_classes)
         ]
         # SEGCONTAINER_INFERENCE_SIZE: long side the model sees (0 = the image's own size).
@@ -46,29 +49,16 @@ class Predictor:
         self.tile_size = tile_size(record["crop_size"], requested)
         self.transform = model_input_transform(self.long_side)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        # bf16 where the GPU computes it natively; fp16 on older GPUs (V100, T4), where
-        # emulated bf16 is slower and fp16 inference is safe (no gradients to scale).
-        dtype = torch.bfloat16 if native_bf16(self.device) else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-
     def _model_input(self, image: Image.Image) -> torch.Tensor:
         tensor = tv_tensors.Image(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
         return self.transform(tensor).as_subclass(torch.Tensor).unsqueeze(0)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            return self.model(batch).float()
-
     @torch.inference_mode()
     def logits(self, image: Image.Image) -> torch.Tensor:
-        """(C, h, w) logits at model scale, tiled when larger than tile_size."""
+        """(C, h, w) logits at model scale on the engine's device, tiled when larger than
+        tile_size."""
         inputs = self._model_input(image).to(self.device)
-        return inference.tiled_logits(self._forward, inputs, self.tile_size)[0]
+        return inference.tiled_logits(self.engine.on_device, inputs, self.tile_size)[0]
 
     @torch.inference_mode()
     def class_map(self, image: Image.Image) -> np.ndarray:

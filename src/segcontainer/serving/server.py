@@ -18,6 +18,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from segcontainer.errors import UserError
+from segcontainer.model_folder import WEIGHTS_FILE, select_engine
 from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV
 from segcontainer.serving.settings import ServingSettings, gpu_count
 
@@ -93,9 +95,21 @@ def main() -> int:
     )
     try:
         settings = ServingSettings.from_env()
-    except ValueError as exc:
+        # An unknown engine or a missing export stops serve here, with the fix in the log,
+        # rather than leaving every worker failing its /ping.
+        engine = select_engine(settings.model_dir, settings.engine, gpu=gpu_count() > 0)
+    except (ValueError, UserError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    threads = settings.torch_threads if engine.name == "torch" else settings.cpu_threads
+    log.info(
+        "engine %s (%s), file %s, %d intra-op threads in each of %d workers",
+        engine.name,
+        engine.why,
+        engine.file or settings.model_dir / WEIGHTS_FILE,
+        threads,
+        settings.workers,
+    )
     log.info(
         "serving %s on port %d with %d workers (timeout %d s, body limit %s)",
         settings.model_dir,

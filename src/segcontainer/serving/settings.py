@@ -12,6 +12,7 @@ from segcontainer.serving.codecs import ACCEPT_TYPES, PNG
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 DEFAULT_BATCH_PAYLOAD_MB = 20  # a 4K PNG frame fits; batch transform allows up to 100
 WORKER_GPU_ENV = "SEGCONTAINER_WORKER_GPU"  # set in each gunicorn worker (gunicorn_config.py)
+ENGINE_ENV = "SEGCONTAINER_ENGINE"  # auto | torch | onnx | onnx-int8 (engines.choose_engine)
 
 
 def env_int(names: tuple[str, ...], default: int, low: int = 0) -> int:
@@ -57,6 +58,8 @@ class ServingSettings:
     max_payload_mb: int
     default_accept: str
     torch_threads: int
+    engine: str = "auto"  # SEGCONTAINER_ENGINE (checked against the model at serve start)
+    cpu_threads: int = 1  # each worker's share of the cores: an ONNX engine's intra-op threads
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -82,6 +85,9 @@ class ServingSettings:
             max_payload_mb=env_int(("SAGEMAKER_MAX_PAYLOAD_IN_MB",), DEFAULT_BATCH_PAYLOAD_MB),
             default_accept=accept,
             torch_threads=max(1, cpus // max(1, workers)) if not gpus else 1,
+            engine=os.environ.get(ENGINE_ENV, "").strip().lower() or "auto",
+            # ONNX Runtime runs on the CPU even on a GPU host, so it always gets the CPU share.
+            cpu_threads=max(1, cpus // max(1, workers)),
         )
 
     @property

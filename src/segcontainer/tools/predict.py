@@ -3,11 +3,13 @@
     segcontainer predict model.tar.gz photos/ masks/ --overlay
 
 Writes ``<name>.png`` (palette PNG of class ids, the endpoint's image/png answer) and with
-``--overlay`` ``<name>_overlay.jpg`` (the mask's colours blended over the photo).
+``--overlay`` ``<name>_overlay.jpg`` (the mask's colours blended over the photo). The engine
+is the endpoint's: SEGCONTAINER_ENGINE, ``auto`` by default.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, extract_model_tarball
 from segcontainer.serving.codecs import mask_image
 from segcontainer.serving.predictor import Predictor
+from segcontainer.serving.settings import ENGINE_ENV
 
 OVERLAY_ALPHA = 0.5
 
@@ -35,7 +38,7 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
             model_dir = extract_model_tarball(model, Path(scratch))
         if not (model_dir / WEIGHTS_FILE).is_file():
             raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
-        predictor = Predictor(model_dir)
+        predictor = Predictor(model_dir, engine=os.environ.get(ENGINE_ENV) or "auto")
         files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise UserError(f"{inputs} holds no images.")
