@@ -187,3 +187,16 @@ def test_onnx_engines_score_as_the_export_checks_them(
         assert metrics["mIOU"] == pytest.approx(int8["mIOU_int8"], abs=1e-6)
     else:  # withheld by its check: the message says how to get one
         assert code == 1 and "needs model.int8.onnx" in capsys.readouterr().err
+
+
+def test_default_engine_is_the_one_serve_runs(exported_model, trained_base: Path, tmp_path):
+    """Without --engine, evaluate runs what `serve` runs on this host (SEGCONTAINER_ENGINE
+    auto): the checked int8 file, else model.onnx, on a CPU host; PyTorch for a model without
+    exports (test_numbers_match_the_trainers_validation_metrics)."""
+    tarball, _ = exported_model
+    data = str(trained_base / "input" / "data")
+    assert cli(["evaluate", str(tarball), data, str(tmp_path / "auto")]) == 0
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    model = model_folder.extract_model_tarball(tarball, tmp_path / "model")
+    int8_passed = model_folder.read_info(model)["exports"]["int8"]["passed"]
+    assert metrics["engine"] == ("onnx-int8" if int8_passed else "onnx")

@@ -138,9 +138,10 @@ def add_data_tools(commands) -> None:
     score.add_argument("out", type=Path, help="folder for the report (new or empty)")
     score.add_argument(
         "--engine",
-        default="torch",
-        choices=("torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
-        help="how the model runs: torch (default), or an exported onnx / onnx-int8 file",
+        default="auto",
+        choices=("auto", "torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
+        help="how the model runs: auto (default: what serve runs on this host, as "
+        "SEGCONTAINER_ENGINE=auto), torch, or an exported onnx / onnx-int8 file",
     )
 
 

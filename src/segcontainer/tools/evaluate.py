@@ -34,13 +34,13 @@ from segcontainer.data import check
 from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import label_map_lut
 from segcontainer.data.preprocess import model_input, tile_size
-from segcontainer.engines import Engine, OnnxEngine, TorchEngine
+from segcontainer.engines import ENGINE_CHOICES, Engine, OnnxEngine, TorchEngine
 from segcontainer.errors import UserError
 from segcontainer.metrics import ConfusionMatrix, Scores, class_rates
 from segcontainer.serving.settings import env_int
 from segcontainer.tools import report
 
-ENGINES = ("torch", "onnx", "onnx-int8")
+ENGINES = ENGINE_CHOICES  # auto | torch | onnx | onnx-int8, as SEGCONTAINER_ENGINE for serve
 OVERLAY_DIR = "overlays"
 
 
@@ -98,6 +98,9 @@ def open_model(model: Path, scratch: Path, engine: str) -> tuple[Path, dict, Eng
     model_dir = model_folder.extract_model_tarball(model, scratch) if model.is_file() else model
     if not model_dir.is_dir():
         raise UserError(f"{model} does not exist: give a model/ folder or a model.tar.gz.")
+    if engine == "auto":  # what `serve` would run on this host (model_folder.select_engine)
+        gpu = torch.cuda.is_available()
+        engine = model_folder.select_engine(model_dir, "auto", gpu=gpu).name
     if engine == "torch":
         network, record = model_folder.load_model(model_dir)
         return model_dir, record, TorchEngine(network)
@@ -198,7 +201,7 @@ def _score_image(
     }
 
 
-def evaluate(model: Path, data: Path, out: Path, engine: str = "torch") -> Evaluation:
+def evaluate(model: Path, data: Path, out: Path, engine: str = "auto") -> Evaluation:
     images_dir, masks_dir = channel_pair(data)
     if out.exists() and any(out.iterdir()):
         raise UserError(
