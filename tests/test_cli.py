@@ -38,3 +38,17 @@ def test_declared_minimums_match_the_start_up_check() -> None:
     )
     for name, minimum in MINIMUM_VERSIONS.items():
         assert declared[name] == ".".join(map(str, minimum)), name
+
+
+def test_help_shows_the_whole_description(capsys) -> None:
+    """`segcontainer --help` names every command in its description, which ends a sentence
+    (it was once cut off mid-list)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = capsys.readouterr().out
+    commands = re.search(r"\{([a-z,]+)\}", printed).group(1).split(",")
+    description = " ".join(printed.split("positional arguments:")[0].split("...", 1)[1].split())
+    assert len(commands) >= 11
+    for command in commands:
+        assert re.search(rf"\b{command}\b", description), (command, description)
+    assert description.endswith(".")
