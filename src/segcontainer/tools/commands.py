@@ -33,6 +33,7 @@ lands on the same side of the train/validation split.
 VALIDATE_EXAMPLE = """example:
   segcontainer validate data/ --num-classes 3
   segcontainer validate data/ --label-map train_label_map.json
+  segcontainer validate opt_ml/     # checked with opt_ml/input/config/hyperparameters.json
 
 Runs train's data check on data/{train,train_annotation,validation,validation_annotation}:
 prints the counts, the pixels per class and every problem with the files named; exits 0 when
@@ -121,7 +122,17 @@ def add_data_tools(commands) -> None:
         formatter_class=raw,
     )
     check.add_argument("root", type=Path, help="layout root (train/, train_annotation/...)")
-    check.add_argument("--num-classes", type=int, help="default: the lines of class_names.txt")
+    check.add_argument(
+        "--num-classes",
+        type=int,
+        help="default: num_classes of ROOT/input/config/hyperparameters.json, else the lines "
+        "of class_names.txt, else the highest label in the masks + 1",
+    )
+    check.add_argument(
+        "--class-names",
+        metavar="A,B,...",
+        help="comma-separated, as the hyperparameter (default: the config's, else class_names.txt)",
+    )
     check.add_argument(
         "--label-map",
         type=Path,
@@ -177,7 +188,7 @@ def run_data_tool(args: argparse.Namespace) -> int:
         elif args.command == "validate":
             from segcontainer.tools.validate import validate
 
-            summary = validate(args.root, args.num_classes, args.label_map)
+            summary = validate(args.root, args.num_classes, args.label_map, args.class_names)
         elif args.command == "evaluate":
             from segcontainer.tools.evaluate import evaluate
 
