@@ -43,10 +43,12 @@ training would accept the data, 1 otherwise.
 EVALUATE_EXAMPLE = """example:
   segcontainer evaluate model.tar.gz data/ report/
   segcontainer evaluate model/ data/train report-train/ --engine onnx-int8
+  segcontainer evaluate model.tar.gz data/ report/ --engine torch --background none
 
 DATA: a layout root (its validation/ pairs are scored) or one channel folder with its masks in
 <channel>_annotation/ beside it. Images are predicted as the endpoint predicts them. Writes
-report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser).
+report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser),
+which name the engine: --engine torch reproduces training's validation:mIOU.
 """
 
 DATA_TOOLS = ("groundtruth", "labelme", "tile", "validate", "evaluate")
@@ -152,7 +154,14 @@ def add_data_tools(commands) -> None:
         default="auto",
         choices=("auto", "torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
         help="how the model runs: auto (default: what serve runs on this host, as "
-        "SEGCONTAINER_ENGINE=auto), torch, or an exported onnx / onnx-int8 file",
+        "SEGCONTAINER_ENGINE=auto), torch (as training's validation: reproduces "
+        "validation:mIOU), or an exported onnx / onnx-int8 file",
+    )
+    score.add_argument(
+        "--background",
+        metavar="none|ID|NAME",
+        help="the class the overlays treat as background (default: the class named "
+        "background, e.g. _background_, else none)",
     )
 
 
@@ -192,7 +201,7 @@ def run_data_tool(args: argparse.Namespace) -> int:
         elif args.command == "evaluate":
             from segcontainer.tools.evaluate import evaluate
 
-            summary = evaluate(args.model, args.data, args.out, args.engine)
+            summary = evaluate(args.model, args.data, args.out, args.engine, args.background)
         else:
             from segcontainer.tools.tile import tile_layout
 
