@@ -155,7 +155,8 @@ class Settings:
 def config_file(root: Path) -> Path | None:
     """The hyperparameters.json `train` would read for ROOT: ROOT/input/config/ when ROOT is
     laid out like /opt/ml, ../config/ when ROOT is such a folder's input/data."""
-    for base in (root, root.parent.parent if root.name == "data" else None):
+    inside = root.name == "data" and root.parent.name == "input"
+    for base in (root, root.parent.parent if inside else None):
         if base is not None and Paths(base).hyperparameters_file.is_file():
             return Paths(base).hyperparameters_file
     return None
