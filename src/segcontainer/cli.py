@@ -1,5 +1,5 @@
-"""Command line: ``segcontainer train | serve | predict | export | demo | groundtruth | labelme
-| tile | validate | evaluate | recordio``.
+"""SageMaker-compatible semantic segmentation: segcontainer train | serve | predict | export |
+demo | groundtruth | labelme | tile | validate | evaluate | recordio (each with its own --help).
 
 ``train`` and ``serve`` are what SageMaker runs (``docker run IMAGE train``); the executables
 of the same names at the repository root call them. ``predict`` writes masks for a folder of
@@ -62,8 +62,13 @@ def _refuse_old_versions(command: str) -> int | None:
     return 1
 
 
+def description() -> str:
+    """The docstring's first paragraph, on one line (argparse wraps it to the terminal)."""
+    return " ".join(__doc__.split("\n\n")[0].split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segcontainer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="segcontainer", description=description())
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train from the /opt/ml channels (SAGEMAKER_BASE_DIR)")
     commands.add_parser("serve", help="host model/ with nginx + gunicorn (SAGEMAKER_BASE_DIR)")

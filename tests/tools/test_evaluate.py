@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -32,12 +33,17 @@ def endpoint_defaults(monkeypatch) -> None:
 
 
 def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_path: Path) -> None:
+    """--engine torch reproduces validation:mIOU (model_info.json's) exactly, as the report
+    says; the engine is named in metrics.json and on the page."""
     out = tmp_path / "report"
     tarball = trained_base / "output" / "model.tar.gz"
-    assert cli(["evaluate", str(tarball), str(trained_base / "input" / "data"), str(out)]) == 0
+    data = str(trained_base / "input" / "data")
+    assert cli(["evaluate", str(tarball), data, str(out), "--engine", "torch"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     info = json.loads((trained_base / "model" / "model_info.json").read_text())
     assert metrics["images"] == 4 and metrics["engine"] == "torch"
+    assert metrics["engine_note"].startswith("Numbers from engine torch (--engine torch)")
+    assert "equal validation:mIOU" in metrics["engine_note"]
     assert metrics["mIOU"] == pytest.approx(info["validation_mIOU"], abs=1e-6)
     assert metrics["pixel_accuracy"] == pytest.approx(info["validation_pixel_accuracy"], abs=1e-6)
     ious = {c["name"]: c["IOU"] for c in metrics["per_class"]}
@@ -54,7 +60,16 @@ def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_p
     assert sources[1:] == [i["overlay"] for i in metrics["per_image"]]
     for source in sources:
         assert not source.startswith("/") and Image.open(out / source).size[0] > 0
-    assert page.count("<tr><td>") == 4 + 3  # the summary's rows and one per class
+    assert page.count("<tr><td>") == 5 + 3  # the summary's rows and one per class
+    assert "<tr><td>engine</td><td>torch</td></tr>" in page
+    assert html.escape(metrics["engine_note"]) in page
+    # No class is named background (bg, rect, ellipse): the overlays mark every pixel.
+    assert metrics["background"] == {
+        "id": None,
+        "name": None,
+        "chosen_by": "no class of the model is named background",
+    }
+    assert "No class is treated as background" in page
 
 
 class Colours:
@@ -127,11 +142,65 @@ def test_hand_computed_confusion_matrix(tmp_path: Path, monkeypatch) -> None:
     )
 
 
+def colours_model(tmp_path: Path, monkeypatch, names: list[str]) -> tuple[Path, Path]:
+    """(model, data): one validation pair scored by the Colours stand-in engine."""
+    data = tmp_path / "data"
+    write_pair(data, "a", [[RED, RED, GREY], [BLUE, GREY, GREY]], [[1, 0, 1], [2, 255, 0]])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_info.json").write_text(json.dumps({"class_names": names}))
+    record = {"num_classes": 3, "base_size": 3, "crop_size": 16, "label_maps": {}}
+    monkeypatch.setattr(evaluate_module, "open_model", lambda *args: (model, record, Colours()))
+    return model, data
+
+
+@pytest.mark.parametrize(
+    ("names", "option", "expected"),
+    [
+        (["_background_", "red", "blue"], None, (0, "the model's class named background")),
+        (["Sky", "BACKGROUND", "car"], None, (1, "the model's class named background")),
+        (["Sky", "Building", "Tree"], None, (None, "no class of the model is named background")),
+        (["_background_", "red", "blue"], "none", (None, "--background none")),
+        (["Sky", "Building", "Tree"], "tree", (2, "--background tree")),
+        (["Sky", "Building", "Tree"], "1", (1, "--background 1")),
+    ],
+)
+def test_background_class_of_the_overlays(tmp_path, monkeypatch, names, option, expected):
+    """The overlays' background: the class named background (CamVid's class 0 is Sky, so
+    none there), or --background; metrics.json and the page's legend say which."""
+    model, data = colours_model(tmp_path, monkeypatch, names)
+    out = tmp_path / "report"
+    extra = [] if option is None else ["--background", option]
+    assert cli(["evaluate", str(model), str(data), str(out), *extra]) == 0
+    background = json.loads((out / "metrics.json").read_text())["background"]
+    index, chosen_by = expected
+    assert background == {
+        "id": index,
+        "name": None if index is None else names[index],
+        "chosen_by": chosen_by,
+    }
+    page = (out / "report.html").read_text()
+    if index is None:
+        assert "No class is treated as background" in page and "missed" not in page
+    else:
+        assert f"Background: class {index} ({html.escape(names[index])})." in page
+        assert "missed" in page
+    assert f"Chosen: {html.escape(chosen_by)}." in page
+
+
+def test_unknown_background_is_refused_with_the_choices(tmp_path, monkeypatch, capsys) -> None:
+    model, data = colours_model(tmp_path, monkeypatch, ["Sky", "Building", "Tree"])
+    assert cli(["evaluate", str(model), str(data), str(tmp_path / "a"), "--background", "3"]) == 1
+    assert "--background 3 is not a class of the model (ids 0..2)" in capsys.readouterr().err
+    assert cli(["evaluate", str(model), str(data), str(tmp_path / "b"), "--background", "x"]) == 1
+    assert "give none, an id 0..2 or one of Sky, Building, Tree" in capsys.readouterr().err
+
+
 def test_overlay_colours_correct_false_positive_and_missed_pixels() -> None:
     image = Image.fromarray(np.array([[RED, RED, GREY, GREY, GREY]], dtype=np.uint8), "RGB")
     truth = np.array([[1, 0, 1, 255, 0]], dtype=np.uint8)
     prediction = np.array([[1, 2, 0, 1, 0]], dtype=np.uint8)
-    pixels = np.asarray(overlay_image(image, truth, prediction)).astype(int)
+    pixels = np.asarray(overlay_image(image, truth, prediction, 0)).astype(int)
 
     def blended(source, colour):
         return np.round((1 - OVERLAY_ALPHA) * np.array(source) + OVERLAY_ALPHA * np.array(colour))
@@ -141,6 +210,15 @@ def test_overlay_colours_correct_false_positive_and_missed_pixels() -> None:
     assert pixels[0, 2].tolist() == blended(GREY, MISSED).tolist()
     assert pixels[0, 3].tolist() == list(GREY)  # 255: ignored
     assert pixels[0, 4].tolist() == list(GREY)  # background found: the image as it is
+    # Without a background class, class 0 is a class like the others (CamVid's Sky).
+    pixels = np.asarray(overlay_image(image, truth, prediction, None)).astype(int)
+    assert pixels[0, 2].tolist() == blended(GREY, FALSE_POSITIVE).tolist()  # 1 taken for 0
+    assert pixels[0, 3].tolist() == list(GREY)  # 255: ignored
+    assert pixels[0, 4].tolist() == blended(GREY, CORRECT).tolist()  # class 0 found
+    # With class 2 as background, a class-0 pixel predicted as 2 is missed truth.
+    pixels = np.asarray(overlay_image(image, truth, prediction, 2)).astype(int)
+    assert pixels[0, 1].tolist() == blended(RED, MISSED).tolist()
+    assert pixels[0, 4].tolist() == blended(GREY, CORRECT).tolist()
 
 
 def test_errors_name_the_file(trained_base: Path, tmp_path: Path, capsys) -> None:
@@ -200,3 +278,10 @@ def test_default_engine_is_the_one_serve_runs(exported_model, trained_base: Path
     model = model_folder.extract_model_tarball(tarball, tmp_path / "model")
     int8_passed = model_folder.read_info(model)["exports"]["int8"]["passed"]
     assert metrics["engine"] == ("onnx-int8" if int8_passed else "onnx")
+    # The report says which engine made the numbers and how to get training's.
+    note = metrics["engine_note"]
+    assert note.startswith(f"Numbers from engine {metrics['engine']} (auto, what serve runs")
+    assert "--engine torch reproduces validation:mIOU exactly" in note
+    page = (tmp_path / "auto" / "report.html").read_text()
+    assert f"<tr><td>engine</td><td>{metrics['engine']}</td></tr>" in page
+    assert html.escape(note) in page

@@ -85,3 +85,57 @@ def test_bad_label_map_names_the_file(layout: Path, tmp_path: Path, capsys) -> N
     bad.write_text('{"scale": 0}')
     assert cli(["validate", str(layout), "--label-map", str(bad)]) == 1
     assert f"--label-map {bad}: 'scale' must be a number >= 1" in capsys.readouterr().out
+
+
+@pytest.fixture
+def opt_ml(tmp_path: Path) -> Path:
+    """A folder laid out like /opt/ml: the demo task's channels (labels 0..2) and a
+    hyperparameters.json that says num_classes 2, as SageMaker writes it (strings)."""
+    base = tmp_path / "opt_ml"
+    make_dataset(base / "input" / "data", train=4, validation=2, size=(24, 16))
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(
+        json.dumps({"num_classes": "2", "mini_batch_size": "4", "class_names": "bg,thing"})
+    )
+    return base
+
+
+def test_opt_ml_folder_is_checked_with_its_hyperparameters(opt_ml: Path, capsys) -> None:
+    """train refuses masks beyond the config's num_classes: so does validate, saying which
+    file and values it used, from the /opt/ml-like folder or its input/data."""
+    file = opt_ml / "input" / "config" / "hyperparameters.json"
+    for root in (opt_ml, opt_ml / "input" / "data"):
+        assert cli(["validate", str(root)]) == 1
+        printed = capsys.readouterr().out
+        assert f"hyperparameters: {file} (num_classes=2, class_names=bg,thing" in printed
+        assert f"num_classes 2 (num_classes in {file})" in printed
+        assert "training would refuse this data" in printed
+        assert "(pixel values [2])" in printed  # the demo's ellipses are class 2
+
+
+def test_options_override_the_hyperparameters_file(opt_ml: Path, capsys) -> None:
+    args = ["validate", str(opt_ml), "--num-classes", "3", "--class-names", "bg,rect,ellipse"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "num_classes 3 (--num-classes)" in printed
+    assert "--num-classes and --class-names given on the command line" in printed
+    assert "  2 ellipse" in printed and "training would accept this data" in printed
+    # A config training would refuse is refused here too, with train's own message.
+    assert cli(["validate", str(opt_ml), "--num-classes", "3"]) == 1
+    assert "class_names has 2 names but num_classes is 3" in capsys.readouterr().out
+
+
+def test_config_mini_batch_size_is_checked_against_the_train_pairs(opt_ml: Path, capsys) -> None:
+    file = opt_ml / "input" / "config" / "hyperparameters.json"
+    file.write_text(json.dumps({"num_classes": "3", "mini_batch_size": "16"}))
+    assert cli(["validate", str(opt_ml)]) == 1
+    assert "mini_batch_size is 16 but the train channel holds only 4" in capsys.readouterr().out
+
+
+def test_class_names_option_without_a_config(layout: Path, capsys) -> None:
+    assert cli(["validate", str(layout), "--class-names", "sky,road,car"]) == 0
+    printed = capsys.readouterr().out
+    assert "num_classes 3 (the 3 names of --class-names)" in printed and "  1 road" in printed
+    assert cli(["validate", str(layout), "--class-names", "sky,road", "--num-classes", "3"]) == 1
+    assert "--class-names has 2 names but num_classes is 3" in capsys.readouterr().out

@@ -33,6 +33,7 @@ lands on the same side of the train/validation split.
 VALIDATE_EXAMPLE = """example:
   segcontainer validate data/ --num-classes 3
   segcontainer validate data/ --label-map train_label_map.json
+  segcontainer validate opt_ml/     # checked with opt_ml/input/config/hyperparameters.json
 
 Runs train's data check on data/{train,train_annotation,validation,validation_annotation}:
 prints the counts, the pixels per class and every problem with the files named; exits 0 when
@@ -42,10 +43,12 @@ training would accept the data, 1 otherwise.
 EVALUATE_EXAMPLE = """example:
   segcontainer evaluate model.tar.gz data/ report/
   segcontainer evaluate model/ data/train report-train/ --engine onnx-int8
+  segcontainer evaluate model.tar.gz data/ report/ --engine torch --background none
 
 DATA: a layout root (its validation/ pairs are scored) or one channel folder with its masks in
 <channel>_annotation/ beside it. Images are predicted as the endpoint predicts them. Writes
-report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser).
+report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser),
+which name the engine: --engine torch reproduces training's validation:mIOU.
 """
 
 DATA_TOOLS = ("groundtruth", "labelme", "tile", "validate", "evaluate")
@@ -121,7 +124,17 @@ def add_data_tools(commands) -> None:
         formatter_class=raw,
     )
     check.add_argument("root", type=Path, help="layout root (train/, train_annotation/...)")
-    check.add_argument("--num-classes", type=int, help="default: the lines of class_names.txt")
+    check.add_argument(
+        "--num-classes",
+        type=int,
+        help="default: num_classes of ROOT/input/config/hyperparameters.json, else the lines "
+        "of class_names.txt, else the highest label in the masks + 1",
+    )
+    check.add_argument(
+        "--class-names",
+        metavar="A,B,...",
+        help="comma-separated, as the hyperparameter (default: the config's, else class_names.txt)",
+    )
     check.add_argument(
         "--label-map",
         type=Path,
@@ -141,7 +154,14 @@ def add_data_tools(commands) -> None:
         default="auto",
         choices=("auto", "torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
         help="how the model runs: auto (default: what serve runs on this host, as "
-        "SEGCONTAINER_ENGINE=auto), torch, or an exported onnx / onnx-int8 file",
+        "SEGCONTAINER_ENGINE=auto), torch (as training's validation: reproduces "
+        "validation:mIOU), or an exported onnx / onnx-int8 file",
+    )
+    score.add_argument(
+        "--background",
+        metavar="none|ID|NAME",
+        help="the class the overlays treat as background (default: the class named "
+        "background, e.g. _background_, else none)",
     )
 
 
@@ -177,11 +197,11 @@ def run_data_tool(args: argparse.Namespace) -> int:
         elif args.command == "validate":
             from segcontainer.tools.validate import validate
 
-            summary = validate(args.root, args.num_classes, args.label_map)
+            summary = validate(args.root, args.num_classes, args.label_map, args.class_names)
         elif args.command == "evaluate":
             from segcontainer.tools.evaluate import evaluate
 
-            summary = evaluate(args.model, args.data, args.out, args.engine)
+            summary = evaluate(args.model, args.data, args.out, args.engine, args.background)
         else:
             from segcontainer.tools.tile import tile_layout
 

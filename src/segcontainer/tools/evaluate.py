@@ -12,7 +12,13 @@ to the model's ``base_size`` (or ``SEGCONTAINER_INFERENCE_SIZE``) and normalises
 upsamples the logits to the mask's size band by band, through an ``engines`` engine. Masks are
 read through the model's own validation label map, and pixels are counted by ``metrics``'
 confusion matrix, as the trainer's validation counts them: on the model's validation images,
-mIoU and per-class IoU are those of its model_info.json.
+with ``--engine torch``, mIoU and per-class IoU are those of its model_info.json
+(``validation:mIOU``). The default engine is the one ``serve`` runs on this host (on a CPU
+host the checked int8 file, whose numbers differ slightly); the report names the engine.
+
+The overlays mark mistakes relative to a background class: ``--background none|ID|NAME``,
+by default the class whose name is "background" (any case, underscores around it, as
+labelme's ``_background_``), else none (every labelled pixel is marked right or wrong).
 
 OUT receives metrics.json, confusion_matrix.png, overlays/<image>.jpg and report.html
 (``report``).
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +50,64 @@ ENGINES = ENGINE_CHOICES  # auto | torch | onnx | onnx-int8, as SEGCONTAINER_ENG
 OVERLAY_DIR = "overlays"
 
 
+TRAINING_ENGINE = "torch"  # training's validation runs the eager PyTorch model
+
+
+def engine_note(engine: str, chosen: str) -> str:
+    """Which engine produced the numbers, and whether they are training's validation:mIOU."""
+    how = "auto, what serve runs on this host" if chosen == "auto" else f"--engine {chosen}"
+    if engine == TRAINING_ENGINE:
+        return (
+            f"Numbers from engine {engine} ({how}): the model runs as training's validation "
+            "runs it, so on the model's own validation images mIoU and per-class IoU equal "
+            "validation:mIOU and model_info.json's."
+        )
+    return (
+        f"Numbers from engine {engine} ({how}): they can differ slightly from training's "
+        "validation:mIOU; --engine torch reproduces validation:mIOU exactly on the model's "
+        "own validation images."
+    )
+
+
+@dataclass(frozen=True)
+class Background:
+    """The class the overlays treat as background (id None: none), and why."""
+
+    id: int | None
+    name: str | None
+    chosen_by: str
+
+
+def _is_background(name: str) -> bool:
+    return name.strip("_ ").lower() == "background"
+
+
+def choose_background(option: str | None, names: list[str]) -> Background:
+    """--background none|ID|NAME; by default the class named background, else none."""
+    if option is None:
+        found = [i for i, name in enumerate(names) if _is_background(name)]
+        if found:
+            index = found[0]
+            return Background(index, names[index], "the model's class named background")
+        return Background(None, None, "no class of the model is named background")
+    if option.strip().lower() == "none":
+        return Background(None, None, "--background none")
+    if option.strip().isdigit():
+        index = int(option)
+        if index >= len(names):
+            raise UserError(
+                f"--background {option} is not a class of the model (ids 0..{len(names) - 1})."
+            )
+        return Background(index, names[index], f"--background {option}")
+    matches = [i for i, name in enumerate(names) if name.lower() == option.strip().lower()]
+    if not matches:
+        raise UserError(
+            f"--background {option!r} is not a class of the model: give none, an id "
+            f"0..{len(names) - 1} or one of {', '.join(names)}."
+        )
+    return Background(matches[0], names[matches[0]], f"--background {option}")
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """What evaluate printed about: the files written and the headline numbers."""
@@ -55,6 +119,7 @@ class Evaluation:
         m = self.metrics
         out = [
             f"evaluated {m['model']} on {m['images']} images of {m['data']} ({m['engine']}):",
+            f"  {m['engine_note']}",
             f"  mIoU {m['mIOU']:.4f}, pixel accuracy {m['pixel_accuracy']:.4f}",
             "  per class: IoU / precision / recall",
         ]
@@ -175,6 +240,7 @@ def _score_image(
     setting: Setting,
     total: ConfusionMatrix,
     out: Path,
+    background: int | None,
 ) -> dict:
     """Predict one image as the endpoint does, add it to ``total``, write its overlay; its
     entry of metrics.json's per_image."""
@@ -189,7 +255,7 @@ def _score_image(
     scores = single.scores()
     overlay = f"{OVERLAY_DIR}/{name}.jpg"
     (out / overlay).parent.mkdir(parents=True, exist_ok=True)
-    picture = report.overlay_image(image, truth.numpy(), prediction.numpy())
+    picture = report.overlay_image(image, truth.numpy(), prediction.numpy(), background)
     # 4:4:4 JPEG: chroma subsampling would smear thin red and blue edges.
     picture.save(out / overlay, quality=90, subsampling=0)
     return {
@@ -201,7 +267,9 @@ def _score_image(
     }
 
 
-def evaluate(model: Path, data: Path, out: Path, engine: str = "auto") -> Evaluation:
+def evaluate(
+    model: Path, data: Path, out: Path, engine: str = "auto", background: str | None = None
+) -> Evaluation:
     images_dir, masks_dir = channel_pair(data)
     if out.exists() and any(out.iterdir()):
         raise UserError(
@@ -213,6 +281,7 @@ def evaluate(model: Path, data: Path, out: Path, engine: str = "auto") -> Evalua
         info = model_folder.read_info(model_dir)
         num_classes = record["num_classes"]
         names = list(info.get("class_names") or [f"class_{i}" for i in range(num_classes)])
+        marked = choose_background(background, names)
         spec = record.get("label_maps", {}).get("validation", {"scale": 1})
         lut = label_map_lut(spec, f"the validation label map of {model}")
         samples = _samples(images_dir, masks_dir, lut, num_classes)
@@ -223,7 +292,9 @@ def evaluate(model: Path, data: Path, out: Path, engine: str = "auto") -> Evalua
         for sample in tqdm(samples, desc="evaluate", unit="image"):
             name = sample.image.relative_to(images_dir).with_suffix("").as_posix()
             with torch.inference_mode():
-                per_image.append(_score_image(runner, sample, name, lut, setting, total, out))
+                per_image.append(
+                    _score_image(runner, sample, name, lut, setting, total, out, marked.id)
+                )
     matrix = total.matrix
     scores = Scores.from_matrix(matrix)
     per_image.sort(key=lambda item: (item["mIOU"], item["pixel_accuracy"], item["name"]))
@@ -231,6 +302,8 @@ def evaluate(model: Path, data: Path, out: Path, engine: str = "auto") -> Evalua
         "model": str(model),
         "data": str(images_dir),
         "engine": runner.name,
+        "engine_note": engine_note(runner.name, engine),
+        "background": asdict(marked),
         "inference": {"long_side": setting.long_side, "tile_size": setting.tile},
         "images": len(samples),
         "labelled_pixels": int(matrix.sum()),

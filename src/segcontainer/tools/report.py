@@ -15,7 +15,6 @@ from PIL import Image
 
 from segcontainer.data.label_maps import IGNORE_INDEX
 
-BACKGROUND = 0  # class 0 is background, as the converters (and VOC) number classes
 CORRECT, FALSE_POSITIVE, MISSED = (0, 200, 0), (230, 0, 0), (0, 90, 255)
 OVERLAY_ALPHA = 0.55  # strong enough to see a thin miss, light enough to see the scene
 OVERLAY_MAX_SIDE = 1280  # a 4K frame's overlay at full size would be a few MB per image
@@ -23,24 +22,41 @@ REPORT_IMAGES = 100  # overlays shown on the page; metrics.json lists every imag
 PLOT_FILE = "confusion_matrix.png"
 ANNOTATED_CLASSES = 15  # beyond this the plot's cells are too small for numbers
 
-LEGEND = (
-    "Green: pixels of a class (not background) predicted correctly. Red: false positives, "
-    "pixels predicted as a class they do not belong to. Blue: missed truth, pixels of a "
-    "class predicted as background. Background predicted as background, and pixels "
-    "labelled 255 (ignore), are left as they are."
-)
+
+def legend(background: int | None, name: str | None) -> str:
+    """What the overlays' colours mean, given the background class (None: no class is)."""
+    if background is None:
+        return (
+            "No class is treated as background, so every labelled pixel is marked. Green: "
+            "pixels predicted correctly. Red: pixels predicted wrongly (as a class they do not "
+            "belong to). Pixels labelled 255 (ignore) are left as they are."
+        )
+    return (
+        f"Background: class {background} ({name}). Green: pixels of a class other than "
+        "background predicted correctly. Red: false positives, pixels predicted as a class "
+        "(not background) they do not belong to. Blue: missed truth, pixels of a class "
+        "predicted as background. Background predicted as background, and pixels labelled "
+        "255 (ignore), are left as they are."
+    )
 
 
-def overlay_image(image: Image.Image, truth: np.ndarray, prediction: np.ndarray) -> Image.Image:
+def overlay_image(
+    image: Image.Image, truth: np.ndarray, prediction: np.ndarray, background: int | None
+) -> Image.Image:
     """The image with correct (green), false-positive (red) and missed (blue) pixels blended
-    over it; ``truth`` (255 = ignore) and ``prediction`` are (H, W) class ids."""
+    over it; ``truth`` (255 = ignore) and ``prediction`` are (H, W) class ids. Without a
+    ``background`` class every labelled pixel is green or red."""
     labelled = truth != IGNORE_INDEX
     wrong = labelled & (prediction != truth)
-    layers = (
-        (labelled & (prediction == truth) & (truth != BACKGROUND), CORRECT),
-        (wrong & (prediction != BACKGROUND), FALSE_POSITIVE),
-        (wrong & (prediction == BACKGROUND), MISSED),
-    )
+    right = labelled & (prediction == truth)
+    if background is None:
+        layers = ((right, CORRECT), (wrong, FALSE_POSITIVE))
+    else:
+        layers = (
+            (right & (truth != background), CORRECT),
+            (wrong & (prediction != background), FALSE_POSITIVE),
+            (wrong & (prediction == background), MISSED),
+        )
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
     for where, colour in layers:
         pixels[where] = (1 - OVERLAY_ALPHA) * pixels[where] + OVERLAY_ALPHA * np.array(colour)
@@ -113,6 +129,7 @@ def write_html(out: Path, metrics: dict) -> Path:
     classes = metrics["per_class"]
     summary = _rows(
         [
+            ["engine", metrics["engine"]],
             ["mIoU", _number(metrics["mIOU"])],
             ["pixel accuracy", _number(metrics["pixel_accuracy"])],
             ["images", str(metrics["images"])],
@@ -144,10 +161,13 @@ def write_html(out: Path, metrics: dict) -> Path:
             f"</a><figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     more = len(metrics["per_image"]) - REPORT_IMAGES
+    background = metrics["background"]
+    colours = [(CORRECT, "correct"), (FALSE_POSITIVE, "false positive")]
+    if background["id"] is not None:
+        colours.append((MISSED, "missed"))
     swatches = " ".join(
         f'<span class="swatch" style="background: rgb{colour}"></span> {label}'
-        for colour, label in ((CORRECT, "correct"), (FALSE_POSITIVE, "false positive"))
-        + ((MISSED, "missed"),)
+        for colour, label in colours
     )
     info = metrics["inference"]
     page = f"""<!doctype html>
@@ -159,6 +179,7 @@ def write_html(out: Path, metrics: dict) -> Path:
 ({metrics["images"]} images), engine <code>{html.escape(metrics["engine"])}</code>; images
 resized to a long side of {info["long_side"]} and predicted in tiles of {info["tile_size"]}
 as the endpoint does. Pixels labelled 255 are ignored.</p>
+<p id="engine">{html.escape(metrics["engine_note"])}</p>
 <h2>Summary</h2>
 {summary}
 <h2>Per class</h2>
@@ -167,7 +188,9 @@ as the endpoint does. Pixels labelled 255 are ignored.</p>
 <img src="{PLOT_FILE}" alt="confusion matrix">
 <h2>Images, worst first</h2>
 <p>Sorted by per-image mIoU (the mean IoU over the classes in the image's truth or
-prediction), lowest first; ties by pixel accuracy. {html.escape(LEGEND)}</p>
+prediction), lowest first; ties by pixel accuracy.</p>
+<p id="legend">{html.escape(legend(background["id"], background["name"]))}
+Chosen: {html.escape(background["chosen_by"])}.</p>
 <p>{swatches}</p>
 <div class="images">
 {chr(10).join(figures)}
