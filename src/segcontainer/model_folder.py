@@ -197,38 +197,73 @@ def pack_model(model_dir: Path, tarball: Path) -> None:
     _write_atomically(tarball, write)
 
 
-def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
-    """Why extracting ``member`` under ``root`` would be unsafe, or None."""
+# A model of this container is about ten files (weights, two JSON files, up to three exports):
+# about 1 GB for the largest network with every export. 4 GiB leaves room and stops a tar bomb.
+MAX_EXTRACTED_BYTES = 4 * 1024**3
+MAX_MEMBERS = 1000  # headers are read before anything is extracted; this bounds that too
+_KINDS = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+}
+
+
+def _unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why extracting ``member`` would be unsafe, or None. Only regular files and folders
+    with relative names pass: a model of this container holds no links, and refusing every
+    link (rather than resolving each one) is what keeps a chain of links (CVE-2025-4517)
+    from escaping, whatever the interpreter's tarfile filter does."""
     name = Path(member.name)
     if name.is_absolute():
         return f"absolute path {member.name}"
     if ".." in name.parts:
         return f"path {member.name} climbs out with '..'"
     if member.issym() or member.islnk():
-        base = root if member.islnk() else (root / name).parent
-        target = (base / member.linkname).resolve()
-        if Path(member.linkname).is_absolute() or not target.is_relative_to(root):
-            return f"link {member.name} -> {member.linkname} leaves the folder"
-    if member.isdev():
-        return f"device file {member.name}"
+        return f"{_KINDS[member.type]} {member.name} -> {member.linkname}"
+    if not (member.isreg() or member.isdir()):
+        kind = _KINDS.get(member.type, f"member of tar type {member.type!r}")
+        return f"{kind} {member.name}"
     return None
 
 
+def _checked_members(archive: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]:
+    """Every member's header, refusing the first unsafe one and a total size over
+    MAX_EXTRACTED_BYTES before anything is written (headers only: a member's size is its
+    header's, so a sparse or truncated bomb is caught without reading its data)."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    while (member := archive.next()) is not None:
+        reason = _unsafe_member(member)
+        if reason:
+            raise UserError(
+                f"{tarball} holds an unsafe member ({reason}); refusing to extract it. A "
+                "model of this container holds only files and folders: use a model.tar.gz "
+                "written by train."
+            )
+        total += member.size if member.isreg() else 0
+        if total > MAX_EXTRACTED_BYTES or len(members) >= MAX_MEMBERS:
+            raise UserError(
+                f"{tarball} would unpack to more than {MAX_EXTRACTED_BYTES // 1024**3} GiB or "
+                f"{MAX_MEMBERS} members (model_folder.MAX_EXTRACTED_BYTES, MAX_MEMBERS; at "
+                f"member {member.name}, {member.size} bytes): a model of this container is "
+                "about ten files and at most a few GB. Refusing to extract it; if it really "
+                "is a model, extract it yourself and pass the folder."
+            )
+        members.append(member)
+    return members
+
+
 def extract_model_tarball(tarball: Path, destination: Path) -> Path:
-    """Unpack a model.tar.gz, refusing absolute paths, '..' and links leaving the folder
-    (named in the message); tarfile's "data" filter guards the extraction itself too."""
-    destination.mkdir(parents=True, exist_ok=True)
-    root = destination.resolve()
+    """Unpack a model.tar.gz after checking every header (_checked_members): anything but
+    files and folders, absolute paths, '..' and oversize archives are refused, named, before
+    anything is written. tarfile's "data" filter stays on as a second guard."""
     try:
         with tarfile.open(tarball) as archive:
-            for member in archive.getmembers():
-                reason = _unsafe_member(member, root)
-                if reason:
-                    raise UserError(
-                        f"{tarball} holds an unsafe member ({reason}); refusing to "
-                        "extract it. Use a model.tar.gz written by train."
-                    )
-            archive.extractall(destination, filter="data")
+            members = _checked_members(archive, tarball)
+            destination.mkdir(parents=True, exist_ok=True)
+            archive.extractall(destination, members=members, filter="data")
     except tarfile.FilterError as exc:
         raise UserError(
             f"{tarball} holds an unsafe member ({exc}); refusing to extract it."
