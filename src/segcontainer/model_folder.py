@@ -11,8 +11,10 @@ itself. A folder from before the exports (no export files, no ``"exports"`` entr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -42,11 +44,18 @@ EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see exp
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a stop mid-write leaves the old file."""
+    """Write through a temporary file beside ``path``, fsync it and rename, so a stop or a full
+    disk mid-write leaves the old file whole; a failed write removes the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name points to it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -194,7 +203,19 @@ def pack_model(model_dir: Path, tarball: Path) -> None:
                 if not item.name.startswith("."):
                     archive.add(item, arcname=item.name)
 
-    _write_atomically(tarball, write)
+    try:
+        _write_atomically(tarball, write)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        needed = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file())
+        free = shutil.disk_usage(tarball.parent).free
+        raise UserError(
+            f"{tarball.parent} is full: writing {tarball.name} needs up to {needed / 1e6:.0f} MB "
+            f"(the files of {model_dir}; weights barely compress) and {free / 1e6:.0f} MB are "
+            f"free. {tarball} was not changed and the partial file was removed; free space "
+            "there and run again."
+        ) from exc
 
 
 # A model of this container is about ten files (weights, two JSON files, up to three exports):

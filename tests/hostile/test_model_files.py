@@ -3,8 +3,11 @@ disk, an export on a full disk, and damaged records in model/ (issue 26)."""
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import os
+import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -141,3 +144,72 @@ def test_the_size_limit_counts_every_member(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(UserError, match="at member b, 600 bytes"):
         extract_model_tarball(tarball, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- segcontainer export on a full disk -------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MB tmpfs, where the machine lets the tests mount one (root in CI and here)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); "
+            "test_export_on_a_full_disk_simulated covers the same path in-process"
+        )
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def fake_model_tarball(folder: Path) -> Path:
+    """A model.tar.gz of the shape export reads (its weights are never loaded here)."""
+    model = folder / "model"
+    model.mkdir()
+    (model / model_folder.WEIGHTS_FILE).write_bytes(b"weights")
+    (model / model_folder.CONFIG_FILE).write_text(json.dumps({"num_classes": 3, "base_size": 48}))
+    tarball = folder / "model.tar.gz"
+    model_folder.pack_model(model, tarball)
+    return tarball
+
+
+def large_export(model_dir: Path, *args, **kwargs) -> dict:
+    """Stands in for the ONNX export: 3 MB of incompressible bytes, more than the disk holds."""
+    (model_dir / model_folder.ONNX_FILE).write_bytes(os.urandom(3 * 1024**2))
+    return {"onnx": {"file": model_folder.ONNX_FILE}}
+
+
+def test_export_on_a_full_disk_keeps_the_original(small_disk: Path, monkeypatch, capsys):
+    tarball = fake_model_tarball(small_disk)
+    original = tarball.read_bytes()
+    monkeypatch.setattr("segcontainer.tools.export.export_model", large_export)
+    assert cli.main(["export", str(tarball), "--formats", "onnx"]) == 1
+    error = capsys.readouterr().err
+    assert f"{small_disk} is full: writing model.tar.gz needs up to 3 MB" in error
+    assert "was not changed" in error
+    assert tarball.read_bytes() == original
+    assert sorted(p.name for p in small_disk.iterdir()) == ["model", "model.tar.gz"]
+
+
+def test_export_on_a_full_disk_simulated(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The same without a mount (where the tests may not mount): the packing's write fails
+    with ENOSPC after the temporary file was started."""
+    tarball = fake_model_tarball(tmp_path)
+    original = tarball.read_bytes()
+    monkeypatch.setattr("segcontainer.tools.export.export_model", large_export)
+    add = tarfile.TarFile.addfile
+
+    def addfile(self, info, fileobj=None, *args, **kwargs):
+        if info.name == model_folder.ONNX_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return add(self, info, fileobj, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
+    assert cli.main(["export", str(tarball), "--formats", "onnx"]) == 1
+    assert f"{tmp_path} is full: writing model.tar.gz" in capsys.readouterr().err
+    assert tarball.read_bytes() == original
+    assert not list(tmp_path.glob(".*.tmp")), "the partial file is removed"
