@@ -62,10 +62,27 @@ def _write_json(path: Path, data: dict) -> None:
     _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def _read_json_object(file: Path) -> dict:
+    """A JSON object from a file of model/; UserError naming the file when it is damaged."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{file} cannot be read as JSON ({exc}): the file is damaged. Restore it from the "
+            "model.tar.gz that train wrote (or train again)."
+        ) from exc
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{file} holds a JSON {type(data).__name__}, not an object: the file is damaged. "
+            "Restore it from the model.tar.gz that train wrote (or train again)."
+        )
+    return data
+
+
 def read_info(model_dir: Path) -> dict:
     """model_info.json, or {} for a folder without one."""
     file = model_dir / INFO_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    return _read_json_object(file) if file.is_file() else {}
 
 
 def update_info(model_dir: Path, **fields: object) -> None:
@@ -136,18 +153,10 @@ def read_record(folder: Path, origin: str) -> dict:
             f"algorithm writes them, which this container cannot load. {accepted} Train "
             "with this container to get one."
         )
-    try:
-        record = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(
-            f"{origin} is not a model of this container: no readable {CONFIG_FILE} ({exc}). "
-            + accepted
-        ) from exc
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("num_classes"), int)
-        or not (folder / WEIGHTS_FILE).is_file()
-    ):
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(f"{origin} is not a model of this container: no {CONFIG_FILE}. " + accepted)
+    record = _read_json_object(folder / CONFIG_FILE)
+    if not isinstance(record.get("num_classes"), int) or not (folder / WEIGHTS_FILE).is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise UserError(
             f"{origin} is not a model of this container (it holds {found}; {CONFIG_FILE} "

@@ -213,3 +213,31 @@ def test_export_on_a_full_disk_simulated(tmp_path: Path, monkeypatch, capsys) ->
     assert f"{tmp_path} is full: writing model.tar.gz" in capsys.readouterr().err
     assert tarball.read_bytes() == original
     assert not list(tmp_path.glob(".*.tmp")), "the partial file is removed"
+
+
+# --- damaged records in model/ ----------------------------------------------------------------
+
+
+def test_serve_names_a_damaged_model_info_json(paths, caplog) -> None:
+    from segcontainer.serving import server
+
+    paths.model_dir.mkdir(parents=True)
+    (paths.model_dir / model_folder.WEIGHTS_FILE).write_bytes(b"stub")
+    (paths.model_dir / model_folder.INFO_FILE).write_text("{\n")
+    assert server.main() == 1
+    message = caplog.text
+    assert f"{paths.model_dir / model_folder.INFO_FILE} cannot be read as JSON" in message
+    assert "Expecting property name enclosed in double quotes: line 2 column 1" in message
+    assert "Restore it from the model.tar.gz" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{\n", "cannot be read as JSON (Expecting"), ("[1, 2]", "holds a JSON list, not an object")],
+)
+def test_a_damaged_hyperparams_json_is_named(tmp_path: Path, text: str, problem: str) -> None:
+    (tmp_path / model_folder.WEIGHTS_FILE).write_bytes(b"stub")
+    (tmp_path / model_folder.CONFIG_FILE).write_text(text)
+    with pytest.raises(UserError) as caught:
+        model_folder.read_record(tmp_path, "The model")
+    assert f"{tmp_path / model_folder.CONFIG_FILE} {problem}" in str(caught.value)
