@@ -3,6 +3,7 @@ disk, an export on a full disk, and damaged records in model/ (issue 26)."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import io
 import json
@@ -132,6 +133,23 @@ def test_tar_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     assert "model.pt, 1000000000000 bytes" in message
     assert "extract it yourself and pass the folder" in message
     assert not destination.exists()
+
+
+# `truncate -s 5G model.pt && tar --format=gnu -Sczf bomb.tar.gz model.pt`: 126 bytes holding
+# a 5 GiB sparse member (GNU tar's sparse format; tarfile cannot write one).
+SPARSE_BOMB = (
+    "H4sIAAAAAAAAA+3QQQrCMBAF0BwlJ5CUJO1BPIGgOyVS6/0tBaG4UBC6Ke9t/sAsZvi3dr5cD/cpbCjN"
+    "+lKWnH3mMnc1p5yGfig5pK7kWkI8bvnU2/MxncYYw9ja1xJ+7f9WVy2sG9nkAAAAAAAAAAAAADvxAuBD"
+    "sosAKAAA"
+)
+
+
+def test_sparse_tar_bomb_is_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(base64.b64decode(SPARSE_BOMB))
+    with pytest.raises(UserError, match="at member model.pt, 5368709120 bytes"):
+        extract_model_tarball(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_size_limit_counts_every_member(tmp_path: Path, monkeypatch) -> None:
