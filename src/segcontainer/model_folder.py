@@ -11,8 +11,10 @@ itself. A folder from before the exports (no export files, no ``"exports"`` entr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -42,21 +44,45 @@ EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see exp
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a stop mid-write leaves the old file."""
+    """Write through a temporary file beside ``path``, fsync it and rename, so a stop or a full
+    disk mid-write leaves the old file whole; a failed write removes the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name points to it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, data: dict) -> None:
     _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def _read_json_object(file: Path) -> dict:
+    """A JSON object from a file of model/; UserError naming the file when it is damaged."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{file} cannot be read as JSON ({exc}): the file is damaged. Restore it from the "
+            "model.tar.gz that train wrote (or train again)."
+        ) from exc
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{file} holds a JSON {type(data).__name__}, not an object: the file is damaged. "
+            "Restore it from the model.tar.gz that train wrote (or train again)."
+        )
+    return data
+
+
 def read_info(model_dir: Path) -> dict:
     """model_info.json, or {} for a folder without one."""
     file = model_dir / INFO_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    return _read_json_object(file) if file.is_file() else {}
 
 
 def update_info(model_dir: Path, **fields: object) -> None:
@@ -127,18 +153,10 @@ def read_record(folder: Path, origin: str) -> dict:
             f"algorithm writes them, which this container cannot load. {accepted} Train "
             "with this container to get one."
         )
-    try:
-        record = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(
-            f"{origin} is not a model of this container: no readable {CONFIG_FILE} ({exc}). "
-            + accepted
-        ) from exc
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("num_classes"), int)
-        or not (folder / WEIGHTS_FILE).is_file()
-    ):
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(f"{origin} is not a model of this container: no {CONFIG_FILE}. " + accepted)
+    record = _read_json_object(folder / CONFIG_FILE)
+    if not isinstance(record.get("num_classes"), int) or not (folder / WEIGHTS_FILE).is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise UserError(
             f"{origin} is not a model of this container (it holds {found}; {CONFIG_FILE} "
@@ -194,41 +212,88 @@ def pack_model(model_dir: Path, tarball: Path) -> None:
                 if not item.name.startswith("."):
                     archive.add(item, arcname=item.name)
 
-    _write_atomically(tarball, write)
+    try:
+        _write_atomically(tarball, write)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        needed = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file())
+        free = shutil.disk_usage(tarball.parent).free
+        raise UserError(
+            f"{tarball.parent} is full: writing {tarball.name} needs up to {needed / 1e6:.0f} MB "
+            f"(the files of {model_dir}; weights barely compress) and {free / 1e6:.0f} MB are "
+            f"free. {tarball} was not changed and the partial file was removed; free space "
+            "there and run again."
+        ) from exc
 
 
-def _unsafe_member(member: tarfile.TarInfo, root: Path) -> str | None:
-    """Why extracting ``member`` under ``root`` would be unsafe, or None."""
+# A model of this container is about ten files (weights, two JSON files, up to three exports):
+# about 1 GB for the largest network with every export. 4 GiB leaves room and stops a tar bomb.
+MAX_EXTRACTED_BYTES = 4 * 1024**3
+MAX_MEMBERS = 1000  # headers are read before anything is extracted; this bounds that too
+_KINDS = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+}
+
+
+def _unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why extracting ``member`` would be unsafe, or None. Only regular files and folders
+    with relative names pass: a model of this container holds no links, and refusing every
+    link (rather than resolving each one) is what keeps a chain of links (CVE-2025-4517)
+    from escaping, whatever the interpreter's tarfile filter does."""
     name = Path(member.name)
     if name.is_absolute():
         return f"absolute path {member.name}"
     if ".." in name.parts:
         return f"path {member.name} climbs out with '..'"
     if member.issym() or member.islnk():
-        base = root if member.islnk() else (root / name).parent
-        target = (base / member.linkname).resolve()
-        if Path(member.linkname).is_absolute() or not target.is_relative_to(root):
-            return f"link {member.name} -> {member.linkname} leaves the folder"
-    if member.isdev():
-        return f"device file {member.name}"
+        return f"{_KINDS[member.type]} {member.name} -> {member.linkname}"
+    if not (member.isreg() or member.isdir()):
+        kind = _KINDS.get(member.type, f"member of tar type {member.type!r}")
+        return f"{kind} {member.name}"
     return None
 
 
+def _checked_members(archive: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]:
+    """Every member's header, refusing the first unsafe one and a total size over
+    MAX_EXTRACTED_BYTES before anything is written (headers only: a member's size is its
+    header's, so a sparse or truncated bomb is caught without reading its data)."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    while (member := archive.next()) is not None:
+        reason = _unsafe_member(member)
+        if reason:
+            raise UserError(
+                f"{tarball} holds an unsafe member ({reason}); refusing to extract it. A "
+                "model of this container holds only files and folders: use a model.tar.gz "
+                "written by train."
+            )
+        total += member.size if member.isreg() else 0
+        if total > MAX_EXTRACTED_BYTES or len(members) >= MAX_MEMBERS:
+            raise UserError(
+                f"{tarball} would unpack to more than {MAX_EXTRACTED_BYTES // 1024**3} GiB or "
+                f"{MAX_MEMBERS} members (model_folder.MAX_EXTRACTED_BYTES, MAX_MEMBERS; at "
+                f"member {member.name}, {member.size} bytes): a model of this container is "
+                "about ten files and at most a few GB. Refusing to extract it; if it really "
+                "is a model, extract it yourself and pass the folder."
+            )
+        members.append(member)
+    return members
+
+
 def extract_model_tarball(tarball: Path, destination: Path) -> Path:
-    """Unpack a model.tar.gz, refusing absolute paths, '..' and links leaving the folder
-    (named in the message); tarfile's "data" filter guards the extraction itself too."""
-    destination.mkdir(parents=True, exist_ok=True)
-    root = destination.resolve()
+    """Unpack a model.tar.gz after checking every header (_checked_members): anything but
+    files and folders, absolute paths, '..' and oversize archives are refused, named, before
+    anything is written. tarfile's "data" filter stays on as a second guard."""
     try:
         with tarfile.open(tarball) as archive:
-            for member in archive.getmembers():
-                reason = _unsafe_member(member, root)
-                if reason:
-                    raise UserError(
-                        f"{tarball} holds an unsafe member ({reason}); refusing to "
-                        "extract it. Use a model.tar.gz written by train."
-                    )
-            archive.extractall(destination, filter="data")
+            members = _checked_members(archive, tarball)
+            destination.mkdir(parents=True, exist_ok=True)
+            archive.extractall(destination, members=members, filter="data")
     except tarfile.FilterError as exc:
         raise UserError(
             f"{tarball} holds an unsafe member ({exc}); refusing to extract it."

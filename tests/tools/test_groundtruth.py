@@ -222,3 +222,34 @@ def test_missing_source_image_names_the_reference(tmp_path: Path, capsys) -> Non
     assert run(str(manifest), str(tmp_path / "out"), "--s3-root", f"{BUCKET}={job}") == 1
     error = capsys.readouterr().err
     assert f"cannot read {BUCKET}/frames/street_01.png (as {job / 'frames/street_01.png'})" in error
+
+
+# --- hostile and damaged manifests (issue 26) -------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["source-ref", ATTRIBUTE])
+def test_a_reference_of_the_wrong_type_names_the_line(tmp_path: Path, capsys, key: str) -> None:
+    manifest = make_job(tmp_path / "job", count=2)
+    lines = manifest.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry[key] = 5
+    lines[1] = json.dumps(entry)
+    manifest.write_text("\n".join(lines) + "\n")
+    job = f"{BUCKET}={tmp_path / 'job'}"
+    assert run(str(manifest), str(tmp_path / "out"), "--s3-root", job) == 1
+    error = capsys.readouterr().err
+    assert f"{manifest} line 2: {key!r} is 5; expected a path or an s3:// URI" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_conversion_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+    job = tmp_path / "job"
+    manifest = make_job(job, count=2)
+    image = job / "frames" / "street_01.png"
+    image.rename(tmp_path / "aside.png")  # the second pair fails after the first was written
+    out = tmp_path / "out"
+    assert run(str(manifest), str(out), "--s3-root", f"{BUCKET}={job}") == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "aside.png").rename(image)
+    assert run(str(manifest), str(out), "--s3-root", f"{BUCKET}={job}") == 0

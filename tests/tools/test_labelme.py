@@ -247,3 +247,63 @@ def test_labels_file_must_start_with_background(tmp_path: Path) -> None:
         read_labels(file)
     file.write_text("_background_\nroad\n\n")  # no __ignore__ line: accepted, blank lines skipped
     assert read_labels(file) == {"_background_": 0, "road": 1}
+
+
+# --- hostile and damaged files (issue 26) -----------------------------------------------------
+
+
+def convert(folder: Path, out: Path, labels: Path, *extra: str) -> int:
+    return cli(["labelme", str(folder), str(out), "--labels", str(labels), *extra])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["shapes"][1].update(points=5), " shape 1 ('car'): 'points' is 5; expected a"),
+        (lambda d: d.update(imagePath=5), ": 'imagePath' is 5; expected the image's path"),
+    ],
+    ids=["points", "imagePath"],
+)
+def test_wrong_types_name_the_file_and_field(tmp_path: Path, capsys, change, expected) -> None:
+    labels = make_folder(tmp_path / "in", count=2)
+    file = break_file(tmp_path / "in", change)  # frame_01: its image comes from imagePath
+    assert convert(tmp_path / "in", tmp_path / "out", labels) == 1
+    assert f"{file}{expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("outside", ["absolute", "relative"])
+def test_images_outside_the_folder_need_a_flag(tmp_path: Path, capsys, outside: str) -> None:
+    labels = make_folder(tmp_path / "in", count=2)
+    secret = tmp_path / "elsewhere" / "secret.jpg"
+    secret.parent.mkdir()
+    (tmp_path / "in" / "images" / "frame_01.jpg").rename(secret)
+    path = str(secret) if outside == "absolute" else "../elsewhere/secret.jpg"
+    file = break_file(tmp_path / "in", lambda d: d.update(imagePath=path))
+    assert convert(tmp_path / "in", tmp_path / "out", labels) == 1
+    error = capsys.readouterr().err
+    assert f"{file}: its imagePath {path!r} leads outside {tmp_path / 'in'}" in error
+    assert "--allow-outside-images" in error
+    assert not (tmp_path / "out").exists()
+    assert convert(tmp_path / "in", tmp_path / "out", labels, "--allow-outside-images") == 0
+    copied = [*(tmp_path / "out").glob("*/frame_01.jpg")]
+    assert [p.read_bytes() for p in copied] == [secret.read_bytes()]
+
+
+def test_a_failed_conversion_removes_only_what_it_wrote(tmp_path: Path, capsys) -> None:
+    labels = make_folder(tmp_path / "in", count=3)
+    last = tmp_path / "in" / "frame_02.json"  # converted last, after two pairs were written
+    good = last.read_text()
+    last.write_text(good.replace('"road"', '"lane"', 1))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "validation").mkdir()  # an empty channel folder of the user's is no obstacle
+    assert convert(tmp_path / "in", out, labels, "--validation-fraction", "0") == 1
+    assert "has label 'lane'" in capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "notes.txt",
+        "validation",
+    ]
+    last.write_text(good)  # fixed: the rerun is not blocked by the first run's files
+    assert convert(tmp_path / "in", out, labels, "--validation-fraction", "0") == 0
+    assert len(list((out / "train_annotation").iterdir())) == 3

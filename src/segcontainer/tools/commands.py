@@ -104,6 +104,12 @@ def add_data_tools(commands) -> None:
     lm.add_argument("dir", type=Path, help="folder of labelme .json files (searched recursively)")
     lm.add_argument("out", type=Path, help="folder for the channel layout")
     lm.add_argument("--labels", type=Path, required=True, help="labels.txt as labelme2voc reads")
+    lm.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="read an imagePath that leads outside DIR (refused by default: a JSON file would "
+        "copy any file of the disk into OUT)",
+    )
     _split_options(lm, 0.2)
     tile = commands.add_parser(
         "tile",
@@ -193,6 +199,7 @@ def run_data_tool(args: argparse.Namespace) -> int:
                 args.seed,
                 args.group_by,
                 args.manifest_prefix,
+                args.allow_outside_images,
             )
         elif args.command == "validate":
             from segcontainer.tools.validate import validate

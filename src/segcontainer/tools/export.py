@@ -11,9 +11,7 @@ label map applies). A model.tar.gz is rewritten with the new files.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,7 +47,7 @@ def export_command(model: Path, formats_text: str, calibration: Path | None) -> 
             model_dir = model_folder.extract_model_tarball(model, Path(scratch) / "model")
         if not (model_dir / model_folder.WEIGHTS_FILE).is_file():
             raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
-        record = json.loads((model_dir / model_folder.CONFIG_FILE).read_text())
+        record = model_folder.read_record(model_dir, f"The model in {model}")
         label_map = record.get("label_maps", {}).get("validation", {"scale": 1})
         data = (
             from_channels(calibration, label_map, record["base_size"])
@@ -58,8 +56,8 @@ def export_command(model: Path, formats_text: str, calibration: Path | None) -> 
         )
         exports = export_model(model_dir, wanted, data, explicit=True)
         if model.is_file():
-            repacked = Path(scratch) / "model.tar.gz"
-            model_folder.pack_model(model_dir, repacked)
-            shutil.move(repacked, model)  # pack first: a failure leaves the original intact
+            # Packed beside the original under a temporary name, then renamed over it: a full
+            # disk or a stop leaves the original whole (a move across filesystems would not).
+            model_folder.pack_model(model_dir, model)
             log.info("rewrote %s with %s", model, ", ".join(wanted))
     return exports

@@ -122,6 +122,15 @@ def _is_segmentation(entry: dict, attribute: str) -> bool:
     )
 
 
+def _check_ref(entry: dict, key: str, source: str, number: int) -> None:
+    """A reference is a non-empty string (a path or an s3:// URI), named when it is not."""
+    if not isinstance(entry[key], str) or not entry[key]:
+        raise UserError(
+            f"{source} line {number}: {key!r} is {entry[key]!r}; expected a path or an s3:// "
+            "URI (a string)."
+        )
+
+
 def read_lines(text: str, source: str) -> list[tuple[int, dict]]:
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -133,6 +142,7 @@ def read_lines(text: str, source: str) -> list[tuple[int, dict]]:
             raise UserError(f"{source} line {number} is not JSON: {exc}") from exc
         if not isinstance(entry, dict) or "source-ref" not in entry:
             raise UserError(f"{source} line {number} has no 'source-ref' (the image).")
+        _check_ref(entry, "source-ref", source, number)
         lines.append((number, entry))
     return lines
 
@@ -252,13 +262,38 @@ def convert(
     if not labelled:
         raise UserError(f"{manifest}: none of its {len(lines)} lines has the label {attribute}.")
 
-    def stem(entry: dict) -> str:
-        return PurePosixPath(urlparse(entry["source-ref"]).path).stem
-
     splits, unmatched = assign_splits(
-        [stem(e) for _, e in labelled], validation_fraction, seed, pattern
+        [source_stem(e) for _, e in labelled], validation_fraction, seed, pattern
     )
-    writer = LayoutWriter(out, attribute, manifest_prefix)
+    for number, entry in labelled:  # all checked before anything is written
+        _check_ref(entry, attribute, manifest, number)
+    with LayoutWriter(out, attribute, manifest_prefix) as writer:
+        write_pairs(writer, labelled, attribute, fetcher, base, classes, splits)
+        names = [classes[i][0] if i in classes else f"class_{i}" for i in range(max(classes) + 1)]
+        summary = writer.finish(names)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+        summary.notes.append(
+            f"  skipped {len(skipped)} lines without {attribute} (failed, expired or unlabelled "
+            f"tasks): lines {shown}"
+        )
+    summary.notes += unmatched_notes(unmatched)
+    return summary
+
+
+def source_stem(entry: dict) -> str:
+    return PurePosixPath(urlparse(entry["source-ref"]).path).stem
+
+
+def write_pairs(
+    writer: LayoutWriter,
+    labelled: list[tuple[int, dict]],
+    attribute: str,
+    fetcher: Fetcher,
+    base: str,
+    classes: dict[int, tuple[str, str]],
+    splits: dict[str, str],
+) -> None:
     for number, entry in tqdm(labelled, desc="groundtruth", unit="image"):
         source, mask_ref = entry["source-ref"], entry[attribute]
         image = fetcher.read(source, base)
@@ -275,14 +310,4 @@ def convert(
                 f"{size[0]}x{size[1]} (line {number})."
             )
         suffix = image_suffix(image, PurePosixPath(urlparse(source).path).suffix or ".jpg")
-        writer.add(splits[stem(entry)], stem(entry), image, suffix, labels, source)
-    names = [classes[i][0] if i in classes else f"class_{i}" for i in range(max(classes) + 1)]
-    summary = writer.finish(names)
-    if skipped:
-        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
-        summary.notes.append(
-            f"  skipped {len(skipped)} lines without {attribute} (failed, expired or unlabelled "
-            f"tasks): lines {shown}"
-        )
-    summary.notes += unmatched_notes(unmatched)
-    return summary
+        writer.add(splits[source_stem(entry)], source_stem(entry), image, suffix, labels, source)

@@ -3,7 +3,8 @@
     segcontainer labelme annotated/ data/ --labels labels.txt
 
 A labelme file holds ``shapes`` (each ``label``, ``points``, ``shape_type``, optional
-``group_id``), ``imagePath`` (relative to the JSON file), ``imageData`` (the image, base64, or
+``group_id``), ``imagePath`` (relative to the JSON file; outside the annotation folder only with
+``--allow-outside-images``), ``imageData`` (the image, base64, or
 null) and ``imageHeight`` / ``imageWidth``. The labels file is the one labelme's own
 ``labelme2voc.py`` reads: ``__ignore__`` (value 255) first, then ``_background_`` (0), then
 one class per line (1, 2, ...).
@@ -109,6 +110,11 @@ def _check_shape(shape: object, index: int, source: Path) -> tuple[str, str, lis
         raise UserError(f"{where} needs 'label' and 'points'.")
     shape_type = shape.get("shape_type") or "polygon"
     points = shape["points"]
+    if not isinstance(points, list):
+        raise UserError(
+            f"{where} ({shape['label']!r}): 'points' is {points!r}; expected a list of [x, y] "
+            "points. Reopen the file in labelme and save it again."
+        )
     if shape_type == "mask":
         return str(shape["label"]), shape_type, points
     if shape_type not in (*POINT_COUNTS, "polygon", "linestrip"):
@@ -165,8 +171,10 @@ def rasterise(
     return np.array(canvas, dtype=np.uint8)
 
 
-def read_image(data: dict, source: Path) -> tuple[bytes, str]:
-    """The image bytes (embedded ``imageData`` first, else ``imagePath``) and a file suffix."""
+def read_image(data: dict, source: Path, root: Path | None = None) -> tuple[bytes, str]:
+    """The image bytes (embedded ``imageData`` first, else ``imagePath``) and a file suffix.
+    With ``root``, an ``imagePath`` that leads outside that folder is refused: a JSON file
+    must not copy an arbitrary file of the disk into the dataset."""
     if data.get("imageData"):
         try:
             image = base64.b64decode(data["imageData"], validate=True)
@@ -176,7 +184,18 @@ def read_image(data: dict, source: Path) -> tuple[bytes, str]:
     image_path = data.get("imagePath")
     if not image_path:
         raise UserError(f"{source} has neither imageData nor imagePath: which image is it?")
+    if not isinstance(image_path, str):
+        raise UserError(
+            f"{source}: 'imagePath' is {image_path!r}; expected the image's path relative to "
+            "the JSON file (a string)."
+        )
     path = source.parent / PureWindowsPath(image_path).as_posix()  # labelme on Windows
+    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(
+            f"{source}: its imagePath {image_path!r} leads outside {root} (to {path.resolve()}). "
+            "Keep the images inside the annotation folder, or pass --allow-outside-images if "
+            "this file is meant to be read."
+        )
     try:
         image = path.read_bytes()
     except OSError as exc:
@@ -196,6 +215,22 @@ def load_file(file: Path) -> dict:
     return data
 
 
+def checked_size(data: dict, image: bytes, file: Path) -> tuple[int, int]:
+    """The image's (width, height); an unreadable image or a declared size that differs is
+    an error naming the file."""
+    try:
+        size = oriented_size(Image.open(io.BytesIO(image)))
+    except Exception as exc:
+        raise UserError(f"{file}: its image is not one Pillow can read: {exc}") from exc
+    declared = (data.get("imageWidth"), data.get("imageHeight"))
+    if None not in declared and tuple(declared) != size:
+        raise UserError(
+            f"{file} declares a {declared[0]}x{declared[1]} image but its image is "
+            f"{size[0]}x{size[1]}; the shapes would not line up. Reopen it in labelme."
+        )
+    return size
+
+
 def convert(
     folder: Path,
     out: Path,
@@ -204,6 +239,7 @@ def convert(
     seed: int,
     group_by: str | None = None,
     manifest_prefix: str | None = None,
+    allow_outside_images: bool = False,
 ) -> Summary:
     labels_of = read_labels(labels_file)
     pattern = compile_group_by(group_by)
@@ -217,29 +253,15 @@ def convert(
     if not files:
         raise UserError(f"{folder} holds no .json files (labelme saves one per image).")
     splits, unmatched = assign_splits([f.stem for f in files], validation_fraction, seed, pattern)
-    writer = LayoutWriter(out, manifest_prefix=manifest_prefix)
-    for file in tqdm(files, desc="labelme", unit="file"):
-        data = load_file(file)
-        image, suffix = read_image(data, file)
-        try:
-            size = oriented_size(Image.open(io.BytesIO(image)))
-        except Exception as exc:
-            raise UserError(f"{file}: its image is not one Pillow can read: {exc}") from exc
-        declared = (data.get("imageWidth"), data.get("imageHeight"))
-        if None not in declared and tuple(declared) != size:
-            raise UserError(
-                f"{file} declares a {declared[0]}x{declared[1]} image but its image is "
-                f"{size[0]}x{size[1]}; the shapes would not line up. Reopen it in labelme."
-            )
-        writer.add(
-            splits[file.stem],
-            file.stem,
-            image,
-            suffix,
-            rasterise(data["shapes"], size, labels_of, file),
-            str(file),
-        )
-    names = [label for label, value in labels_of.items() if value != IGNORE_INDEX]
-    summary = writer.finish(names)
+    root = None if allow_outside_images else folder
+    with LayoutWriter(out, manifest_prefix=manifest_prefix) as writer:
+        for file in tqdm(files, desc="labelme", unit="file"):
+            data = load_file(file)
+            image, suffix = read_image(data, file, root)
+            size = checked_size(data, image, file)
+            labels = rasterise(data["shapes"], size, labels_of, file)
+            writer.add(splits[file.stem], file.stem, image, suffix, labels, str(file))
+        names = [label for label, value in labels_of.items() if value != IGNORE_INDEX]
+        summary = writer.finish(names)
     summary.notes += unmatched_notes(unmatched)
     return summary

@@ -197,6 +197,9 @@ class LayoutWriter:
     entries: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     pixels: dict[str, np.ndarray] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # written name -> where it came from
+    # What this run created (files, then folders), so a failed run removes exactly that.
+    created_files: list[Path] = field(default_factory=list)
+    created_folders: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for channel in CHANNELS:
@@ -207,7 +210,36 @@ class LayoutWriter:
                     "old and new pairs do not mix."
                 )
         for channel in CHANNELS:
-            (self.root / channel).mkdir(parents=True, exist_ok=True)
+            self._make_folder(self.root / channel)
+
+    def __enter__(self) -> LayoutWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        """A failed or stopped conversion removes what it wrote, and only that: the rerun
+        then finds OUT as it was before (the error itself propagates)."""
+        if kind is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        for file in reversed(self.created_files):
+            file.unlink(missing_ok=True)
+        for folder in reversed(self.created_folders):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self.created_files.clear()
+        self.created_folders.clear()
+
+    def _make_folder(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for path in reversed(missing):  # outermost first, as mkdir(parents=True) would
+            path.mkdir()
+            self.created_folders.append(path)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if not path.exists():
+            self.created_files.append(path)  # recorded first: a half-written file goes too
+        path.write_bytes(data)
 
     def add(
         self, split: str, name: str, image: bytes, suffix: str, labels: np.ndarray, origin: str
@@ -222,8 +254,8 @@ class LayoutWriter:
         self.origins[name] = origin
         image_path = self.root / split / f"{name}{suffix}"
         mask_path = self.root / f"{split}_annotation" / f"{name}.png"
-        image_path.write_bytes(image)
-        mask_path.write_bytes(mask_png(labels))
+        self._write(image_path, image)
+        self._write(mask_path, mask_png(labels))
         self.pixels.setdefault(split, np.zeros(256, dtype=np.int64))
         self.pixels[split] += np.bincount(labels.ravel(), minlength=256)
         self.entries.setdefault(split, []).append(
@@ -239,11 +271,11 @@ class LayoutWriter:
     def finish(self, class_names: list[str]) -> Summary:
         for split in SPLITS:
             lines = [json.dumps(entry) for entry in self.entries.get(split, [])]
-            (self.root / f"{split}.manifest").write_text("".join(f"{line}\n" for line in lines))
+            self._write(self.root / f"{split}.manifest", "".join(f"{x}\n" for x in lines).encode())
         used = [i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:255])]
         num_classes = max([len(class_names), *(i + 1 for i in used)], default=0)
         names = [*class_names, *(f"class_{i}" for i in range(len(class_names), num_classes))]
-        (self.root / CLASS_NAMES_FILE).write_text("".join(f"{n}\n" for n in names))
+        self._write(self.root / CLASS_NAMES_FILE, "".join(f"{n}\n" for n in names).encode())
         counts = Counter({s: len(e) for s, e in self.entries.items()})
         return Summary(self.root, names, counts, self.pixels, self.attribute)
 

@@ -4,7 +4,9 @@
 
 Writes ``<name>.png`` (palette PNG of class ids, the endpoint's image/png answer) and with
 ``--overlay`` ``<name>_overlay.jpg`` (the mask's colours blended over the photo). The engine
-is the endpoint's: SEGCONTAINER_ENGINE, ``auto`` by default.
+is the endpoint's: SEGCONTAINER_ENGINE, ``auto`` by default. It never overwrites: an output
+folder that is the input folder, that already holds a file it would write, or two inputs of
+one base name are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -30,8 +32,50 @@ def overlay(image: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.blend(image, mask.convert("RGB"), OVERLAY_ALPHA)
 
 
+def output_names(files: list[Path], with_overlay: bool) -> dict[Path, list[str]]:
+    """The files predict writes for each input: ``<stem>.png`` and the overlay."""
+    return {
+        file: [f"{file.stem}.png", *([f"{file.stem}_overlay.jpg"] if with_overlay else [])]
+        for file in files
+    }
+
+
+def check_outputs(inputs: Path, outputs: Path, planned: dict[Path, list[str]]) -> None:
+    """Refuse, before anything is written: the input folder as output, two inputs with one
+    output name (street.jpg and street.png), and outputs that would replace existing files."""
+    if outputs.resolve() == inputs.resolve():
+        raise UserError(
+            f"the output folder {outputs} is the input folder: masks would replace or mix with "
+            "the images. Give another output folder, e.g. masks/."
+        )
+    writers: dict[str, Path] = {}
+    for file, names in planned.items():
+        for name in names:
+            if name in writers:
+                raise UserError(
+                    f"{writers[name].name} and {file.name} in {inputs} would both be written as "
+                    f"{name}: masks are named after the base name. Rename one of them (or move "
+                    "it to another folder)."
+                )
+            writers[name] = file
+    existing = sorted(name for name in writers if (outputs / name).exists())
+    if existing:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if existing[5:] else "")
+        raise UserError(
+            f"{outputs} already holds {shown}, which this run would overwrite. Write to a new "
+            "output folder, or move those files away."
+        )
+
+
 def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool) -> int:
     """Predict every image in ``inputs``; return how many failed to decode."""
+    if not inputs.is_dir():
+        raise UserError(f"{inputs} is not a folder of images.")
+    files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"{inputs} holds no images.")
+    planned = output_names(files, with_overlay)
+    check_outputs(inputs, outputs, planned)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = model
         if model.is_file():
@@ -39,9 +83,6 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
         if not (model_dir / WEIGHTS_FILE).is_file():
             raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
         predictor = Predictor(model_dir, engine=os.environ.get(ENGINE_ENV) or "auto")
-        files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise UserError(f"{inputs} holds no images.")
         outputs.mkdir(parents=True, exist_ok=True)
         failed = 0
         for file in tqdm(files, desc="predict", unit="image"):
@@ -51,8 +92,9 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
                 tqdm.write(f"skipped {file.name}: {exc}")
                 failed += 1
                 continue
+            mask_name, *overlay_name = planned[file]
             mask = mask_image(predictor.class_map(image))
-            mask.save(outputs / f"{file.stem}.png")
-            if with_overlay:
-                overlay(image, mask).save(outputs / f"{file.stem}_overlay.jpg", quality=90)
+            mask.save(outputs / mask_name)
+            if overlay_name:
+                overlay(image, mask).save(outputs / overlay_name[0], quality=90)
         return failed
