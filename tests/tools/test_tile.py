@@ -118,3 +118,18 @@ def test_help_shows_an_example(command: str, capsys) -> None:
         cli([command, "--help"])
     assert exit_info.value.code == 0
     assert f"example:\n  segcontainer {command} " in capsys.readouterr().out
+
+
+def test_a_failed_tiling_removes_what_it_wrote(tmp_path: Path, capsys) -> None:
+    """Issue 26 item 10: the first image's tiles are written, the second image fails; OUT is
+    left as it was, so the rerun after the fix is not refused for a half-written layout."""
+    make_layout(tmp_path / "in", {"train": ["a", "b"]})
+    bad_mask = tmp_path / "in" / "train_annotation" / "b.png"
+    Image.new("L", (20, 20)).save(bad_mask)
+    out = tmp_path / "out"
+    assert cli(["tile", str(tmp_path / "in"), str(out), "--size", "32"]) == 1
+    assert "b.png is 20x20" in capsys.readouterr().err
+    assert not out.exists()
+    Image.fromarray(np.zeros(SIZE[::-1], dtype=np.uint8), "L").save(bad_mask)
+    assert cli(["tile", str(tmp_path / "in"), str(out), "--size", "32"]) == 0
+    assert len(tiles(out, "train")) + len(tiles(out, "validation")) == 12

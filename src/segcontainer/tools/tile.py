@@ -119,33 +119,18 @@ def tile_layout(
     pattern = compile_group_by(group_by)
     found = read_layout(source)
     splits, unmatched = choose_splits(found, validation_fraction, seed, pattern)
-    writer = LayoutWriter(out, manifest_prefix=manifest_prefix)
     samples = [sample for split_samples in found.values() for sample in split_samples]
-    dropped = written = 0
     sources = {"train": 0, "validation": 0}
-    for sample in tqdm(samples, desc="tile", unit="image"):
-        image = np.asarray(load_image(sample.image))
-        mask = load_mask_pixels(sample.mask)
-        if mask.shape != image.shape[:2]:
-            raise UserError(
-                f"{sample.mask} is {mask.shape[1]}x{mask.shape[0]} but its image {sample.image} "
-                f"is {image.shape[1]}x{image.shape[0]}."
-            )
-        split = splits[sample.name]
-        sources[split] += 1
-        jpeg = Path(str(sample.image)).suffix.lower() in JPEG_SUFFIXES
-        suffix = ".jpg" if jpeg else ".png"
-        for top in tile_origins(mask.shape[0], size, stride):
-            for left in tile_origins(mask.shape[1], size, stride):
-                labels = cut(mask, left, top, size, IGNORE_INDEX)
-                if drop_empty and not np.any((labels != 0) & (labels != IGNORE_INDEX)):
-                    dropped += 1
-                    continue
-                tile = encode_tile(cut(image, left, top, size, IMAGE_FILL), jpeg)
-                name = f"{sample.name}_x{left}_y{top}"
-                writer.add(split, name, tile, suffix, labels, str(sample.image))
-                written += 1
-    summary = writer.finish(read_class_names(source))
+    # As a context manager the writer removes what this run wrote if a later image fails, so a
+    # rerun into the same OUT is not refused for a half-written layout.
+    with LayoutWriter(out, manifest_prefix=manifest_prefix) as writer:
+        written, dropped = 0, 0
+        for sample in tqdm(samples, desc="tile", unit="image"):
+            split = splits[sample.name]
+            sources[split] += 1
+            kept, skipped = _tile_sample(sample, split, writer, size, stride, drop_empty)
+            written, dropped = written + kept, dropped + skipped
+        summary = writer.finish(read_class_names(source))
     summary.unit = "tiles"
     summary.notes.append(
         f"  {written} tiles of {size}x{size} (stride {stride}) from {sources['train']} train and "
@@ -154,3 +139,30 @@ def tile_layout(
     )
     summary.notes += unmatched_notes(unmatched)
     return summary
+
+
+def _tile_sample(
+    sample: Sample, split: str, writer: LayoutWriter, size: int, stride: int, drop_empty: bool
+) -> tuple[int, int]:
+    """Cut one image and its mask into tiles written by ``writer``: (tiles written, dropped)."""
+    image = np.asarray(load_image(sample.image))
+    mask = load_mask_pixels(sample.mask)
+    if mask.shape != image.shape[:2]:
+        raise UserError(
+            f"{sample.mask} is {mask.shape[1]}x{mask.shape[0]} but its image {sample.image} "
+            f"is {image.shape[1]}x{image.shape[0]}."
+        )
+    jpeg = Path(str(sample.image)).suffix.lower() in JPEG_SUFFIXES
+    suffix = ".jpg" if jpeg else ".png"
+    written = dropped = 0
+    for top in tile_origins(mask.shape[0], size, stride):
+        for left in tile_origins(mask.shape[1], size, stride):
+            labels = cut(mask, left, top, size, IGNORE_INDEX)
+            if drop_empty and not np.any((labels != 0) & (labels != IGNORE_INDEX)):
+                dropped += 1
+                continue
+            tile = encode_tile(cut(image, left, top, size, IMAGE_FILL), jpeg)
+            name = f"{sample.name}_x{left}_y{top}"
+            writer.add(split, name, tile, suffix, labels, str(sample.image))
+            written += 1
+    return written, dropped
