@@ -210,6 +210,9 @@ def _gloo_checks(world: World, local_rank: int, reason_file: Path) -> int:
         assert collectives.all_reduce_min(5 + local_rank, torch.device("cpu")) == 5
         assert collectives.all_reduce_mean(float(local_rank), torch.device("cpu")) == 0.5
         assert collectives.broadcast_from_main(f"from {local_rank}") == "from 0"
+        # a nan loss on one rank stops every rank (they all check at the same steps)
+        assert collectives.any_rank(torch.tensor(local_rank == 1)) is True
+        assert collectives.any_rank(torch.tensor(False)) is False
     except Exception as exc:
         reason_file.write_text(f"{type(exc).__name__}: {exc}\n\n")
         return 1

@@ -8,27 +8,47 @@ with its scores and weights (stored once when they are the checkpoint's own weig
 which a restarted job rewrites model/. Data order and augmentation are functions of
 (seed, epoch, sample), so they need no saved state.
 
-The folder may also hold another job's checkpoints (a reused checkpoint_s3_uri): they are
-neither resumed from nor pruned.
+A checkpoint is this job's only when it was written under the same resolved configuration
+(``differences``: every hyperparameter and what the data set gives the record, except
+NOT_COMPARED). The folder may also hold another job's checkpoints (a reused
+checkpoint_s3_uri, or a local rerun with new hyperparameters in the same folder): they are
+neither resumed from nor pruned, and a name they hold is not overwritten.
 """
 
 from __future__ import annotations
 
 import collections
+import copy
+import errno
+import hashlib
+import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from segcontainer.errors import UserError
+
 log = logging.getLogger(__name__)
 KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful save
-NAME = re.compile(r"^checkpoint-e(\d+)-i(\d+)\.pt$")
+# checkpoint-e<epoch>-i<batch>.pt; with -<fingerprint> when that name holds another job's
+NAME = re.compile(r"^checkpoint-e(\d+)-i(\d+)(?:-[0-9a-f]{8})?\.pt$")
 FORMAT_VERSION = 2  # 2: carries the best model
-MUST_MATCH = ("algorithm", "backbone", "num_classes", "crop_size", "mini_batch_size", "epochs")
+# The one list of record entries a checkpoint may differ in and still be this job's: they
+# cannot change the weights training produces. Everything else in the record (every other
+# hyperparameter, the label maps, the normalisation) must be equal; a spot restart of the same
+# job always is.
+NOT_COMPARED = {
+    "export": "the exports are made from model/ after training",
+    "workers": "data order and augmentation depend on (seed, epoch, sample), not on the "
+    "number of loading processes",
+    "class_names": "names for the logs, model_info.json and serving only",
+}
 
 
 @dataclass
@@ -74,7 +94,7 @@ def save(
     """Write a checkpoint atomically, then prune this job's older ones. ``model_is_best``:
     the model's current weights are the best's (stored once, not twice)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"checkpoint-e{position.epoch:04d}-i{position.iteration:06d}.pt"
+    path = _name_for(folder, position, record)
     best_state = None
     if best is not None:
         weights = None if model_is_best else best.weights  # None: the same as "model"
@@ -92,15 +112,104 @@ def save(
         "rng": torch.get_rng_state(),
         "config": record,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a stop mid-write never leaves a half checkpoint under the name
+    _write_atomically(state, path)
     _prune(folder, record)
     return path
 
 
-def _mismatched(config: dict, record: dict) -> list[str]:
-    return [k for k in MUST_MATCH if config.get(k) != record.get(k)]
+def _write_atomically(state: dict, path: Path) -> None:
+    """Write under a temporary name, then rename: a stop mid-write never leaves a half
+    checkpoint under the name. Any failure removes the temporary file (SageMaker would sync
+    it to S3); a full disk is named as such instead of torch's "enforce fail" message."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        # A file of our own, closed on any error: torch's writer would keep its descriptor
+        # (and the full disk's space) until the exception's traceback is collected.
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        needed = _tensor_bytes(state)
+        if isinstance(exc, Exception) and _disk_full(exc, path.parent, needed):
+            raise UserError(
+                f"the checkpoint folder {path.parent} is full (no space left on device) while "
+                f"writing {path.name} (about {needed / 2**20:.0f} MB; "
+                f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MB free). Free space there, "
+                "or give the job a larger volume (VolumeSizeInGB) or a checkpoint folder "
+                "on a larger disk; the unfinished file was removed."
+            ) from exc
+        raise
+
+
+def _tensor_bytes(state: object) -> int:
+    """The bytes of every tensor in ``state``: about the size of the checkpoint file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_tensor_bytes(v) for v in state)
+    return 0
+
+
+def _disk_full(exc: Exception, folder: Path, needed: int) -> bool:
+    # torch reports a failed write as RuntimeError("[enforce fail at inline_container.cc]
+    # ... file write failed") without the errno, so the free space decides too.
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < needed
+    except OSError:
+        return False
+
+
+def _name_for(folder: Path, position: Position, record: dict) -> Path:
+    """checkpoint-e<epoch>-i<batch>.pt, or with this configuration's fingerprint when another
+    job's checkpoint holds that name (a rerun in the same folder must not overwrite it)."""
+    stem = f"checkpoint-e{position.epoch:04d}-i{position.iteration:06d}"
+    path = folder / f"{stem}.pt"
+    if not path.exists() or _foreign_reason(path, record) is None:
+        return path
+    return folder / f"{stem}-{_fingerprint(record)}.pt"
+
+
+def _fingerprint(record: dict) -> str:
+    compared = {k: v for k, v in record.items() if k not in NOT_COMPARED}
+    text = json.dumps(compared, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def differences(saved: dict, record: dict) -> list[str]:
+    """The record entries (hyperparameters, label maps, ...) a checkpoint was written with
+    that differ from this job's, outside NOT_COMPARED, each with both values."""
+    names = sorted((saved.keys() | record.keys()) - NOT_COMPARED.keys())
+    return [
+        f"{name} ({_short(saved, name)} in the checkpoint, {_short(record, name)} now)"
+        for name in names
+        if saved.get(name, _ABSENT) != record.get(name, _ABSENT)
+    ]
+
+
+_ABSENT = object()
+
+
+def _short(values: dict, name: str) -> str:
+    if name not in values:
+        return "absent"
+    text = repr(values[name])
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _foreign_reason(path: Path, record: dict) -> str | None:
+    """Why the checkpoint at ``path`` is not this job's; None when it is."""
+    try:  # mmap: only the small pickle is read, not the weights
+        with torch.serialization.safe_globals([collections.Counter]):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        why = differences(state.get("config", {}), record)
+        return f"written with other {', '.join(why)}" if why else None
+    except Exception as exc:  # unreadable: not ours to delete either
+        return f"it cannot be read ({exc})"
 
 
 def _prune(folder: Path, record: dict) -> None:
@@ -108,13 +217,7 @@ def _prune(folder: Path, record: dict) -> None:
     checkpoint_s3_uri): counting them would delete this job's fresh checkpoints."""
     own = []
     for path in _listed(folder):
-        try:  # mmap: only the small pickle is read, not the weights
-            with torch.serialization.safe_globals([collections.Counter]):
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            why = _mismatched(state.get("config", {}), record)
-            reason = f"written with other {', '.join(why)}" if why else None
-        except Exception as exc:  # unreadable: not ours to delete either
-            reason = f"it cannot be read ({exc})"
+        reason = _foreign_reason(path, record)
         if reason is None:
             own.append(path)
         elif str(path) not in _left_alone:
@@ -148,53 +251,84 @@ def _load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _valid_states(folder: Path, record: dict, model) -> Iterator[dict]:
+def _valid_states(folder: Path, record: dict) -> Iterator[dict]:
     """Checkpoint contents, newest first, leaving out (with a warning) truncated or corrupt
-    files and those written for another model."""
-    current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    files and those written for another configuration."""
     for path in _listed(folder):
         try:
             state = _load(path)
         except Exception as exc:  # truncated zip, bad pickle, wrong format: try an older one
             log.warning("skipping checkpoint %s: it cannot be read (%s)", path.name, exc)
             continue
-        mismatched = _mismatched(state.get("config", {}), record)
+        mismatched = differences(state.get("config", {}), record)
         if mismatched:
             log.warning(
-                "skipping checkpoint %s: written with other %s", path.name, ", ".join(mismatched)
+                "skipping checkpoint %s: another job's, written with other %s (a checkpoint "
+                "is resumed only under the same hyperparameters; this job starts afresh and "
+                "leaves it alone)",
+                path.name,
+                ", ".join(mismatched),
             )
-            continue
-        if {k: tuple(v.shape) for k, v in state["model"].items()} != current:
-            log.warning("skipping checkpoint %s: its weights do not fit this model", path.name)
             continue
         state["name"] = path.name
         yield state
 
 
+class Misfit(ValueError):
+    """A part of a checkpoint that does not fit the objects it would be loaded into."""
+
+
 def apply(state: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
-    """Load a checkpoint's contents into the given objects; None when they do not fit."""
+    """Load a checkpoint's contents into the given objects; None, with every object left as
+    it was, when a part does not fit: each part is first loaded into a copy or checked."""
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-    except (KeyError, RuntimeError, ValueError) as exc:
+        resumed = _checked(state, model, optimizer, scheduler, scaler)
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         log.warning("skipping checkpoint %s: it does not fit this model (%s)", state["name"], exc)
         return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
-    position = Position(**state["position"])
     log.info(
         "resuming from %s: epoch %d, %d batches done",
         state["name"],
-        position.epoch,
-        position.iteration,
+        resumed.position.epoch,
+        resumed.position.iteration,
     )
+    return resumed
+
+
+def _checked(state: dict, model, optimizer, scheduler, scaler) -> Resumed:
+    """What resuming from ``state`` gives, after every part was loaded into a copy of its
+    object (or compared with it); raises when a part does not fit. Changes no live object."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
+        raise Misfit("its weights have other names or shapes")
+    spare = copy.deepcopy(optimizer)
+    spare.load_state_dict(state["optimizer"])
+    # Optimizers read their group settings only when stepping (Adam's betas, SGD's momentum):
+    # a group without one of this optimizer's settings fails at the first step, not here.
+    for saved, live in zip(state["optimizer"]["param_groups"], optimizer.param_groups, strict=True):
+        if missing := sorted(live.keys() - saved.keys()):
+            raise Misfit(f"its optimizer state lacks {', '.join(missing)}: another optimizer's")
+    copy.deepcopy(scheduler, {id(optimizer): spare}).load_state_dict(state["scheduler"])
+    copy.deepcopy(scaler).load_state_dict(state["scaler"])
+    rng = state["rng"]
+    if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+        raise Misfit("its random state is not a byte tensor")
     best = None
     if state.get("best"):
         saved = state["best"]
         weights = state["model"] if saved["model"] is None else saved["model"]
+        if any(shapes.get(k) != tuple(v.shape) for k, v in weights.items()):
+            raise Misfit("its best model's weights have other names or shapes")
         best = Best(saved["epoch"], saved["scores"], weights)
-    return Resumed(position, state["early_stopping"], state["curves"], best)
+    early_stopping = state["early_stopping"]
+    if not {"best", "stale_epochs"} <= early_stopping.keys():
+        raise Misfit("its early-stopping state is incomplete")
+    return Resumed(Position(**state["position"]), early_stopping, state["curves"], best)
 
 
 def resume(
@@ -214,7 +348,7 @@ def resume(
     """
     chosen, resumed = None, None
     if main:
-        for state in _valid_states(folder, record, model):
+        for state in _valid_states(folder, record):
             if resumed := apply(state, model, optimizer, scheduler, scaler):
                 chosen = state
                 break

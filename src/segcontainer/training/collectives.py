@@ -32,6 +32,15 @@ def all_reduce_min(value: int, device: torch.device) -> int:
     return int(tensor)
 
 
+def any_rank(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` (a bool tensor on the device) is true on any rank; one sync."""
+    if not active():
+        return bool(flag)
+    tensor = flag.float().reshape(1)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def all_reduce_histogram(pixels, device: torch.device):
     """Pixel counts per class summed over ranks (hosts holding different ShardedByS3Key
     parts; with identical copies the sum is a multiple, and median-frequency weights only

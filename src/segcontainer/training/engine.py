@@ -15,7 +15,7 @@ from torch import nn
 from segcontainer import inference
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
-from segcontainer.errors import TrainingStopped
+from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.metrics import ConfusionMatrix, Scores
 from segcontainer.models import native_bf16
 from segcontainer.training import collectives
@@ -23,6 +23,7 @@ from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
+LOSS_CHECK_STEPS = 50  # nan/inf in the loss is looked for every this many steps (a device sync)
 
 
 def build_optimizer(
@@ -151,6 +152,52 @@ class ProgressLog:
         )
 
 
+class NonFiniteLoss(UserError):
+    """The training loss became nan or inf; training on would spread it into every weight."""
+
+
+@dataclass
+class LossGuard:
+    """Looks for nan/inf in the training loss every LOSS_CHECK_STEPS steps and at the epoch's
+    end: a count kept on the device, read once per check (a sync per check, not per step).
+    Every rank checks at the same steps and they agree (any rank's failure stops them all).
+
+    Without the gradient scaler a non-finite loss fails at once: its step has put nan into the
+    weights. With it (fp16) the scaler skips a step whose gradients are not finite, leaving the
+    weights as they were; so a non-finite loss is left out of the epoch's loss and fails only
+    when every step since the last check had one (then the scaler skips everything and nothing
+    trains)."""
+
+    scaled: bool
+    device: torch.device
+    steps: int = 0
+    bad: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor) -> torch.Tensor:
+        """Count ``loss`` (detached); what the epoch's loss sum takes from it."""
+        finite = torch.isfinite(loss)
+        self.bad = (~finite).int() if self.bad is None else self.bad + ~finite
+        self.steps += 1
+        return torch.where(finite, loss, 0.0) if self.scaled else loss
+
+    def check(self, epoch: int, last: int) -> None:
+        """Raise NonFiniteLoss when the steps since the last check (up to batch ``last`` of
+        ``epoch``) fail the rule above, on this rank or any other."""
+        if self.bad is None:
+            return
+        failed = self.bad >= self.steps if self.scaled else self.bad > 0
+        count, steps = self.bad, self.steps
+        self.bad, self.steps = None, 0
+        if not collectives.any_rank(failed):
+            return
+        where = f"in {int(count)} of batches {last - steps + 1}-{last}" if bool(failed) else ""
+        raise NonFiniteLoss(
+            f"the training loss became nan or inf {where or 'on another process'} of epoch "
+            f"{epoch}"
+            + (", and the gradient scaler skipped every one of them" if self.scaled else "")
+        )
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -192,6 +239,7 @@ def train_one_epoch(
     data_seconds, images, steps = 0.0, 0, 0
     progress = ProgressLog(epoch, done + len(loader), done=done)
     share = collectives.count_share if collectives.active() else None
+    guard = LossGuard(precision.scaler.is_enabled(), device)
     fetch_start = time.monotonic()
     batches = iter(loader)
     while True:
@@ -223,8 +271,10 @@ def train_one_epoch(
         precision.scaler.step(optimizer)
         precision.scaler.update()
         scheduler.step()
-        total_loss += loss.detach()
+        total_loss += guard.add(loss.detach())
         steps += 1
+        if steps % LOSS_CHECK_STEPS == 0:
+            guard.check(epoch, done + steps)
         images += images_batch.shape[0]
         progress.step(done + steps, images)
         if steps == 1 and time_first_step:
@@ -236,6 +286,7 @@ def train_one_epoch(
                 time.monotonic() - start,
             )
         fetch_start = time.monotonic()
+    guard.check(epoch, done + steps)
     if device.type == "cuda":
         log.info(
             "epoch %d: peak GPU memory %.2f GiB",

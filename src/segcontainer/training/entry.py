@@ -210,9 +210,18 @@ def plan(paths: Paths) -> World:
     return distributed.plan_world(read_resource_config(paths), gpus, pipe_mode)
 
 
+def clear_status_files(paths: Paths) -> None:
+    """A local rerun finds the last run's output/ (SageMaker's starts empty): its ``failure``
+    or ``success`` would contradict this run's. Cleared by the process that starts the host's
+    training, before any other writes them."""
+    for file in (paths.failure_file, paths.success_file):
+        file.unlink(missing_ok=True)
+
+
 def main() -> int:
     setup_logging()
     paths = Paths.from_env()
+    clear_status_files(paths)
     try:
         world = plan(paths)
     except UserError as exc:
@@ -258,6 +267,8 @@ def train_process(paths: Paths, rank: Rank, failure_file: Path) -> int:
     except TrainingStopped as exc:
         return stopped(paths, rank, failure_file, str(exc))
     except UserError as exc:
+        if isinstance(exc, engine.NonFiniteLoss) and rank.is_main:
+            finish_artifacts(paths)  # the best model so far, packed as after a stop
         distributed.report_failure(rank, str(exc))
         write_failure(failure_file, str(exc), traceback.format_exc())
         log.error("%s", exc)

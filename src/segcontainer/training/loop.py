@@ -175,6 +175,8 @@ def fit(s: Setup, local_stop) -> None:
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
+        except engine.NonFiniteLoss as exc:  # no checkpoint: the weights hold nan now
+            raise engine.NonFiniteLoss(non_finite_reason(s, str(exc), best, stopper)) from exc
         collectives.sync_buffers(s.model)
         if stats.steps != iters_per_epoch:
             # Pipe mode: num_training_samples sized the schedule, the stream was another length
@@ -242,6 +244,30 @@ def fit(s: Setup, local_stop) -> None:
             checkpoint(Position(config.epochs))  # finished: a restart does not train on
             return
         checkpoint(Position(epoch + 1))
+
+
+def non_finite_reason(
+    s: Setup, what: str, best: checkpoints.Best | None, stopper: engine.EarlyStopping
+) -> str:
+    """The failure reason for a nan/inf loss: what happened, the likely causes with this job's
+    values, and what is kept."""
+    config = s.config
+    if best is not None:
+        kept = (
+            f"{s.paths.model_dir} keeps the best model so far (epoch {best.epoch}, "
+            f"mIoU {best.scores['miou']:.4f})"
+        )
+    elif stopper.best >= 0:  # a rank other than the main one, which keeps the model
+        kept = f"the first host keeps the best model so far (mIoU {stopper.best:.4f})"
+    else:
+        kept = "no epoch had finished, so there is no model"
+    precision = str(s.precision.dtype).removeprefix("torch.")
+    return (
+        f"Training stopped: {what}. Likely causes: a learning_rate too high (this job: "
+        f"{config.learning_rate}), class_weights too large (this job: {config.class_weights}), "
+        f"or fp16 overflow (this job trains in {precision}; precision=bf16 or fp32 avoids it). "
+        f"Lower the one that applies and train again; {kept}."
+    )
 
 
 def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves) -> None:
