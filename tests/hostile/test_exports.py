@@ -15,7 +15,9 @@ from segcontainer import model_folder
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import after_training, export_model, formats, from_channels, run
 from segcontainer.training.entry import StopSignal
-from tests.export.test_export import finished_job
+from segcontainer.training.entry import main as train_main
+from tests.conftest import write_config
+from tests.export.test_export import finished_job, use_default_export
 
 
 @pytest.fixture
@@ -124,3 +126,29 @@ def test_int8_is_never_quantised_from_a_failed_onnx_export(trained_base, tmp_pat
         export_model(model_dir, ("int8",), data, explicit=True)
     assert not (model_dir / model_folder.INT8_FILE).exists()
     assert exports_record(model_dir)["onnx"] == {"file": None, "error": "stopped"}, "kept"
+
+
+@pytest.mark.slow  # a short training run (about 20 s on 2 cores)
+def test_the_job_exits_143_when_stopped_during_the_onnx_check(
+    base_dir, small_dataset, monkeypatch
+) -> None:
+    write_config(base_dir)
+    use_default_export(base_dir)  # the default export: before, int8 ran and the job succeeded
+    real_session = onnxruntime.InferenceSession
+
+    def session_interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(formats, "to_onnx", placeholder_onnx)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session_interrupted)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert train_main() == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    reason = (base_dir / "output" / "failure").read_text().partition("\n\n")[0]
+    assert reason.startswith("Training was stopped by SIGTERM (stopped during the onnx export)")
+    assert not (base_dir / "output" / "success").exists()
+    assert (base_dir / "model" / "model.pt").is_file()
+    assert leftovers(base_dir / "model") == []

@@ -266,8 +266,7 @@ def export_model(
                     candidate.unlink(missing_ok=True)
                     if isinstance(exc, TrainingStopped) or stop_arrived() or caused_by_stop(exc):
                         exports[name] = {"file": None, "error": "stopped by SIGTERM"}
-                        if isinstance(exc, TrainingStopped):
-                            raise
+                        # the failure reason says where the stop landed
                         raise TrainingStopped(f"stopped during the {name} export") from exc
                     if not isinstance(exc, Exception):
                         raise  # KeyboardInterrupt and the like
