@@ -60,6 +60,25 @@ def test_int8_file_without_a_passed_check_is_not_served(tmp_path: Path) -> None:
         select_engine(folder, "onnx-int8")
 
 
+@pytest.mark.parametrize(
+    "record",
+    [{"file": None, "error": "stopped by SIGTERM"}, {"file": None, "error": "RuntimeError: x"}],
+)
+def test_onnx_file_whose_export_failed_is_not_served(tmp_path: Path, record: dict) -> None:
+    # An interrupted export's model.onnx, its record saying so (issue 26, item 4).
+    folder = model_with(tmp_path, onnx=True, int8=WITHHELD)
+    exports = model_folder.read_info(folder)["exports"]
+    model_folder.update_info(folder, exports={**exports, "onnx": record})
+    chosen = select_engine(folder, "auto")
+    assert (chosen.name, chosen.why) == ("torch", "auto: the ONNX export is recorded as failed")
+    with pytest.raises(
+        UserError,
+        match=r"model.onnx, whose export is recorded as failed .*\(" + record["error"][:7],
+    ):
+        select_engine(folder, "onnx")
+    assert select_engine(folder, "torch").name == "torch"
+
+
 def test_explicit_choices(tmp_path: Path) -> None:
     folder = model_with(tmp_path, onnx=True, int8={"passed": True})
     for choice, expected in [("torch", "torch"), ("ONNX", "onnx"), (" onnx-int8 ", "onnx-int8")]:

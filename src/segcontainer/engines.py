@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segcontainer.errors import UserError
+from segcontainer.errors import TrainingStopped, UserError
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 
@@ -127,6 +127,8 @@ class OnnxEngine:
             self.session = ort.InferenceSession(
                 str(file), options, providers=["CPUExecutionProvider"]
             )
+        except TrainingStopped:
+            raise  # SIGTERM landed while the file loaded: a stop, not a broken file
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(
                 f"ONNX Runtime could not load {file} ({exc}). Export it again with "
@@ -153,16 +155,22 @@ class EngineChoice:
 
 
 def choose_engine(
-    choice: str, gpu: bool, onnx_file: Path, int8_file: Path, int8_export: dict | None
+    choice: str,
+    gpu: bool,
+    onnx_file: Path,
+    int8_file: Path,
+    int8_export: dict | None,
+    onnx_export: dict | None = None,
 ) -> EngineChoice:
     """The engine ``SEGCONTAINER_ENGINE=choice`` gives for a model whose exports would be
-    ``onnx_file`` and ``int8_file`` (``int8_export``: model_info.json's record of the int8
-    check, None when there is none), on a GPU host or not.
+    ``onnx_file`` and ``int8_file`` (``int8_export``, ``onnx_export``: model_info.json's
+    records of those exports, None when there is none), on a GPU host or not.
 
     auto: on a CPU host the int8 file when it exists and passed its check, else the fp32 ONNX
-    file when it exists, else PyTorch; on a GPU host PyTorch (ONNX Runtime runs on the CPU
-    here). An explicit choice whose file is missing (or int8 whose check did not pass) is a
-    UserError naming the file and how to produce it."""
+    file when it exists and its record does not say it failed, else PyTorch; on a GPU host
+    PyTorch (ONNX Runtime runs on the CPU here). An explicit choice whose file is missing or
+    recorded as failed (or int8 whose check did not pass) is a UserError naming the file and
+    how to produce it."""
     value = choice.strip().lower()
     if value not in ENGINE_CHOICES:
         raise UserError(
@@ -172,17 +180,30 @@ def choose_engine(
         )
     record = int8_export or {}
     int8_passed = int8_file.is_file() and record.get("passed") is True
+    # A file left by an interrupted or failed export (its record says so) is never served;
+    # no record at all (a file from before the records, or put there by hand) is trusted.
+    onnx_failed = bool(onnx_export) and (onnx_export.get("file") is None or "error" in onnx_export)
+    onnx_usable = onnx_file.is_file() and not onnx_failed
     if value == "auto":
         if gpu:
             return EngineChoice("torch", None, "auto on a GPU host")
         if int8_passed:
             return EngineChoice("onnx-int8", int8_file, "auto: int8 file present, check passed")
-        if onnx_file.is_file():
+        if onnx_usable:
             return EngineChoice("onnx", onnx_file, "auto: ONNX file present, no checked int8 file")
+        if onnx_file.is_file():
+            return EngineChoice("torch", None, "auto: the ONNX export is recorded as failed")
         return EngineChoice("torch", None, "auto: no ONNX export in the model")
     if value == "torch":
         return EngineChoice("torch", None, "SEGCONTAINER_ENGINE=torch")
     if value == "onnx":
+        if onnx_file.is_file() and onnx_failed:
+            raise UserError(
+                f"SEGCONTAINER_ENGINE=onnx needs {onnx_file}, whose export is recorded as "
+                f"failed in model_info.json ({onnx_export.get('error') or 'no file'}). Export "
+                "it again with `segcontainer export MODEL --formats onnx`; or serve with "
+                "SEGCONTAINER_ENGINE=torch."
+            )
         if not onnx_file.is_file():
             raise UserError(
                 f"SEGCONTAINER_ENGINE=onnx needs {onnx_file}, which the model does not hold. "

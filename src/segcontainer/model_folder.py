@@ -178,13 +178,15 @@ def select_engine(model_dir: Path, choice: str = "auto", gpu: bool = False) -> E
     """What ``SEGCONTAINER_ENGINE=choice`` serves from model_dir (engines.choose_engine);
     UserError for an unknown choice or an engine whose file is missing. Reads no weights, so
     ``serve`` checks it at start before any worker loads the model."""
-    int8 = (read_info(model_dir).get(EXPORTS_KEY) or {}).get("int8")
+    exports = read_info(model_dir).get(EXPORTS_KEY) or {}
+    int8, onnx = exports.get("int8"), exports.get("onnx")
     return choose_engine(
         choice,
         gpu,
         model_dir / ONNX_FILE,
         model_dir / INT8_FILE,
         int8 if isinstance(int8, dict) else None,
+        onnx if isinstance(onnx, dict) else None,
     )
 
 

@@ -254,7 +254,7 @@ def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: 
     assert "epoch 0 had 2 batches, not the 1 the schedule assumed" in out
     curves = (base_dir / "output" / "data" / "training_curves.csv").read_text().splitlines()
     header = curves[0].split(",")
-    rates = [float(row.split(",")[header.index("learning_rate")]) for row in curves[1:]]
+    rates = [float(row.split(",")[header.index("learning_rate_after_epoch")]) for row in curves[1:]]
     assert rates[1] > 0  # epoch 1 ends at 4 of 6 iterations (not past the 3 declared)
 
 

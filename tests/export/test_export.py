@@ -101,6 +101,13 @@ def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir:
     shipped = (exported_dir / "model.int8.onnx").is_file()
     assert int8["passed"] is shipped
     assert int8["tries"], "every try is recorded"
+    for number, attempt in enumerate(int8["tries"]):
+        # Both counts, named: the calibration images of the try and the check's images.
+        assert attempt["check_images"] == int8["check_images"]
+        calibration = f"{attempt['method']} calibration on {attempt['calibration_images']} "
+        assert calibration in log, (number, attempt)
+        assert "images" not in attempt
+    assert "Please consider to run pre-processing" not in log, "not the user's concern"
     if shipped:
         assert int8["file"] == "model.int8.onnx"
         assert int8["pixel_agreement"] >= MIN_AGREEMENT

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segcontainer.data.channels import Sample, load_image, load_mask
+from segcontainer.data.channels import Sample, Source, load_image, load_mask
 from segcontainer.data.preprocess import to_tensors
+from segcontainer.errors import UserError
+
+T = TypeVar("T")
 
 
 def mixed_seed(*parts: int) -> int:
@@ -24,6 +29,39 @@ def mixed_seed(*parts: int) -> int:
         value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
         value = (value * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     return value >> 1
+
+
+class UnreadableFile(UserError):
+    """A sample file that failed to read during training although the data check at the
+    start of the job had read it whole (FastFile mode streams from S3 and can fail later)."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker's exception reaches the training process as its type called
+        # with "Caught UnreadableFile in DataLoader worker process N.\nOriginal Traceback
+        # ...": keep only the sentence the worker wrote (the traceback's last line), so the
+        # failure reason is that sentence.
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def read_sample(load: Callable[[Source], T], source: Source, role: str) -> T:
+    """``load(source)``, failing with UnreadableFile naming the file and the way out."""
+    try:
+        return load(source)
+    except UserError:
+        raise  # already names the file (a colour mask, ...)
+    except Exception as exc:  # Pillow and the file system raise many types
+        name = source if isinstance(source, Path) else source.name
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        raise UnreadableFile(
+            f"The {role} {name} could not be read during training ({cause}), although the "
+            "data check at the start of the job read it whole: the file changed or its "
+            "storage failed since (FastFile mode streams from S3, where a dropped connection "
+            "reads as a truncated file). Check or replace the file and run the job again (it "
+            "resumes from its last checkpoint); input mode File copies the data to the "
+            "instance before training starts."
+        ) from exc
 
 
 class SegmentationDataset(Dataset):
@@ -46,7 +84,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        image, mask = to_tensors(load_image(sample.image), load_mask(sample.mask, self.lut))
+        image = read_sample(load_image, sample.image, "image")
+        mask = read_sample(lambda source: load_mask(source, self.lut), sample.mask, "mask")
+        image, mask = to_tensors(image, mask)
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state untouched
             torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
             image, mask = self.transform(image, mask)

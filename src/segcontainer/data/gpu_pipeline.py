@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from segcontainer.data.augment import SCALE_RANGE
 from segcontainer.data.channels import Sample, load_image, load_mask
-from segcontainer.data.dataset import EpochSampler, mixed_seed
+from segcontainer.data.dataset import EpochSampler, mixed_seed, read_sample
 from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.data.preprocess import MEAN, STD
 
@@ -71,7 +71,7 @@ class EncodedImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        data = Path(self.samples[index].image).read_bytes()
+        data = read_sample(lambda path: Path(path).read_bytes(), self.samples[index].image, "image")
         try:  # PIL reads only the header here; nvJPEG ignores EXIF orientation
             orientation = Image.open(io.BytesIO(data)).getexif().get(EXIF_ORIENTATION, 1)
         except Exception:  # the data check already proved the file decodes
@@ -194,7 +194,8 @@ class GpuTrainBatches:
 
     def _mask(self, index: int) -> torch.Tensor:
         if index not in self.masks:
-            self.masks[index] = torch.from_numpy(load_mask(self.samples[index].mask, self.lut))
+            mask = read_sample(lambda s: load_mask(s, self.lut), self.samples[index].mask, "mask")
+            self.masks[index] = torch.from_numpy(mask)
         return self.masks[index]
 
     def _decode(self, files, orientations, indices) -> list[torch.Tensor]:
@@ -204,7 +205,9 @@ class GpuTrainBatches:
         except RuntimeError as exc:  # CMYK or unusual JPEGs: PIL decodes what nvJPEG cannot
             log.warning("GPU JPEG decoding failed for a batch (%s); decoding it with PIL", exc)
             return [  # load_image applies the EXIF orientation itself
-                torch.from_numpy(np.asarray(load_image(self.samples[i].image)).copy())
+                torch.from_numpy(
+                    np.asarray(read_sample(load_image, self.samples[i].image, "image")).copy()
+                )
                 .permute(2, 0, 1)
                 .to(self.device)
                 for i in indices

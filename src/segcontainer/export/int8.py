@@ -12,9 +12,11 @@ int8 file is written and the reason is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +43,7 @@ class Agreement:
     pixel_agreement: float
     mIOU_fp32: float
     mIOU_int8: float
-    images: int
+    check_images: int  # validation pairs compared
     labelled_pixels: int
 
     def problems(self) -> list[str]:
@@ -62,12 +64,12 @@ class Agreement:
 @dataclass(frozen=True)
 class Attempt:
     method: str  # minmax | percentile | entropy
-    images: int
+    calibration_images: int  # training images the ranges were collected on
     keep_fp32: tuple[str, ...] = ()  # node names left unquantized
 
     def describe(self) -> str:
         kept = f", kept in fp32: {', '.join(self.keep_fp32)}" if self.keep_fp32 else ""
-        return f"{self.method} calibration on {self.images} training images{kept}"
+        return f"{self.method} calibration on {self.calibration_images} training images{kept}"
 
 
 @dataclass
@@ -117,7 +119,7 @@ class Reference:
             pixel_agreement=same / labelled if labelled else 0.0,
             mIOU_fp32=self.miou,
             mIOU_int8=scores.scores().miou,
-            images=len(self.labels),
+            check_images=len(self.labels),
             labelled_pixels=labelled,
         )
 
@@ -128,6 +130,27 @@ def first_and_classifier(onnx_file: Path) -> tuple[str, ...]:
     nodes = onnx.load(str(onnx_file), load_external_data=False).graph.node
     convs = [node.name for node in nodes if node.op_type == "Conv"]
     return tuple(dict.fromkeys([convs[0], convs[-1]])) if convs else ()
+
+
+class _NoPreProcessingAdvice(logging.Filter):
+    """Drops quantize_static's "Please consider to run pre-processing before quantization"
+    (logged on the root logger once per try). The pre-processing (quant_pre_process) infers
+    shapes, which quantize_static does itself, and fuses batch norms into convolutions,
+    which the exporter already did (model.onnx holds Conv, Relu, Add, no BatchNormalization);
+    and each try ships only if its check passes. Not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _without_pre_processing_advice() -> Iterator[None]:
+    advice, root = _NoPreProcessingAdvice(), logging.getLogger()
+    root.addFilter(advice)  # a logger's filters see the records logged on it: the root's own
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def quantize(onnx_file: Path, out: Path, data: ExportData, attempt: Attempt) -> None:
@@ -142,8 +165,11 @@ def quantize(onnx_file: Path, out: Path, data: ExportData, attempt: Attempt) -> 
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
-    reader = ImageReader(data, attempt.images, "image")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as scratch:
+    reader = ImageReader(data, attempt.calibration_images, "image")
+    with (
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as scratch,
+        _without_pre_processing_advice(),
+    ):
         tmp = Path(scratch) / out.name
         quantize_static(
             str(onnx_file),
@@ -192,6 +218,7 @@ def export_int8(
         quantize(onnx_file, out, data, attempt)
         agreement = reference.compare(OnnxEngine(out, threads))
         problems = agreement.problems()
+        # The field names differ (calibration_images, check_images): neither hides the other.
         result.tries.append({**asdict(attempt), **asdict(agreement), "problems": problems})
         log.info(
             "int8 try (%s): pixel agreement %.4f, mIoU %.4f vs fp32 %.4f on %d validation images%s",
@@ -199,7 +226,7 @@ def export_int8(
             agreement.pixel_agreement,
             agreement.mIOU_int8,
             agreement.mIOU_fp32,
-            agreement.images,
+            agreement.check_images,
             "" if not problems else f": {'; '.join(problems)}",
         )
         if not problems:
@@ -210,7 +237,7 @@ def export_int8(
         if index == len(tries) and not attempt.keep_fp32:
             # Last remedy: the best calibration so far with the most sensitive layers in fp32.
             kept = first_and_classifier(onnx_file)
-            tries.append(Attempt(best[1].method, best[1].images, kept))
+            tries.append(Attempt(best[1].method, best[1].calibration_images, kept))
         result.agreement = agreement
     out.unlink(missing_ok=True)
     result.reason = (

@@ -8,9 +8,14 @@ fails raises UserError when the user asked for it explicitly; otherwise (the def
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -61,47 +66,59 @@ def _max_difference(eager: Engine, candidate: Engine, inputs: list[torch.Tensor]
     return worst
 
 
-def _checked(name: str, difference: float, file: Path, count: int) -> dict:
+def _checked(final: Path, difference: float, count: int) -> dict:
     if difference > ONNX_TOLERANCE:
-        file.unlink(missing_ok=True)
         raise ExportFailed(
-            f"{file.name} differs from the eager model by {difference:.2e} (relative to the "
+            f"{final.name} differs from the eager model by {difference:.2e} (relative to the "
             f"largest logit) on {count} images, more than the {ONNX_TOLERANCE} allowed"
         )
     log.info(
         "%s matches eager within %.2e (max abs difference relative to the largest logit, on "
         "%d images)",
-        name,
+        final.name,
         difference,
         count,
     )
-    return {"file": file.name, "max_abs_difference": difference, "check_images": count}
+    return {"file": final.name, "max_abs_difference": difference, "check_images": count}
 
 
-def _onnx(model_dir: Path, eager: TorchEngine, inputs: list[torch.Tensor]) -> dict:
-    file = model_dir / model_folder.ONNX_FILE
-    formats.to_onnx(eager.model, file, torch.randn(1, 3, 64, 48))
-    difference = _max_difference(eager, OnnxEngine(file), inputs)
-    entry = _checked("model.onnx", difference, file, len(inputs))
-    return {**entry, "opset": formats.OPSET}
+def _onnx(final: Path, candidate: Path, eager: TorchEngine, inputs: list[torch.Tensor]) -> dict:
+    formats.to_onnx(eager.model, candidate, torch.randn(1, 3, 64, 48))
+    difference = _max_difference(eager, OnnxEngine(candidate, name="onnx"), inputs)
+    return {**_checked(final, difference, len(inputs)), "opset": formats.OPSET}
 
 
-def _torchscript(model_dir: Path, eager: TorchEngine, inputs: list[torch.Tensor]) -> dict:
-    file = model_dir / model_folder.TORCHSCRIPT_FILE
-    formats.to_torchscript(eager.model, file, torch.randn(1, 3, 64, 48))
+def _torchscript(
+    final: Path, candidate: Path, eager: TorchEngine, inputs: list[torch.Tensor]
+) -> dict:
+    formats.to_torchscript(eager.model, candidate, torch.randn(1, 3, 64, 48))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
-        traced = torch.jit.load(str(file), map_location="cpu")
+        traced = torch.jit.load(str(candidate), map_location="cpu")
     loaded = TorchEngine(traced, torch.device("cpu"), bf16=False)
-    return _checked("model.ts", _max_difference(eager, loaded, inputs), file, len(inputs))
+    return _checked(final, _max_difference(eager, loaded, inputs), len(inputs))
 
 
-def _int8(model_dir: Path, eager: TorchEngine, data: ExportData, num_classes: int) -> dict:
-    onnx_file = model_dir / model_folder.ONNX_FILE
-    out = model_dir / model_folder.INT8_FILE
-    out.unlink(missing_ok=True)
+def failed(entry: dict | None) -> bool:
+    """Whether an exports record says its file was not produced or did not pass its check."""
+    return isinstance(entry, dict) and (
+        entry.get("file") is None or "error" in entry or entry.get("passed") is False
+    )
+
+
+def _int8(
+    final: Path, candidate: Path, eager: TorchEngine, data: ExportData, num_classes: int, onnx
+) -> dict:
+    """``onnx``: model.onnx's record (this run's or an earlier one's), None when there is none."""
+    onnx_file = final.parent / model_folder.ONNX_FILE
     if not onnx_file.is_file():
         raise ExportFailed(f"it is quantized from {onnx_file.name}, which was not written")
+    if failed(onnx):
+        why = onnx.get("error") or "its check did not pass"
+        raise ExportFailed(
+            f"it is quantized from {onnx_file.name}, whose export failed ({why}); export onnx "
+            "again first (`segcontainer export MODEL --formats onnx,int8 --calibration DIR`)"
+        )
     if not data.calibration:
         raise ExportFailed(
             "no training images to calibrate on (Pipe mode streams them and keeps none); run "
@@ -109,17 +126,20 @@ def _int8(model_dir: Path, eager: TorchEngine, data: ExportData, num_classes: in
         )
     if not data.validation:
         raise ExportFailed("no validation image/mask pairs to check it on")
-    result = int8.export_int8(onnx_file, out, eager, data, num_classes, threads=0)
-    entry: dict = {"file": out.name if result.shipped else None, "passed": result.shipped}
+    result = int8.export_int8(onnx_file, candidate, eager, data, num_classes, threads=0)
+    entry: dict = {"file": final.name if result.shipped else None, "passed": result.shipped}
     if result.agreement:
         entry.update(
             pixel_agreement=result.agreement.pixel_agreement,
             mIOU_fp32=result.agreement.mIOU_fp32,
             mIOU_int8=result.agreement.mIOU_int8,
-            check_images=result.agreement.images,
+            check_images=result.agreement.check_images,
         )
     if result.shipped:
-        entry["calibration"] = {"method": result.attempt.method, "images": result.attempt.images}
+        entry["calibration"] = {
+            "method": result.attempt.method,
+            "images": result.attempt.calibration_images,
+        }
         entry["kept_fp32"] = list(result.attempt.keep_fp32)
         log.info(
             "model.int8.onnx passed its check (%s): pixel agreement %.4f, mIoU %.4f vs fp32 "
@@ -128,7 +148,7 @@ def _int8(model_dir: Path, eager: TorchEngine, data: ExportData, num_classes: in
             result.agreement.pixel_agreement,
             result.agreement.mIOU_int8,
             result.agreement.mIOU_fp32,
-            result.agreement.images,
+            result.agreement.check_images,
         )
     else:
         entry["reason"] = result.reason
@@ -137,46 +157,137 @@ def _int8(model_dir: Path, eager: TorchEngine, data: ExportData, num_classes: in
     return entry
 
 
+FILES = {
+    "onnx": model_folder.ONNX_FILE,
+    "int8": model_folder.INT8_FILE,
+    "torchscript": model_folder.TORCHSCRIPT_FILE,
+}
+
+
+def candidate_for(final: Path) -> Path:
+    """Where a format is written and checked before it takes its final name: hidden (a dot
+    name), so neither pack_model nor serving ever picks it up."""
+    return final.with_name(f".{final.name}.candidate")
+
+
+@contextlib.contextmanager
+def sigterm_noted() -> Iterator[Callable[[], bool]]:
+    """Yields "has SIGTERM arrived since?". Training's handler raises TrainingStopped in
+    whatever runs, but the libraries an export calls catch Exception broadly
+    (torch.onnx.export tries its next capture strategy, ONNX Runtime's loaders re-word
+    errors), so the stop can be swallowed or renamed; the note keeps a stop a stop. Where no
+    Python handler is installed (``segcontainer export``), SIGTERM ends the process as usual."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    arrived = False
+
+    def note(signum, frame) -> None:
+        nonlocal arrived
+        arrived = True
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, note)
+    try:
+        yield lambda: arrived
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def caused_by_stop(exc: BaseException) -> bool:
+    """Whether TrainingStopped is anywhere in the chain of causes of ``exc``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TrainingStopped):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _write_candidate(
+    name: str,
+    final: Path,
+    eager: TorchEngine,
+    data: ExportData,
+    num_classes: int,
+    inputs: Callable[[], list[torch.Tensor]],
+    onnx: dict | None,
+) -> dict:
+    """Write and check format ``name`` under candidate_for(final); its exports entry."""
+    candidate = candidate_for(final)
+    if name == "int8":
+        return _int8(final, candidate, eager, data, num_classes, onnx)
+    export = _onnx if name == "onnx" else _torchscript
+    return export(final, candidate, eager, inputs())
+
+
 def export_model(
     model_dir: Path, wanted: tuple[str, ...], data: ExportData, explicit: bool
 ) -> dict[str, dict]:
     """Write ``wanted`` (of onnx, int8, torchscript) into model_dir; return the exports entry
-    also written to model_info.json. UserError when an ``explicit`` format fails."""
+    also written to model_info.json (merged into the entries of formats not exported now).
+    Each file is written under a hidden candidate name and takes its final name only once
+    its check passed. UserError when an ``explicit`` format fails; TrainingStopped when
+    SIGTERM arrived, wherever it landed."""
     model, record = model_folder.load_model(model_dir)
     # The reference is the fp32 model the user trained: no bf16 even on a GPU.
     eager = TorchEngine(model, bf16=False)
-    inputs: list[torch.Tensor] | None = None  # read when a format first needs them
+    earlier = model_folder.read_info(model_dir).get(model_folder.EXPORTS_KEY) or {}
+    checks: list[list[torch.Tensor]] = []
+
+    def inputs() -> list[torch.Tensor]:
+        # Read when a format first needs them: an unreadable check image is that format's
+        # failure.
+        if not checks:
+            checks.append(_check_inputs(data))
+        return checks[0]
+
     exports: dict[str, dict] = {}
     try:
-        for name in wanted:
-            start = time.perf_counter()
-            try:
-                if name == "int8":
-                    entry = _int8(model_dir, eager, data, record["num_classes"])
-                else:
-                    # Inside the try: an unreadable check image is this format's failure.
-                    inputs = _check_inputs(data) if inputs is None else inputs
-                    export = _onnx if name == "onnx" else _torchscript
-                    entry = export(model_dir, eager, inputs)
-            except TrainingStopped:
-                raise  # SIGTERM (MaxRuntime) stops the job, whatever the format
-            except Exception as exc:  # exporters and ONNX Runtime raise many types
-                reason = (
-                    str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {exc}"
-                )
-                exports[name] = {"file": None, "error": reason}
-                if explicit:
-                    raise UserError(
-                        f"The {name} export asked for by the export hyperparameter failed: "
-                        f"{reason}. model.pt in {model_dir} is complete; leave {name} out of "
-                        "export, or add it later with `segcontainer export`."
-                    ) from exc
-                log.warning("%s export failed (model.pt is complete): %s", name, reason)
-                continue
-            entry["seconds"] = round(time.perf_counter() - start, 1)
-            exports[name] = entry
-            log.info("%s export took %.1f s", name, entry["seconds"])
+        with sigterm_noted() as stop_arrived:
+            for name in wanted:
+                start = time.perf_counter()
+                final = model_dir / FILES[name]
+                candidate = candidate_for(final)
+                # This run's record replaces the format's entry: no earlier file outlives it.
+                final.unlink(missing_ok=True)
+                try:
+                    onnx = exports.get("onnx", earlier.get("onnx"))
+                    entry = _write_candidate(
+                        name, final, eager, data, record["num_classes"], inputs, onnx
+                    )
+                    if stop_arrived():  # a stop some library swallowed
+                        raise TrainingStopped(f"stopped during the {name} export")
+                    if entry.get("file"):  # checked: it takes its final name only now
+                        os.replace(candidate, final)
+                except BaseException as exc:
+                    candidate.unlink(missing_ok=True)
+                    if isinstance(exc, TrainingStopped) or stop_arrived() or caused_by_stop(exc):
+                        exports[name] = {"file": None, "error": "stopped by SIGTERM"}
+                        # the failure reason says where the stop landed
+                        raise TrainingStopped(f"stopped during the {name} export") from exc
+                    if not isinstance(exc, Exception):
+                        raise  # KeyboardInterrupt and the like
+                    exports[name] = {"file": None, "error": _reason(exc)}
+                    if explicit:
+                        raise UserError(
+                            f"The {name} export asked for by the export hyperparameter failed: "
+                            f"{_reason(exc)}. model.pt in {model_dir} is complete; leave {name} "
+                            "out of export, or add it later with `segcontainer export`."
+                        ) from exc
+                    log.warning("%s export failed (model.pt is complete): %s", name, _reason(exc))
+                    continue
+                entry["seconds"] = round(time.perf_counter() - start, 1)
+                exports[name] = entry
+                log.info("%s export took %.1f s", name, entry["seconds"])
     finally:
         if wanted:
-            model_folder.update_info(model_dir, **{model_folder.EXPORTS_KEY: exports})
+            model_folder.update_info(model_dir, **{model_folder.EXPORTS_KEY: earlier | exports})
     return exports
+
+
+def _reason(exc: Exception) -> str:
+    # exporters and ONNX Runtime raise many types: the type name helps there
+    return str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {exc}"

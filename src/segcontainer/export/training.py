@@ -9,7 +9,7 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.export.run import export_model
+from segcontainer.export.run import caused_by_stop, export_model
 from segcontainer.export.samples import ExportData
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
     except (UserError, TrainingStopped):
         raise  # an explicit format's failure, already worded; or SIGTERM
     except Exception as exc:  # anything outside the per-format steps (reading the data, ...)
+        if caused_by_stop(exc):  # SIGTERM inside a library that re-worded it
+            raise TrainingStopped("stopped during the exports") from exc
         reason = f"{type(exc).__name__}: {exc}"
         if explicit:
             raise UserError(

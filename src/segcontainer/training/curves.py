@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class TrainingCurves:
-    """Per-epoch figures in output/data/: training_curves.csv and training_curves.png."""
+    """Per-epoch figures in output/data/: training_curves.csv and training_curves.png.
+
+    Rows keep the keys the loop gives (and checkpoints store); the CSV names one column
+    more exactly: ``learning_rate`` is read after the epoch's last step, so the header says
+    ``learning_rate_after_epoch`` (with poly or cosine it ends at 0 after the last epoch)."""
 
     FIELDS = (
         "epoch",
@@ -18,6 +26,7 @@ class TrainingCurves:
         "epoch_seconds",
         "images_per_second",
     )
+    HEADER = {"learning_rate": "learning_rate_after_epoch"}  # row key -> CSV column
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -34,24 +43,28 @@ class TrainingCurves:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "training_curves.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)
-            writer.writeheader()
+            writer.writerow({key: self.HEADER.get(key, key) for key in self.FIELDS})
             writer.writerows(self.rows)
-        self._plot()
+        self.figure().savefig(self.folder / "training_curves.png", dpi=80)
 
-    def _plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display in a container
-        from matplotlib import pyplot as plt
+    def figure(self) -> Figure:
+        """Loss and validation scores per epoch, on integer epoch ticks (matplotlib would
+        otherwise spread one epoch over -0.04..0.04 with fractional ticks)."""
+        from matplotlib.figure import Figure  # imported when drawn: training starts faster
+        from matplotlib.ticker import MaxNLocator
 
         epochs = [r["epoch"] for r in self.rows]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        figure = Figure(figsize=(10, 4))  # not pyplot: no global figure state to close
+        left, right = figure.subplots(1, 2)
         left.plot(epochs, [r["train_loss"] for r in self.rows], marker="o")
         left.set(title="train loss", xlabel="epoch")
         for key in ("validation_mIOU", "validation_pixel_accuracy"):
             right.plot(epochs, [r[key] for r in self.rows], marker="o", label=key)
         right.set(title="validation", xlabel="epoch", ylim=(0, 1))
         right.legend()
-        fig.tight_layout()
-        fig.savefig(self.folder / "training_curves.png", dpi=80)
-        plt.close(fig)
+        for axes in (left, right):
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(set(epochs)) == 1:
+                axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
+        figure.tight_layout()
+        return figure

@@ -281,9 +281,15 @@ def train_one_epoch(
             # One sync, once: the first step holds cuDNN autotuning and torch.compile.
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            autotuned = device.type == "cuda" and torch.backends.cudnn.benchmark
+            included = [  # named only when on: an eager CPU step has neither
+                *(["compilation"] if hasattr(model, "_orig_mod") else []),  # torch.compile's
+                *(["autotuning"] if autotuned else []),
+            ]
             log.info(
-                "first training step: %.1f s (compilation and autotuning included)",
+                "first training step: %.1f s%s",
                 time.monotonic() - start,
+                f" ({' and '.join(included)} included)" if included else "",
             )
         fetch_start = time.monotonic()
     guard.check(epoch, done + steps)
