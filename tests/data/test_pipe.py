@@ -254,8 +254,9 @@ def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: 
     assert "epoch 0 had 2 batches, not the 1 the schedule assumed" in out
     curves = (base_dir / "output" / "data" / "training_curves.csv").read_text().splitlines()
     header = curves[0].split(",")
-    rates = [float(row.split(",")[header.index("learning_rate_after_epoch")]) for row in curves[1:]]
-    assert rates[1] > 0  # epoch 1 ends at 4 of 6 iterations (not past the 3 declared)
+    rates = [float(row.split(",")[header.index("learning_rate")]) for row in curves[1:]]
+    assert rates[2] > 0  # epoch 2 starts at 4 of 6 iterations (not past the 3 declared)
+    assert rates[0] > rates[1] > rates[2]  # each epoch's first-step rate (poly ends at 0 after)
 
 
 def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path) -> None:

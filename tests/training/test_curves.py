@@ -39,14 +39,13 @@ def test_curves_show_whole_epochs(tmp_path: Path, epochs: int) -> None:
         assert set(range(epochs)) <= set(ticks)
 
 
-def test_curves_csv_says_when_the_learning_rate_was_read(tmp_path: Path) -> None:
-    # The loop reads the rate after the epoch's last step (0 after poly's last epoch).
+def test_curves_csv_has_a_column_per_field(tmp_path: Path) -> None:
     curves = TrainingCurves(tmp_path)
-    curves.add(**row(0, 0.0))
+    curves.add(**row(0, 0.01))
     with open(tmp_path / "training_curves.csv") as handle:
         (written,) = csv.DictReader(handle)
-    assert float(written["learning_rate_after_epoch"]) == 0.0
-    assert "learning_rate" not in written
+    assert float(written["learning_rate"]) == 0.01
+    assert list(written) == list(TrainingCurves.FIELDS)
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
 
 

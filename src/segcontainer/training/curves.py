@@ -13,9 +13,9 @@ if TYPE_CHECKING:
 class TrainingCurves:
     """Per-epoch figures in output/data/: training_curves.csv and training_curves.png.
 
-    Rows keep the keys the loop gives (and checkpoints store); the CSV names one column
-    more exactly: ``learning_rate`` is read after the epoch's last step, so the header says
-    ``learning_rate_after_epoch`` (with poly or cosine it ends at 0 after the last epoch)."""
+    ``learning_rate`` is the rate of the epoch's first step (of the resumed step, for an
+    epoch resumed mid-way): read after the last step, poly and cosine would show 0 for the
+    last epoch."""
 
     FIELDS = (
         "epoch",
@@ -26,7 +26,6 @@ class TrainingCurves:
         "epoch_seconds",
         "images_per_second",
     )
-    HEADER = {"learning_rate": "learning_rate_after_epoch"}  # row key -> CSV column
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -43,7 +42,7 @@ class TrainingCurves:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "training_curves.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)
-            writer.writerow({key: self.HEADER.get(key, key) for key in self.FIELDS})
+            writer.writeheader()
             writer.writerows(self.rows)
         self.figure().savefig(self.folder / "training_curves.png", dpi=80)
 

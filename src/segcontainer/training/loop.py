@@ -156,6 +156,7 @@ def fit(s: Setup, local_stop) -> None:
         done = position.iteration if resuming else 0
         s.start_epoch(epoch, done * s.batch_size)
         model_is_best = False  # training changes the weights
+        epoch_rate = s.optimizer.param_groups[0]["lr"]  # the curves' rate: at the first step
         try:
             stats = engine.train_one_epoch(
                 train_model,
@@ -208,7 +209,7 @@ def fit(s: Setup, local_stop) -> None:
         stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
         if main:  # one set of metric lines per epoch, so HPO and CloudWatch see one value
-            report(s, epoch, stats, scores, names, curves)
+            report(s, epoch, stats, scores, names, curves, epoch_rate)
         # every rank sees the same (summed) scores, so all take the same decisions
         if stopper.update(scores.miou):
             model_is_best = True
@@ -270,7 +271,7 @@ def non_finite_reason(
     )
 
 
-def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves) -> None:
+def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves, rate: float) -> None:
     for line in metric_lines(s.host, epoch, stats.loss, scores):
         print(line, flush=True)
     per_class = ", ".join(
@@ -290,7 +291,7 @@ def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves) -
         train_loss=stats.loss,
         validation_mIOU=scores.miou,
         validation_pixel_accuracy=scores.pixel_accuracy,
-        learning_rate=s.optimizer.param_groups[0]["lr"],
+        learning_rate=rate,
         epoch_seconds=stats.seconds,
         images_per_second=stats.images_per_second,
     )
