@@ -113,6 +113,10 @@ def save_model(
     weights from its checkpoint, not from the model it is training). `trained_on` records the
     hosts and processes that trained it (data parallel), for the user and for audits."""
     weights = model.state_dict() if isinstance(model, nn.Module) else model
+    # Exports were made from the weights replaced here: left behind (a local rerun into the same
+    # folder), `SEGCONTAINER_ENGINE=auto` would serve the old model's model.onnx.
+    for export in (ONNX_FILE, INT8_FILE, TORCHSCRIPT_FILE):
+        (model_dir / export).unlink(missing_ok=True)
     # The auxiliary head trains the encoder only: serving never builds it.
     state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
     _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))

@@ -259,3 +259,22 @@ def test_a_damaged_hyperparams_json_is_named(tmp_path: Path, text: str, problem:
     with pytest.raises(UserError) as caught:
         model_folder.read_record(tmp_path, "The model")
     assert f"{tmp_path / model_folder.CONFIG_FILE} {problem}" in str(caught.value)
+
+
+def test_new_weights_remove_the_old_models_exports(tmp_path: Path) -> None:
+    """A local rerun with export=none into a folder holding an earlier model's exports: the
+    ONNX file of the old weights must not be what `auto` serves with the new ones."""
+    from segcontainer.metrics import Scores
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.onnx", "model.int8.onnx", "model.ts"):
+        (model_dir / name).write_bytes(b"the previous model's export")
+    record = {"algorithm": "fcn", "backbone": "resnet-50", "num_classes": 2}
+    model_folder.save_model(model_dir, {}, record, 0, Scores(0.5, 0.9, (0.4, 0.6)), ())
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "hyperparams.json",
+        "model.pt",
+        "model_info.json",
+    ]
+    assert model_folder.select_engine(model_dir, "auto").name == "torch"
