@@ -8,6 +8,17 @@ class UserError(Exception):
     so it must name what is wrong and how to fix it.
     """
 
+    def __init__(self, *args: object):
+        # A DataLoader worker's exception reaches the training process as its type called
+        # with "Caught UserError in DataLoader worker process N.\nOriginal Traceback ...":
+        # keep only the message the worker wrote, so the failure reason is that message.
+        if args and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            marker = f"{type(self).__qualname__}: "
+            start = args[0].rfind(marker)
+            if args[0].startswith("Caught ") and start >= 0:
+                args = (args[0][start + len(marker) :].rstrip(), *args[1:])
+        super().__init__(*args)
+
 
 class TrainingStopped(Exception):
     """Raised when SIGTERM asked the job to stop; inside an epoch it carries the progress

@@ -35,15 +35,6 @@ class UnreadableFile(UserError):
     """A sample file that failed to read during training although the data check at the
     start of the job had read it whole (FastFile mode streams from S3 and can fail later)."""
 
-    def __init__(self, message: str):
-        # A DataLoader worker's exception reaches the training process as its type called
-        # with "Caught UnreadableFile in DataLoader worker process N.\nOriginal Traceback
-        # ...": keep only the sentence the worker wrote (the traceback's last line), so the
-        # failure reason is that sentence.
-        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
-        super().__init__(message)
-
 
 def read_sample(load: Callable[[Source], T], source: Source, role: str) -> T:
     """``load(source)``, failing with UnreadableFile naming the file and the way out."""
