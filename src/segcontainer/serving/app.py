@@ -37,6 +37,7 @@ from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings,
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1  # SageMaker retries a 503; a prediction takes about this long
 POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
+SEND_BYTES = 1 << 20  # a bytearray answer is sent in slices of this size
 
 
 class ModelSlot:
@@ -131,9 +132,10 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     def invocations() -> Response:
         predictor = slot.predictor
         if predictor is None:
+            drain_body()
             return busy("the model is not loaded yet")
         if not slot.admit():
-            drain_body()  # nginx is still sending it: closing now would turn this into a 502
+            drain_body()  # nginx may still be sending it: closing now could turn this into 502
             return busy(
                 f"this worker is busy: one request running and {MAX_WAITING_REQUESTS} waiting, "
                 "the most it queues"
@@ -152,7 +154,7 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
             try:  # decoding and encoding use the cores too: all inside the lock
                 image = codecs.decode_image(body, request.content_type, settings.max_image_pixels)
                 del body
-                return Response(answer(predictor, image, accept), status=200, mimetype=accept)
+                return response(answer(predictor, image, accept), accept)
             finally:
                 slot.busy.release()
         except codecs.RequestError as exc:
@@ -203,6 +205,18 @@ def client_gone_check(environ: dict) -> Callable[[], bool]:
             return True
 
     return gone
+
+
+def response(body: bytes | bytearray, mimetype: str) -> Response:
+    """A 200 answer. gunicorn writes only ``bytes``: an answer built in a bytearray (the
+    probabilities) goes out a slice at a time, not as one more whole copy of itself."""
+    if isinstance(body, bytes):
+        return Response(body, status=200, mimetype=mimetype)
+    view = memoryview(body)
+    slices = (bytes(view[i : i + SEND_BYTES]) for i in range(0, len(view), SEND_BYTES))
+    reply = Response(slices, status=200, mimetype=mimetype)
+    reply.headers["Content-Length"] = str(len(body))
+    return reply
 
 
 def answer(predictor: Predictor, image, accept: str) -> bytes | bytearray:
