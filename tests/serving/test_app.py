@@ -72,7 +72,7 @@ def test_ping_is_503_while_loading_then_200(model_dir: Path, monkeypatch) -> Non
     monkeypatch.setattr(app_module.ModelSlot, "load", slow_load)
     client = create_app(settings_for(model_dir)).test_client()
     answer = client.get("/ping")
-    assert answer.status_code == 503 and answer.json == {"status": "loading"}
+    assert answer.status_code == 503 and answer.json["status"] == "loading"
     assert client.post("/invocations", data=jpeg(), content_type="image/jpeg").status_code == 503
     release.set()
     slot = client.application.extensions["segcontainer_model"]
@@ -86,7 +86,7 @@ def test_ping_is_503_while_loading_then_200(model_dir: Path, monkeypatch) -> Non
 def test_ping_is_503_when_loading_failed(tmp_path: Path, caplog) -> None:
     client = create_app(settings_for(tmp_path / "nothing-here"), load_in_background=False)
     answer = client.test_client().get("/ping")
-    assert answer.status_code == 503 and answer.json == {"status": "failed"}
+    assert answer.status_code == 503 and answer.json["status"] == "failed"
     assert "loading the model" in caplog.text
 
 
@@ -149,6 +149,8 @@ def test_nginx_config_carries_port_body_limit_and_timeout(tmp_path: Path) -> Non
     assert "proxy_read_timeout 77s;" in text
     assert f"server unix:{tmp_path / 'g.sock'};" in text
     assert "location ~ ^/(ping|invocations|execution-parameters)$ {" in text
+    assert f"if (!-e {tmp_path / 'gunicorn-ready'})" in text  # JSON 503 until a worker is up
+    assert "worker_connections 1024;" in text and "server_tokens off;" in text
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ the endpoint sees inputs exactly as the model did during training and validation
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -16,6 +18,12 @@ MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, which the pretrained encode
 STD = (0.229, 0.224, 0.225)
 
 
+DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Deep images are scaled a band of rows at a time, so the float64 temporaries stay about
+# 8 MiB each whatever the image's size (a whole 13000x13000 16-bit image in float64 is 1.3 GB).
+BAND_PIXELS = 1 << 20
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image as RGB, EXIF orientation applied; deep modes scaled to 8-bit, not clipped.
 
@@ -23,17 +31,43 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     image = ImageOps.exif_transpose(image)
     image.load()
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if image.mode in DEEP_MODES:
         # Pillow's convert() would clip these at 255 (white) or 0 (black); scale instead.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = _value_range(image.mode, array)
-        scaled = (np.nan_to_num(array, nan=low) - low) / max(high - low, 1e-12) * 255.0
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        image = _deep_to_gray(image)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
-    """The values that map to black and white for a deep grayscale image.
+def _row_bands(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float64 rows) of ``image``, BAND_PIXELS at a time."""
+    width, height = image.size
+    rows = max(1, BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        yield top, np.asarray(image.crop(box), dtype=np.float64)
+
+
+def _deep_to_gray(image: Image.Image) -> Image.Image:
+    """A deep grayscale image as 8-bit L, scaled by _value_range, band by band (the same
+    arithmetic per pixel as on the whole array, without its float64 copies)."""
+    low, high = np.inf, -np.inf
+    if not image.mode.startswith("I;16"):  # 16-bit modes use their type's range, no scan
+        for _, band in _row_bands(image):
+            finite = band[np.isfinite(band)]
+            if finite.size:
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    if low > high:  # no finite value at all
+        low = high = 0.0
+    low, high = _value_range(image.mode, low, high)
+    gray = np.empty((image.height, image.width), dtype=np.uint8)
+    for top, band in _row_bands(image):
+        scaled = (np.nan_to_num(band, nan=low) - low) / max(high - low, 1e-12) * 255.0
+        gray[top : top + len(band)] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L")
+
+
+def _value_range(mode: str, low: float, high: float) -> tuple[float, float]:
+    """The values that map to black and white for a deep grayscale image whose finite values
+    span ``low``..``high``.
 
     The type's range where it says what the values mean, else the image's own min..max:
     - 16-bit modes (I;16*): 0..65535, so brightness stays comparable between images, as
@@ -44,9 +78,6 @@ def _value_range(mode: str, array: np.ndarray) -> tuple[float, float]:
       range is meaningless (2^32 levels, unbounded floats) and would decode as black, so
       the image's own finite min..max is stretched to 0..255.
     """
-    finite = array[np.isfinite(array)]
-    low = float(finite.min()) if finite.size else 0.0
-    high = float(finite.max()) if finite.size else 0.0
     if mode.startswith("I;16"):
         return 0.0, 65535.0
     if mode == "I" and low >= 0 and high <= 65535:

@@ -8,6 +8,11 @@ Each worker runs several threads (gunicorn gthread) but predicts one request at 
 lock): /ping is answered by another thread while a long prediction runs (torch, Pillow and
 numpy release the GIL in their kernels), and the worker's torch threads keep its share of the
 cores instead of two predictions competing for them.
+
+Back-pressure: at most MAX_WAITING_REQUESTS wait behind the running one; more get 503 with
+Retry-After at once, so threads stay free for /ping whatever the flood. A waiting request
+whose client has gone (nginx closed the connection: the client left, or nginx answered 504)
+or that has waited past the timeout is dropped before it is computed.
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 from flask import Flask, Response, jsonify, request
+from PIL import Image
 
 from segcontainer.serving import codecs
 from segcontainer.serving.predictor import Predictor, warm_up
-from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, encode_probabilities
-from segcontainer.serving.settings import ServingSettings, worker_device
+from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, probability_answer
+from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings, worker_device
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 1  # SageMaker retries a 503; a prediction takes about this long
+POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
+SEND_BYTES = 1 << 20  # a bytearray answer is sent in slices of this size
 
 
 class ModelSlot:
@@ -36,6 +47,31 @@ class ModelSlot:
         self.predictor: Predictor | None = None
         self.error: str | None = None
         self.busy = threading.Lock()  # one prediction at a time per worker
+        self._count = threading.Lock()
+        self.in_flight = 0  # /invocations admitted: the running one and those waiting
+
+    def admit(self) -> bool:
+        """Count one more request in, unless MAX_WAITING_REQUESTS already wait."""
+        with self._count:
+            if self.in_flight > MAX_WAITING_REQUESTS:
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._count:
+            self.in_flight -= 1
+
+    def wait_turn(self, gone: Callable[[], bool], deadline: float) -> bool:
+        """Take the prediction lock, or False once the client is gone or ``deadline``
+        (monotonic) has passed: nobody would read that answer."""
+        while not self.busy.acquire(timeout=POLL_SECONDS):
+            if gone() or time.monotonic() > deadline:
+                return False
+        if gone():
+            self.busy.release()
+            return False
+        return True
 
     def load(self, settings: ServingSettings, device: torch.device | None = None) -> None:
         model_dir = settings.model_dir
@@ -71,6 +107,11 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     else:
         slot.load(settings, device)
 
+    # Our pixel limit refuses large images from their header (codecs.decode_image); Pillow's
+    # own check (a warning past its limit, an error past twice it) must not come first.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < settings.max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["segcontainer_model"] = slot
@@ -79,8 +120,9 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     def ping() -> Response:
         if slot.predictor is not None:
             return Response(status=200)
-        status = {"status": "loading"} if slot.error is None else {"status": "failed"}
-        return jsonify(status), 503
+        if slot.error is None:
+            return jsonify(status="loading", error="the model is loading; retry shortly"), 503
+        return jsonify(status="failed", error="loading the model failed; see the log"), 503
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
@@ -90,16 +132,35 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     def invocations() -> Response:
         predictor = slot.predictor
         if predictor is None:
-            return jsonify(error="the model is not loaded yet"), 503
+            drain_body()
+            return busy("the model is not loaded yet")
+        if not slot.admit():
+            drain_body()  # nginx may still be sending it: closing now could turn this into 502
+            return busy(
+                f"this worker is busy: one request running and {MAX_WAITING_REQUESTS} waiting, "
+                "the most it queues"
+            )
         try:
+            deadline = time.monotonic() + settings.timeout  # nginx answers 504 by then
             accept = codecs.choose_accept(request.headers.get("Accept"), settings.default_accept)
             body = request.get_data(cache=False)
-            with slot.busy:  # decoding and encoding use the cores too: all inside the lock
-                image = codecs.decode_image(body, request.content_type)
+            gone = client_gone_check(request.environ)
+            if not slot.wait_turn(gone, deadline):
+                log.info(
+                    "dropped a waiting request: its client is gone or it waited past %d s",
+                    settings.timeout,
+                )
+                return busy("dropped: the client left or the request waited past the timeout")
+            try:  # decoding and encoding use the cores too: all inside the lock
+                image = codecs.decode_image(body, request.content_type, settings.max_image_pixels)
                 del body
-                return Response(answer(predictor, image, accept), status=200, mimetype=accept)
+                return response(answer(predictor, image, accept), accept)
+            finally:
+                slot.busy.release()
         except codecs.RequestError as exc:
             return jsonify(error=str(exc)), exc.status
+        finally:
+            slot.leave()
 
     @app.errorhandler(413)
     def too_large(_error) -> tuple[Response, int]:
@@ -116,7 +177,49 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     return app
 
 
-def answer(predictor: Predictor, image, accept: str) -> bytes:
+def busy(message: str) -> tuple[Response, int, dict]:
+    """503 with Retry-After: SageMaker and clients retry it."""
+    return jsonify(error=message), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def drain_body(chunk: int = 1 << 16) -> None:
+    """Read and discard the request body a chunk at a time (no copy of it is kept)."""
+    while request.stream.read(chunk):
+        pass
+
+
+def client_gone_check(environ: dict) -> Callable[[], bool]:
+    """A check whether nginx has closed this request's connection (its client left, or it
+    answered 504): a peek at the socket reads end-of-file. The body is read by then, so the
+    peek sees nothing else."""
+    sock = environ.get("gunicorn.socket")
+
+    def gone() -> bool:
+        if sock is None:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:  # open, nothing to read: the client is waiting
+            return False
+        except OSError:
+            return True
+
+    return gone
+
+
+def response(body: bytes | bytearray, mimetype: str) -> Response:
+    """A 200 answer. gunicorn writes only ``bytes``: an answer built in a bytearray (the
+    probabilities) goes out a slice at a time, not as one more whole copy of itself."""
+    if isinstance(body, bytes):
+        return Response(body, status=200, mimetype=mimetype)
+    view = memoryview(body)
+    slices = (bytes(view[i : i + SEND_BYTES]) for i in range(0, len(view), SEND_BYTES))
+    reply = Response(slices, status=200, mimetype=mimetype)
+    reply.headers["Content-Length"] = str(len(body))
+    return reply
+
+
+def answer(predictor: Predictor, image, accept: str) -> bytes | bytearray:
     """The response body for ``accept``; a probability answer too large for one RecordIO
     record is refused (413) before anything is computed."""
     if accept in codecs.PROBABILITY_TYPES:
@@ -133,7 +236,10 @@ def answer(predictor: Predictor, image, accept: str) -> bytes:
                 f"a smaller image (at most {side}x{side} pixels, or the same pixel count, with "
                 f"{predictor.num_classes} classes).",
             )
-        return encode_probabilities(predictor.probabilities(image))
+        # The predictor writes into the answer itself: one copy of the probabilities.
+        body, values = probability_answer(predictor.num_classes, height, width)
+        predictor.probabilities(image, out=values)
+        return body
     if accept == codecs.JSON:
         return codecs.encode_json(predictor.class_map(image), predictor.class_names)
     return codecs.encode_png(predictor.class_map(image))

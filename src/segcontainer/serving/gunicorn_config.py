@@ -1,4 +1,5 @@
-"""gunicorn hooks (``--config python:segcontainer.serving.gunicorn_config``): one GPU per worker.
+"""gunicorn hooks (``--config python:segcontainer.serving.gunicorn_config``): one GPU per worker,
+and a file that tells nginx a worker is ready.
 
 ``serve`` starts one worker per GPU; without these hooks every worker would load the model on
 cuda:0. The master picks the GPU for each worker it forks (pre_fork, where it knows the GPUs
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from segcontainer.serving.settings import WORKER_GPU_ENV
 
 GPU_COUNT_ENV = "SEGCONTAINER_GPU_COUNT"  # set by serve (counted there, not in the master)
+READY_FILE_ENV = "SEGCONTAINER_READY_FILE"  # set by serve: nginx proxies once this file exists
 
 
 def gpu_for_new_worker(taken: Iterable[int | None], gpus: int) -> int | None:
@@ -40,3 +42,12 @@ def post_fork(server, worker) -> None:
     if gpu is not None:
         os.environ[WORKER_GPU_ENV] = str(gpu)
         server.log.info("worker %d uses cuda:%d", worker.pid, gpu)
+
+
+def post_worker_init(worker) -> None:
+    """The worker has loaded the app and is about to accept: nginx may now connect (before
+    this it answers 503 itself, rather than queueing requests on a worker still importing)."""
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        with open(ready, "a"):
+            pass

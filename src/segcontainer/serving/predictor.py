@@ -67,11 +67,13 @@ class Predictor:
         return inference.class_map(self.logits(image), height, width).cpu().numpy()
 
     @torch.inference_mode()
-    def probabilities(self, image: Image.Image) -> np.ndarray:
-        """(C, H, W) float32 softmax probabilities at the input's size."""
+    def probabilities(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, H, W) float32 softmax probabilities at the input's size, written into ``out``
+        when given (the answer's own buffer: protobuf_record.probability_answer)."""
         width, height = image.size
         logits = self.logits(image)
-        out = np.empty((self.num_classes, height, width), dtype=np.float32)
+        if out is None:
+            out = np.empty((self.num_classes, height, width), dtype=np.float32)
         for rows, band in inference.upsampled_bands(logits, height, width):
             out[:, rows] = band.softmax(0).cpu().numpy()
         return out

@@ -7,9 +7,11 @@ SageMaker sample notebook reads it.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
-from segcontainer.data.recordio import LENGTH_MASK, frame
+from segcontainer.data.recordio import LENGTH_MASK, MAGIC_BYTES
 from segcontainer.serving.record_pb2 import Record
 
 # One RecordIO record holds at most 2**29 - 1 bytes (its length field has 29 bits).
@@ -32,13 +34,44 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_probabilities(probabilities: np.ndarray) -> bytes:
+def probability_answer(num_classes: int, height: int, width: int) -> tuple[bytearray, np.ndarray]:
+    """The whole answer for a (num_classes, height, width) probability map, framed, with a
+    float32 view of its ``target`` values for the predictor to fill in place.
+
+    The record is written by hand around the values (protobuf's wire format: field tags and
+    lengths), so a large answer exists once: a protobuf message, its serialisation and the
+    framing would each copy it again (six copies of a 432 MB answer once cost 2.5 GB)."""
+    raw_length = 4 * num_classes * height * width
+    tensor = _varint(raw_length)  # Float32Tensor.values (field 1, packed), then the values
+    tensor_length = 1 + len(tensor) + raw_length
+    value_length = 1 + len(_varint(tensor_length)) + tensor_length  # Value.float32_tensor
+    key = b"\x0a\x06target"  # map entry: key (field 1) "target", value (field 2)
+    entry_length = len(key) + 1 + len(_varint(value_length)) + value_length
+    prefix = b"".join(
+        [
+            b"\x0a" + _varint(entry_length) + key,  # Record.features (field 1): one entry
+            b"\x12" + _varint(value_length),
+            b"\x12" + _varint(tensor_length),
+            b"\x0a" + tensor,
+        ]
+    )
+    shape = Record()
+    shape.features["shape"].int32_tensor.values.extend([1, num_classes, height, width])
+    # Serialised messages concatenate into their merge: the second map entry follows.
+    suffix = shape.SerializeToString()
+    payload_length = len(prefix) + raw_length + len(suffix)
+    if payload_length > RECORD_LIMIT:
+        raise ValueError(f"a RecordIO record holds at most {RECORD_LIMIT} bytes")
+    header = MAGIC_BYTES + struct.pack("<I", payload_length) + prefix
+    answer = bytearray(len(header) + raw_length + len(suffix) + (-payload_length % 4))
+    answer[: len(header)] = header
+    answer[len(header) + raw_length : len(header) + raw_length + len(suffix)] = suffix
+    values = np.frombuffer(answer, dtype="<f4", count=raw_length // 4, offset=len(header))
+    return answer, values.reshape(num_classes, height, width)
+
+
+def encode_probabilities(probabilities: np.ndarray) -> bytearray:
     """(C, H, W) float32 -> RecordIO-protobuf bytes."""
-    record = Record()
-    # Filling the repeated field value by value costs seconds and a Python float per pixel
-    # for a large image; merging the packed field's wire bytes (field 1, length-delimited)
-    # lets protobuf's C parser take the whole array at once.
-    raw = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
-    record.features["target"].float32_tensor.MergeFromString(b"\x0a" + _varint(len(raw)) + raw)
-    record.features["shape"].int32_tensor.values.extend([1, *probabilities.shape])
-    return frame(record.SerializeToString())
+    answer, values = probability_answer(*probabilities.shape)
+    values[...] = probabilities
+    return answer

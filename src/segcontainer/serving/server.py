@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import string
@@ -20,14 +21,13 @@ from pathlib import Path
 
 from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, select_engine
-from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV
-from segcontainer.serving.settings import ServingSettings, gpu_count
+from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV, READY_FILE_ENV
+from segcontainer.serving.settings import WORKER_THREADS, ServingSettings, gpu_count
 
 log = logging.getLogger("segcontainer.serve")
 STOP_GRACE_SECONDS = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
-# Per worker: one predicts (the others wait for its lock) and the rest answer /ping and
-# /execution-parameters at once; more waiting requests than this also delay /ping.
-WORKER_THREADS = 8
+MAX_NGINX_CONNECTIONS = 8192  # 16 KB of body buffer each at most: 128 MiB for all
+READY_FILE = "gunicorn-ready"  # written by the first gunicorn worker ready to accept
 
 
 def body_limit(settings: ServingSettings) -> str:
@@ -36,7 +36,23 @@ def body_limit(settings: ServingSettings) -> str:
     return "0" if limit is None else f"{limit // (1024 * 1024)}m"
 
 
-def nginx_config(settings: ServingSettings, run_dir: Path, socket: Path) -> str:
+def nginx_connections() -> int:
+    """nginx's worker_connections: as many as the open-files limit allows (each connection is
+    a file; a proxied request holds two), 1024..8192. Raises this process's soft limit to
+    its hard one first; nginx inherits it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 2 * MAX_NGINX_CONNECTIONS + 1024
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return max(1024, min(MAX_NGINX_CONNECTIONS, (soft - 64) // 2))
+
+
+def nginx_config(
+    settings: ServingSettings, run_dir: Path, socket: Path, connections: int = 1024
+) -> str:
     template = resources.files("segcontainer.serving").joinpath("nginx.conf.template")
     # As root, nginx workers would otherwise run as nobody and could not reach the socket.
     user = "user root;" if os.geteuid() == 0 else ""
@@ -44,8 +60,11 @@ def nginx_config(settings: ServingSettings, run_dir: Path, socket: Path) -> str:
         user_line=user,
         run_dir=run_dir,
         socket=socket,
+        ready_file=run_dir / READY_FILE,
+        connections=connections,
         port=settings.port,
         max_body=body_limit(settings),
+        max_body_words=body_limit(settings).replace("m", " MB"),
         timeout=settings.timeout,
     )
 
@@ -56,7 +75,7 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
         raise SystemExit("serve needs nginx: install it (apt-get install nginx)")
     socket = run_dir / "gunicorn.sock"
     config = run_dir / "nginx.conf"
-    config.write_text(nginx_config(settings, run_dir, socket))
+    config.write_text(nginx_config(settings, run_dir, socket, nginx_connections()))
     gunicorn = subprocess.Popen(
         [
             sys.executable,
@@ -83,7 +102,11 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
             "info",
             "segcontainer.serving.wsgi:app",
         ],
-        env={**os.environ, GPU_COUNT_ENV: str(gpu_count())},
+        env={
+            **os.environ,
+            GPU_COUNT_ENV: str(gpu_count()),
+            READY_FILE_ENV: str(run_dir / READY_FILE),
+        },
     )
     nginx_process = subprocess.Popen([nginx, "-c", str(config), "-p", str(run_dir)])
     return nginx_process, gunicorn

@@ -7,12 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segcontainer.config.environment import Paths
-from segcontainer.serving.codecs import ACCEPT_TYPES, PNG
+from segcontainer.serving.codecs import ACCEPT_TYPES, MAX_PIXELS_ENV, PNG
 
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 DEFAULT_BATCH_PAYLOAD_MB = 20  # a 4K PNG frame fits; batch transform allows up to 100
 WORKER_GPU_ENV = "SEGCONTAINER_WORKER_GPU"  # set in each gunicorn worker (gunicorn_config.py)
 ENGINE_ENV = "SEGCONTAINER_ENGINE"  # auto | torch | onnx | onnx-int8 (engines.choose_engine)
+# SEGCONTAINER_MAX_IMAGE_PIXELS: an 8K UHD frame (33 MP) fits; a PNG answer costs a worker about
+# 15 bytes a pixel, so at most ~600 MiB each, while a 157 KB PNG can declare 81 MP (2.8 GB).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# Per worker: one request predicts, at most this many wait (more get 503 with Retry-After), and
+# the spare threads answer /ping, /execution-parameters and those 503s at once.
+MAX_WAITING_REQUESTS = 7
+WORKER_THREADS = 1 + MAX_WAITING_REQUESTS + 4
 
 
 def env_int(names: tuple[str, ...], default: int, low: int = 0) -> int:
@@ -60,6 +67,7 @@ class ServingSettings:
     torch_threads: int
     engine: str = "auto"  # SEGCONTAINER_ENGINE (checked against the model at serve start)
     cpu_threads: int = 1  # each worker's share of the cores: an ONNX engine's intra-op threads
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images get 413 from their header
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -88,6 +96,7 @@ class ServingSettings:
             engine=os.environ.get(ENGINE_ENV, "").strip().lower() or "auto",
             # ONNX Runtime runs on the CPU even on a GPU host, so it always gets the CPU share.
             cpu_threads=max(1, cpus // max(1, workers)),
+            max_image_pixels=env_int((MAX_PIXELS_ENV,), DEFAULT_MAX_IMAGE_PIXELS, low=1),
         )
 
     @property
