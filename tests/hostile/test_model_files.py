@@ -236,15 +236,18 @@ def test_export_on_a_full_disk_simulated(tmp_path: Path, monkeypatch, capsys) ->
 # --- damaged records in model/ ----------------------------------------------------------------
 
 
-def test_serve_names_a_damaged_model_info_json(paths, caplog) -> None:
+@pytest.mark.parametrize("damaged", [model_folder.INFO_FILE, model_folder.CONFIG_FILE])
+def test_serve_names_a_damaged_record(paths, caplog, damaged: str) -> None:
     from segcontainer.serving import server
 
     paths.model_dir.mkdir(parents=True)
     (paths.model_dir / model_folder.WEIGHTS_FILE).write_bytes(b"stub")
-    (paths.model_dir / model_folder.INFO_FILE).write_text("{\n")
+    record = {"algorithm": "fcn", "backbone": "resnet-50", "num_classes": 2}
+    (paths.model_dir / model_folder.CONFIG_FILE).write_text(json.dumps(record))
+    (paths.model_dir / damaged).write_text("{\n")
     assert server.main() == 1
     message = caplog.text
-    assert f"{paths.model_dir / model_folder.INFO_FILE} cannot be read as JSON" in message
+    assert f"cannot start: {paths.model_dir / damaged} cannot be read as JSON" in message
     assert "Expecting property name enclosed in double quotes: line 2 column 1" in message
     assert "Restore it from the model.tar.gz" in message
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from segcontainer.errors import UserError
-from segcontainer.model_folder import WEIGHTS_FILE, select_engine
+from segcontainer.model_folder import WEIGHTS_FILE, read_record, select_engine
 from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV, READY_FILE_ENV
 from segcontainer.serving.settings import WORKER_THREADS, ServingSettings, gpu_count
 
@@ -118,8 +118,9 @@ def main() -> int:
     )
     try:
         settings = ServingSettings.from_env()
-        # An unknown engine or a missing export stops serve here, with the fix in the log,
-        # rather than leaving every worker failing its /ping.
+        # A damaged record, an unknown engine or a missing export stops serve here, with the
+        # fix in the log, rather than leaving every worker failing its /ping.
+        read_record(settings.model_dir, f"The model in {settings.model_dir}")
         engine = select_engine(settings.model_dir, settings.engine, gpu=gpu_count() > 0)
     except (ValueError, UserError) as exc:
         log.error("cannot start: %s", exc)
