@@ -51,6 +51,7 @@ def exported_dir(exported_model, tmp_path_factory) -> Path:
 # --- ONNX and TorchScript match eager at any size -------------------------------------------
 
 
+@pytest.mark.slow  # moved to the slow tier: the fast suite's 5-minute budget
 @pytest.mark.parametrize("algorithm", ["psp", "deeplab"])
 def test_onnx_export_matches_eager_at_two_sizes(algorithm: str, tmp_path: Path) -> None:
     torch.manual_seed(0)

@@ -339,6 +339,7 @@ def answered_or_closed(sock: socket.socket) -> bool:
     return True
 
 
+@pytest.mark.slow  # moved to the slow tier: the fast suite's 5-minute budget
 def test_ping_answers_while_1100_slow_bodies_are_open_and_trickles_are_cut(nginx) -> None:
     # 1,100 clients each send a header and one byte of a 1 MB body, then nothing (a trickle
     # of a byte every 20 s sends nothing more within this test): they once exhausted nginx's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -70,6 +71,7 @@ def _two_ranks(world: World, local_rank: int, reason_file: Path) -> int:
     return 0
 
 
+@pytest.mark.slow  # moved to the slow tier: the fast suite's 5-minute budget
 def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "two.pt"
     monkeypatch.setenv("WEIGHTS_OUT", str(out))

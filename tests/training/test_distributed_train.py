@@ -108,6 +108,7 @@ def wait_for(folder: Path, pattern: str, processes: list[subprocess.Popen]) -> N
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # moved to the slow tier: the fast suite's 5-minute budget
 def test_two_hosts_on_loopback_stopped_by_sigterm_resume_and_finish(tmp_path: Path) -> None:
     # 16 images, 2 per step and host: 4 steps per epoch, so SIGTERM lands inside epoch 1
     port = free_port()
@@ -145,6 +146,7 @@ def test_two_hosts_on_loopback_stopped_by_sigterm_resume_and_finish(tmp_path: Pa
     assert all((b / "output" / "success").exists() for b in bases), outputs
 
 
+@pytest.mark.slow  # moved to the slow tier: the fast suite's 5-minute budget
 def test_a_killed_peer_fails_the_other_host_naming_the_cause(tmp_path: Path) -> None:
     port = free_port()
     bases = [host_base(tmp_path, host, epochs="50") for host in HOSTS]
