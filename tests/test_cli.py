@@ -46,6 +46,15 @@ def test_declared_minimums_match_the_start_up_check() -> None:
         assert declared[name] == ".".join(map(str, minimum)), name
 
 
+def test_readme_states_the_start_up_checks_minimums() -> None:
+    """Every "torch >= X" / "torchvision >= X" in the README is the enforced minimum (it once
+    said 2.4 in the image section and 2.6 in the set-up)."""
+    said = re.findall(r"`?(torch|torchvision)`? >= ([\d.]+)", (REPO / "README.md").read_text())
+    assert {name for name, _ in said} == set(MINIMUM_VERSIONS)
+    for name, version in said:
+        assert version == ".".join(map(str, MINIMUM_VERSIONS[name])), (name, version)
+
+
 def test_help_shows_the_whole_description(capsys) -> None:
     """`segcontainer --help` names every command in its description, which ends a sentence
     (it was once cut off mid-list)."""
