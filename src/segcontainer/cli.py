@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.dir, args.epochs)
     if args.command == "recordio":
         from segcontainer.errors import UserError
-        from segcontainer.tools import recordio as recordio_tools
+        from segcontainer.tools import pipe_files as recordio_tools
 
         try:
             if args.recordio_command == "list":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from segcontainer.training import engine
+from segcontainer.training import epochs
 from segcontainer.training.curves import TrainingCurves
 
 
@@ -63,9 +63,9 @@ def first_step_line(model: nn.Module, caplog) -> str:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     batches = [(torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2, 8, 8)))]
-    precision = engine.Precision.choose("fp32", device)
-    with caplog.at_level(logging.INFO, logger=engine.log.name):
-        engine.train_one_epoch(
+    precision = epochs.Precision.choose("fp32", device)
+    with caplog.at_level(logging.INFO, logger=epochs.log.name):
+        epochs.train_one_epoch(
             model, batches, optimizer, scheduler, precision, device, 0, time_first_step=True
         )
     (line,) = [r.getMessage() for r in caplog.records if "first training step" in r.getMessage()]

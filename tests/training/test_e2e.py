@@ -24,7 +24,7 @@ from segcontainer.data.loaders import build_validation_loader
 from segcontainer.model_folder import load_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from segcontainer.training.engine import Precision, evaluate
+from segcontainer.training.epochs import Precision, evaluate
 from tests.conftest import subprocess_env, train_command
 from tests.test_metrics import readme_metric_regexes
 

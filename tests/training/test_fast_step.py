@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.training.engine import Precision, segmentation_loss, train_one_epoch
 from segcontainer.training.entry import compiled
+from segcontainer.training.epochs import Precision, segmentation_loss, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -97,7 +97,7 @@ def test_compile_setting_and_the_compiled_training_step(caplog):
     before = model.conv.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    with caplog.at_level(logging.INFO, logger="segcontainer.training.engine"):
+    with caplog.at_level(logging.INFO, logger="segcontainer.training.epochs"):
         stats = train_one_epoch(
             step_model,
             batches(),

@@ -17,7 +17,7 @@ from segcontainer.metrics import ConfusionMatrix
 from segcontainer.model_folder import load_model
 from segcontainer.serving.predictor import Predictor
 from segcontainer.tools.demo_data import synthetic_pair
-from segcontainer.training.engine import Precision, evaluate
+from segcontainer.training.epochs import Precision, evaluate
 from tests.conftest import write_config
 
 

@@ -35,7 +35,7 @@ from segcontainer.data.loaders import prepare
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import after_training as export_after_training
 from segcontainer.models import build_model
-from segcontainer.training import collectives, distributed, engine, launch, syncbn
+from segcontainer.training import collectives, distributed, epochs, launch, syncbn
 from segcontainer.training.distributed import SINGLE, Rank, World
 from segcontainer.training.incremental import start_from_model_channel
 from segcontainer.training.loop import Setup, fit
@@ -132,7 +132,7 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
         data.iters_per_epoch = steps
     if data.pixels_per_class is not None and rank.distributed:
         data.pixels_per_class = collectives.all_reduce_histogram(data.pixels_per_class, device)
-    precision = engine.Precision.choose(config.precision, device)
+    precision = epochs.Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
 
     incremental = paths.channel("model").is_dir()
@@ -150,8 +150,8 @@ def run(paths: Paths, stop: StopSignal, rank: Rank = SINGLE) -> None:
     # Data parallel: compile the DDP wrapper (torch.compile(DDP(model))), so DDP's graph
     # splitting at gradient buckets keeps overlapping communication with the backward pass.
     train_model = collectives.wrap(model, device)
-    optimizer = engine.build_optimizer(config, model.parameters(), device)
-    scheduler = engine.build_scheduler(config, optimizer, data.iters_per_epoch)
+    optimizer = epochs.build_optimizer(config, model.parameters(), device)
+    scheduler = epochs.build_scheduler(config, optimizer, data.iters_per_epoch)
     class_weight = None
     if config.class_weights == "auto":
         if data.pixels_per_class is None:
@@ -267,7 +267,7 @@ def train_process(paths: Paths, rank: Rank, failure_file: Path) -> int:
     except TrainingStopped as exc:
         return stopped(paths, rank, failure_file, str(exc))
     except UserError as exc:
-        if isinstance(exc, engine.NonFiniteLoss) and rank.is_main:
+        if isinstance(exc, epochs.NonFiniteLoss) and rank.is_main:
             finish_artifacts(paths)  # the best model so far, packed as after a stop
         distributed.report_failure(rank, str(exc))
         write_failure(failure_file, str(exc), traceback.format_exc())

@@ -13,7 +13,7 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import Scores, metric_lines
-from segcontainer.training import checkpoints, collectives, engine
+from segcontainer.training import checkpoints, collectives, epochs
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
@@ -34,7 +34,7 @@ class Setup:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: engine.Precision
+    precision: epochs.Precision
     device: torch.device
     start_epoch: Callable[[int, int], None]  # (epoch, samples to skip) -> data set up for it
     train_loader: torch.utils.data.DataLoader
@@ -97,7 +97,7 @@ def fit(s: Setup, local_stop) -> None:
     main = s.rank.is_main
     train_model = s.train_model or s.model
     stop = CoordinatedStop(local_stop, s.device)
-    stopper = engine.EarlyStopping(
+    stopper = epochs.EarlyStopping(
         config.early_stopping,
         config.early_stopping_min_epochs,
         config.early_stopping_patience,
@@ -158,7 +158,7 @@ def fit(s: Setup, local_stop) -> None:
         model_is_best = False  # training changes the weights
         epoch_rate = s.optimizer.param_groups[0]["lr"]  # the curves' rate: at the first step
         try:
-            stats = engine.train_one_epoch(
+            stats = epochs.train_one_epoch(
                 train_model,
                 s.train_loader,
                 s.optimizer,
@@ -176,8 +176,8 @@ def fit(s: Setup, local_stop) -> None:
         except TrainingStopped as exc:
             checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
-        except engine.NonFiniteLoss as exc:  # no checkpoint: the weights hold nan now
-            raise engine.NonFiniteLoss(non_finite_reason(s, str(exc), best, stopper)) from exc
+        except epochs.NonFiniteLoss as exc:  # no checkpoint: the weights hold nan now
+            raise epochs.NonFiniteLoss(non_finite_reason(s, str(exc), best, stopper)) from exc
         collectives.sync_buffers(s.model)
         if stats.steps != iters_per_epoch:
             # Pipe mode: num_training_samples sized the schedule, the stream was another length
@@ -193,7 +193,7 @@ def fit(s: Setup, local_stop) -> None:
             resize_schedule(s.scheduler, epoch + 1, iters_per_epoch)
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
-            scores = engine.evaluate(
+            scores = epochs.evaluate(
                 s.model,
                 s.validation_loader,
                 config.num_classes,
@@ -248,7 +248,7 @@ def fit(s: Setup, local_stop) -> None:
 
 
 def non_finite_reason(
-    s: Setup, what: str, best: checkpoints.Best | None, stopper: engine.EarlyStopping
+    s: Setup, what: str, best: checkpoints.Best | None, stopper: epochs.EarlyStopping
 ) -> str:
     """The failure reason for a nan/inf loss: what happened, the likely causes with this job's
     values, and what is kept."""

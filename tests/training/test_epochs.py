@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.training.engine import (
+from segcontainer.training.epochs import (
     EarlyStopping,
     Precision,
     build_optimizer,
@@ -263,7 +263,7 @@ def test_auto_precision_uses_bf16_only_where_the_gpu_computes_it(
 def test_progress_lines_carry_iterations_rate_and_eta(caplog) -> None:
     import logging
 
-    from segcontainer.training.engine import ProgressLog
+    from segcontainer.training.epochs import ProgressLog
 
     caplog.set_level(logging.INFO)
     progress = ProgressLog(epoch=2, total=10, interval=0.0)
@@ -277,7 +277,7 @@ def test_progress_lines_carry_iterations_rate_and_eta(caplog) -> None:
 def test_progress_is_quiet_within_the_interval(caplog) -> None:
     import logging
 
-    from segcontainer.training.engine import ProgressLog
+    from segcontainer.training.epochs import ProgressLog
 
     caplog.set_level(logging.INFO)
     progress = ProgressLog(epoch=0, total=1000, interval=3600)
