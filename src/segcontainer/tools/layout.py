@@ -25,6 +25,7 @@ from PIL import Image
 
 from segcontainer.data.channels import Sample, pair_samples
 from segcontainer.data.label_maps import IGNORE_INDEX, SPLITS
+from segcontainer.data.palette import mask_image
 from segcontainer.errors import UserError
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")
@@ -32,30 +33,10 @@ CLASS_NAMES_FILE = "class_names.txt"
 DEFAULT_ATTRIBUTE = "annotation-ref"
 
 
-def voc_palette() -> list[int]:
-    """PASCAL VOC colours: index i gets class i's colour; 255 (ignore) gets VOC's cream."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-PALETTE = voc_palette()
-
-
 def mask_png(labels: np.ndarray) -> bytes:
     """(H, W) uint8 class ids -> palette PNG bytes (viewable, and read back as class ids)."""
-    image = Image.fromarray(labels.astype(np.uint8), "L").convert("P")
-    image.putpalette(PALETTE)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    mask_image(labels).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 
