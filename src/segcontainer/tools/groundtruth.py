@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import (
     LayoutWriter,
@@ -193,7 +194,7 @@ def colour_map(lines: list[tuple[int, dict]], attribute: str, source: str) -> di
                     f"{source} line {number}: internal-color-map entry {key!r}: {value!r} needs an "
                     "integer key and a 'class-name'."
                 ) from None
-            if not 0 <= class_id < 255:
+            if not 0 <= class_id < IGNORE_INDEX:
                 raise UserError(f"{source} line {number}: class id {key} is outside 0..254.")
             if classes.setdefault(class_id, (name, colour)) != (name, colour):
                 raise UserError(

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import (
     LayoutWriter,
@@ -65,7 +65,7 @@ def read_labels(file: Path) -> dict[str, int]:
             f"{file} must list {IGNORE_LABEL} (optional) and {BACKGROUND_LABEL} first, then one "
             f"class per line, as labelme2voc reads it; its first lines are {lines[:2]}."
         )
-    if len(labels) > 255:
+    if len(labels) > IGNORE_INDEX:  # ids 0..254: 255 is ignore
         raise UserError(f"{file} lists {len(labels)} classes; masks hold at most 255.")
     for value, label in enumerate(labels):
         if label in values:

@@ -253,7 +253,9 @@ class LayoutWriter:
         for split in SPLITS:
             lines = [json.dumps(entry) for entry in self.entries.get(split, [])]
             self._write(self.root / f"{split}.manifest", "".join(f"{x}\n" for x in lines).encode())
-        used = [i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:255])]
+        used = [
+            i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:IGNORE_INDEX])
+        ]
         num_classes = max([len(class_names), *(i + 1 for i in used)], default=0)
         names = [*class_names, *(f"class_{i}" for i in range(len(class_names), num_classes))]
         self._write(self.root / CLASS_NAMES_FILE, "".join(f"{n}\n" for n in names).encode())

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segcontainer.data.channels import IGNORE_INDEX, Sample, load_image, load_mask_pixels
+from segcontainer.data.channels import Sample, load_image, load_mask_pixels
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.data.preprocess import MEAN
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import (
