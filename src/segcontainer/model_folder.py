@@ -85,6 +85,12 @@ def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
     }
 
 
+def serving_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights serving rebuilds (on the CPU): all but the auxiliary head, which trains the
+    encoder only and which serving never builds."""
+    return {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
+
+
 def save_model(
     model_dir: Path,
     model: nn.Module | dict[str, torch.Tensor],
@@ -102,8 +108,7 @@ def save_model(
     # folder), `SEGCONTAINER_ENGINE=auto` would serve the old model's model.onnx.
     for export in (ONNX_FILE, INT8_FILE, TORCHSCRIPT_FILE):
         (model_dir / export).unlink(missing_ok=True)
-    # The auxiliary head trains the encoder only: serving never builds it.
-    state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
+    state = serving_state_dict(weights)
     write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
     _write_json(model_dir / CONFIG_FILE, record)
     names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]
