@@ -34,16 +34,19 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
 
 
-def test_configure_logs_one_line_per_record_in_the_format() -> None:
+def test_configure_logs_one_line_per_record_in_the_format(caplog) -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    stream = io.StringIO()
+    stream, earlier = io.StringIO(), io.StringIO()
     try:
-        logging.getLogger().addHandler(logging.StreamHandler(io.StringIO()))  # a library's
-        logs.configure(stream=stream)
+        root.addHandler(logging.StreamHandler(earlier))  # what a library's basicConfig adds
+        logs.configure(stream=io.StringIO())
+        logs.configure(stream=stream)  # called twice: still one line per record
         logging.getLogger("segcontainer.test").info("hello")
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
     (line,) = stream.getvalue().splitlines()
     assert line.startswith("[") and line.endswith(" INFO] hello")
+    assert earlier.getvalue() == ""
+    assert "hello" in caplog.text  # other kinds of handler (here pytest's capture) stay
