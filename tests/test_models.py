@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from segcontainer.errors import UserError
-from segcontainer.models import (
-    ENCODERS,
-    HEADS,
-    build_model,
-    pretrained_weights_file,
-    serving_state_dict,
-)
+from segcontainer.model_folder import serving_state_dict
+from segcontainer.models import ENCODERS, HEADS, build_model, pretrained_weights_file
 
 
 @pytest.mark.parametrize("backbone", list(ENCODERS))
@@ -106,7 +101,7 @@ def test_auxiliary_head_is_training_only_and_left_out_of_the_serving_weights() -
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 40, 36))
     assert isinstance(logits, torch.Tensor) and logits.shape == (1, 4, 40, 36)
-    state = serving_state_dict(model)
+    state = serving_state_dict(model.state_dict())
     assert state and not any(k.startswith("aux_head.") for k in state)
     # Serving rebuilds the model without the head; the weights fit it exactly.
     plain = build_model("psp", "resnet-50", num_classes=4).eval()

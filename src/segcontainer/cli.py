@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from segcontainer.errors import UserError
 from segcontainer.tools.commands import DATA_TOOLS, add_data_tools, run_data_tool
 
 # Keep in step with pyproject.toml (a test checks): torchvision 0.21 made transforms.v2's
@@ -67,31 +68,33 @@ def description() -> str:
     return " ".join(__doc__.split("\n\n")[0].split())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segcontainer", description=description())
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train from the /opt/ml channels (SAGEMAKER_BASE_DIR)")
-    commands.add_parser("serve", help="host model/ with nginx + gunicorn (SAGEMAKER_BASE_DIR)")
-    predict_parser = commands.add_parser("predict", help="masks for a folder of images")
-    predict_parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
-    predict_parser.add_argument("input", type=Path, help="folder of images")
-    predict_parser.add_argument("output", type=Path, help="folder for <name>.png masks")
-    predict_parser.add_argument("--overlay", action="store_true", help="also write overlays")
-    export_parser = commands.add_parser(
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("predict", help="masks for a folder of images")
+    parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    parser.add_argument("input", type=Path, help="folder of images")
+    parser.add_argument("output", type=Path, help="folder for <name>.png masks")
+    parser.add_argument("--overlay", action="store_true", help="also write overlays")
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "export", help="add model.onnx / model.int8.onnx / model.ts to a trained model"
     )
-    export_parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
-    export_parser.add_argument(
+    parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    parser.add_argument(
         "--formats", default="onnx,int8", help="onnx, int8, torchscript (default onnx,int8)"
     )
-    export_parser.add_argument(
+    parser.add_argument(
         "--calibration",
         type=Path,
         help="folder laid out like the channels: train/ images (int8 calibration), "
         "validation/ + validation_annotation/ pairs (the checks)",
     )
-    recordio_parser = commands.add_parser("recordio", help="write or list Pipe-mode RecordIO")
-    recordio_commands = recordio_parser.add_subparsers(dest="recordio_command", required=True)
+
+
+def _add_recordio(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("recordio", help="write or list Pipe-mode RecordIO")
+    recordio_commands = parser.add_subparsers(dest="recordio_command", required=True)
     write_parser = recordio_commands.add_parser("write", help="image/mask pairs -> RecordIO")
     write_parser.add_argument("output", type=Path)
     write_parser.add_argument("--images", type=Path)
@@ -99,69 +102,99 @@ def main(argv: list[str] | None = None) -> int:
     write_parser.add_argument("--manifest", type=Path)
     list_parser = recordio_commands.add_parser("list", help="one line per record")
     list_parser.add_argument("file", type=Path)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line: SageMaker's two commands, then the tools."""
+    root = argparse.ArgumentParser(prog="segcontainer", description=description())
+    commands = root.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train from the /opt/ml channels (SAGEMAKER_BASE_DIR)")
+    commands.add_parser("serve", help="host model/ with nginx + gunicorn (SAGEMAKER_BASE_DIR)")
+    _add_predict(commands)
+    _add_export(commands)
+    _add_recordio(commands)
     demo_parser = commands.add_parser("demo", help="train on a generated demo dataset")
     demo_parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     demo_parser.add_argument("--epochs", type=int, default=3)
     add_data_tools(commands)
-    args = parser.parse_args(argv)
-    if args.command in ("train", "serve") and (refused := _refuse_old_versions(args.command)):
-        return refused
-    if args.command in DATA_TOOLS:
-        return run_data_tool(args)
-    if args.command == "train":
-        from segcontainer.training.entry import main as train_main
+    return root
 
-        return train_main()
-    if args.command == "demo":
-        from segcontainer.tools.demo import run_demo
 
-        return run_demo(args.dir, args.epochs)
-    if args.command == "recordio":
-        from segcontainer.errors import UserError
-        from segcontainer.tools import pipe_files as recordio_tools
+# Each command's runner imports what it needs when it runs: `segcontainer --help` and the
+# light tools never load torch's training or serving stacks.
 
-        try:
-            if args.recordio_command == "list":
-                lines = recordio_tools.list_records(args.file)
-                print("\n".join(lines))
-                return 1 if lines and lines[-1].startswith("corrupt") else 0
-            count = recordio_tools.write(args.output, args.images, args.masks, args.manifest)
-        except UserError as exc:
-            print(f"recordio: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {count} image/annotation pairs ({2 * count} records) to {args.output}")
-        return 0
-    if args.command == "export":
-        import logging
 
-        from segcontainer.errors import UserError
-        from segcontainer.tools.export import export_command
+def _train(args: argparse.Namespace) -> int:
+    from segcontainer.training.entry import main as train_main
 
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
-        try:
-            exports = export_command(args.model, args.formats, args.calibration)
-        except UserError as exc:
-            print(f"export: {exc}", file=sys.stderr)
-            return 1
-        written = [entry["file"] for entry in exports.values() if entry.get("file")]
-        print(f"{args.model}: wrote {', '.join(written) or 'nothing'}")
-        if "int8" in exports and not exports["int8"].get("passed"):
-            print(f"model.int8.onnx withheld: {exports['int8'].get('reason')}")
-        return 0
-    if args.command == "predict":
-        from segcontainer.errors import UserError
-        from segcontainer.tools.predict import predict_folder
+    return train_main()
 
-        try:
-            failed = predict_folder(args.model, args.input, args.output, args.overlay)
-        except UserError as exc:
-            print(f"predict: {exc}", file=sys.stderr)
-            return 1
-        print(f"masks written to {args.output}" + (f"; {failed} files skipped" if failed else ""))
-        return 1 if failed else 0
+
+def _serve(args: argparse.Namespace) -> int:
     from segcontainer.serving.server import main as serve_main
 
     return serve_main()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from segcontainer.tools.demo import run_demo
+
+    return run_demo(args.dir, args.epochs)
+
+
+def _recordio(args: argparse.Namespace) -> int:
+    from segcontainer.tools import pipe_files
+
+    if args.recordio_command == "list":
+        lines = pipe_files.list_records(args.file)
+        print("\n".join(lines))
+        return 1 if lines and lines[-1].startswith("corrupt") else 0
+    count = pipe_files.write(args.output, args.images, args.masks, args.manifest)
+    print(f"wrote {count} image/annotation pairs ({2 * count} records) to {args.output}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from segcontainer import logs
+    from segcontainer.tools.export import export_command
+
+    logs.configure(stream=sys.stderr)  # the progress; the summary below goes to stdout
+    exports = export_command(args.model, args.formats, args.calibration)
+    written = [entry["file"] for entry in exports.values() if entry.get("file")]
+    print(f"{args.model}: wrote {', '.join(written) or 'nothing'}")
+    if "int8" in exports and not exports["int8"].get("passed"):
+        print(f"model.int8.onnx withheld: {exports['int8'].get('reason')}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from segcontainer.tools.predict import predict_folder
+
+    failed = predict_folder(args.model, args.input, args.output, args.overlay)
+    print(f"masks written to {args.output}" + (f"; {failed} files skipped" if failed else ""))
+    return 1 if failed else 0
+
+
+RUNNERS = {
+    "train": _train,
+    "serve": _serve,
+    "demo": _demo,
+    "recordio": _recordio,
+    "export": _export,
+    "predict": _predict,
+    **dict.fromkeys(DATA_TOOLS, run_data_tool),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command in ("train", "serve") and (refused := _refuse_old_versions(args.command)):
+        return refused
+    try:
+        return RUNNERS[args.command](args)
+    except UserError as exc:  # the message says what to fix: no traceback
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

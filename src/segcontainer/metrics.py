@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.label_maps import IGNORE_INDEX
 
 # The lines SageMaker's metric definitions parse; the regexes are in the README.
 METRIC_LINE = "#quality_metric: host={host}, epoch={epoch}, {split} {name} <{kind}>={value:.4f}"

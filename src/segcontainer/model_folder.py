@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import tarfile
 import time
@@ -28,6 +27,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.preprocess import MEAN, STD
 from segcontainer.engines import Engine, EngineChoice, OnnxEngine, TorchEngine, choose_engine
 from segcontainer.errors import UserError
+from segcontainer.files import write_atomically
 from segcontainer.models import AUX_PREFIX, build_model
 
 if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
@@ -43,23 +43,8 @@ TORCHSCRIPT_FILE = "model.ts"
 EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see export/)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file beside ``path``, fsync it and rename, so a stop or a full
-    disk mid-write leaves the old file whole; a failed write removes the temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())  # the data is on disk before the name points to it
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def _read_json_object(file: Path) -> dict:
@@ -100,6 +85,12 @@ def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
     }
 
 
+def serving_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights serving rebuilds (on the CPU): all but the auxiliary head, which trains the
+    encoder only and which serving never builds."""
+    return {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
+
+
 def save_model(
     model_dir: Path,
     model: nn.Module | dict[str, torch.Tensor],
@@ -117,9 +108,8 @@ def save_model(
     # folder), `SEGCONTAINER_ENGINE=auto` would serve the old model's model.onnx.
     for export in (ONNX_FILE, INT8_FILE, TORCHSCRIPT_FILE):
         (model_dir / export).unlink(missing_ok=True)
-    # The auxiliary head trains the encoder only: serving never builds it.
-    state = {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
-    _write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
+    state = serving_state_dict(weights)
+    write_atomically(model_dir / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
     _write_json(model_dir / CONFIG_FILE, record)
     names = list(class_names) or [f"class_{i}" for i in range(record["num_classes"])]
     _write_json(
@@ -219,7 +209,7 @@ def pack_model(model_dir: Path, tarball: Path) -> None:
                     archive.add(item, arcname=item.name)
 
     try:
-        _write_atomically(tarball, write)
+        write_atomically(tarball, write)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise

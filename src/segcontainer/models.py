@@ -128,13 +128,6 @@ def _upsample(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def serving_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights serving rebuilds (on the CPU): everything but the auxiliary head."""
-    return {
-        k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(AUX_PREFIX)
-    }
-
-
 def pretrained_weights_file(backbone: str) -> Path:
     """Where torchvision's weights API looks for the encoder's ImageNet weights (TORCH_HOME)."""
     weights = ENCODERS[backbone][1]

@@ -99,14 +99,13 @@ def test_choose_pipeline_says_why(tmp_path):
     jpegs = write_pairs(tmp_path / "j", [(20, 16)] * 2)
     pngs = write_pairs(tmp_path / "p", [(20, 16)], fmt="PNG")
     cuda = torch.device("cuda")
-    assert choose_pipeline("auto", cuda, False, jpegs) == (
+    assert choose_pipeline("auto", cuda, jpegs) == (
         "gpu",
         "2 JPEG training images and a GPU",
     )
-    assert choose_pipeline("auto", CPU, False, jpegs) == ("cpu", "no GPU")
-    assert choose_pipeline("cpu", cuda, False, jpegs) == ("cpu", "input_pipeline=cpu")
-    assert choose_pipeline("auto", cuda, True, jpegs)[0] == "cpu"
-    path, why = choose_pipeline("auto", cuda, False, jpegs + pngs)
+    assert choose_pipeline("auto", CPU, jpegs) == ("cpu", "no GPU")
+    assert choose_pipeline("cpu", cuda, jpegs) == ("cpu", "input_pipeline=cpu")
+    path, why = choose_pipeline("auto", cuda, jpegs + pngs)
     assert path == "cpu" and "1 of 3 training images are not JPEG (0.png)" in why
 
 

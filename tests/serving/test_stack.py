@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.config.hyperparameters import resolve
+from segcontainer.data.palette import PALETTE
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
-from segcontainer.serving.codecs import PALETTE
 from segcontainer.tools.demo_data import synthetic_pair
 from tests.conftest import subprocess_env
 from tests.serving_stack import Server, memory_kib, request, reset_peak_memory

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.cli import main as cli
-from segcontainer.tools.layout import assign_splits
+from segcontainer.tools.splits import assign_splits
 from segcontainer.tools.tile import IMAGE_FILL, tile_origins
 
 SIZE = (70, 50)  # not a multiple of the tile size: border tiles are padded

@@ -6,7 +6,8 @@ horizontal flip, ImageNet normalisation. Validation: images prepared as the endp
 them (``preprocess.model_input_transform``: long side resized to base_size, normalised), masks
 at their own size, batched by model-input size (``SizeGroupCollate``). Masks are
 ``tv_tensors.Mask`` so every geometric step resamples them with nearest neighbour.
-Serving uses ``validation_transform`` from here so both sides normalise alike.
+Serving prepares its inputs with the same ``preprocess.model_input_transform``, so both sides
+resize and normalise alike.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.data.preprocess import MEAN, STD
 
 MEAN_PIXEL = tuple(round(m * 255) for m in MEAN)  # pad value: becomes ~0 after normalising
@@ -35,7 +36,8 @@ class RandomLongSideResize(v2.Transform):
         self.scale_range = scale_range
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        # torch's generator, which DataLoader seeds per worker, so runs repeat with a seed.
+        # torch's global generator, which SegmentationDataset seeds from (seed, epoch, index)
+        # before each sample: the draw is the same whatever worker prepares it.
         scale = torch.empty(()).uniform_(*self.scale_range).item()
         long_side = int(self.base_size * scale + 0.5)
         return {"long_side": max(long_side, 1)}

@@ -44,16 +44,15 @@ def is_jpeg(path: Path) -> bool:
 
 
 def choose_pipeline(
-    setting: str, device: torch.device, pipe_mode: bool, samples: Sequence[Sample]
+    setting: str, device: torch.device, samples: Sequence[Sample]
 ) -> tuple[str, str]:
-    """('gpu' or 'cpu', why): GPU decoding and augmentation when a GPU is present, the data
-    are files (not a Pipe-mode stream) and every training image is a JPEG."""
+    """('gpu' or 'cpu', why) for File-mode training data (a Pipe-mode stream is decoded on the
+    CPU as its records arrive): GPU decoding and augmentation when a GPU is present and every
+    training image is a JPEG."""
     if setting == "cpu":
         return "cpu", "input_pipeline=cpu"
     if device.type != "cuda":
         return "cpu", "no GPU"
-    if pipe_mode:
-        return "cpu", "Pipe mode streams records, decoded as they arrive"
     others = [s.image for s in samples if not isinstance(s.image, Path) or not is_jpeg(s.image)]
     if others:
         example = getattr(others[0], "name", str(others[0]))

@@ -211,7 +211,7 @@ def prepare(
     else:
         # One order for either input pipeline: this process's shard of the epoch's order.
         sampler = EpochSampler(len(train_summary.samples), config.seed, parallel.train)
-        path, why = choose_pipeline(config.input_pipeline, device, False, train_summary.samples)
+        path, why = choose_pipeline(config.input_pipeline, device, train_summary.samples)
         log.info("input pipeline: %s (%s)", PIPELINES[path], why)
         if path == "gpu":
             train_loader = GpuTrainBatches(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from segcontainer.config.environment import Paths
@@ -44,19 +46,39 @@ def find_manifest_samples(paths: Paths, split: str) -> FoundSamples | None:
     return FoundSamples(samples)
 
 
-def _fetch_s3(uri: str, cache: Path) -> Path:
+def s3_client(uri: str, remedy: str = "") -> Any:
+    """A boto3 S3 client; without boto3, a UserError naming ``uri``, the install and
+    ``remedy`` (another way the caller offers, e.g. ", or ...")."""
     try:
         import boto3
     except ImportError as exc:
         raise UserError(
-            f"{uri}: reading s3:// references needs boto3 (pip install 'segcontainer[s3]')."
+            f"{uri}: reading s3:// references needs boto3 (pip install 'segcontainer[s3]'){remedy}."
         ) from exc
+    return boto3.client("s3")
+
+
+def json_lines(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of JSON Lines ``text``; a line that is
+    not JSON is a UserError naming ``source`` and the line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{source} line {number} is not JSON: {exc}") from exc
+        yield number, value
+
+
+def _fetch_s3(uri: str, cache: Path) -> Path:
     parsed = urlparse(uri)
     target = cache / parsed.netloc / parsed.path.lstrip("/")
     if not target.exists():
+        client = s3_client(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            boto3.client("s3").download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
+            client.download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
         except Exception as exc:  # botocore raises many kinds; name the object
             raise UserError(f"could not download {uri}: {exc}") from exc
     return target
@@ -71,13 +93,7 @@ def _resolve(ref: str, manifest: Path, cache: Path | None) -> Path:
 
 def manifest_samples(manifest: Path, cache: Path | None = None) -> list[Sample]:
     samples = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{manifest.name} line {number} is not JSON: {exc}") from exc
+    for number, entry in json_lines(manifest.read_text(), manifest.name):
         masks = [k for k in entry if k.endswith("-ref") and k != "source-ref"]
         if "source-ref" not in entry or len(masks) != 1:
             raise UserError(

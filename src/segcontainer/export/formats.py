@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from segcontainer.files import write_atomically
 
 OPSET = 18  # >= 17 (opset 17 lacks nothing we use); 18 is the dynamo exporter's own default
 MIN_SIDE = 17  # the smallest base_size/crop_size the hyperparameters allow
@@ -66,15 +67,6 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def to_onnx(model: nn.Module, file: Path, example: torch.Tensor) -> None:
     """model.onnx: input ``image`` (N, 3, H, W) float32, output ``logits`` (N, C, H, W)."""
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -99,7 +91,7 @@ def to_onnx(model: nn.Module, file: Path, example: torch.Tensor) -> None:
                 verbose=False,
             )
 
-    _write_atomically(file, write)
+    write_atomically(file, write)
 
 
 def to_torchscript(model: nn.Module, file: Path, example: torch.Tensor) -> None:
@@ -109,4 +101,4 @@ def to_torchscript(model: nn.Module, file: Path, example: torch.Tensor) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarning on shape-to-int conversions
         traced = torch.jit.trace(model, example.cpu(), check_trace=False)
-    _write_atomically(file, lambda tmp: traced.save(str(tmp)))
+    write_atomically(file, lambda tmp: traced.save(str(tmp)))

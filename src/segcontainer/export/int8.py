@@ -24,8 +24,10 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.engines import Engine, OnnxEngine
 from segcontainer.export.samples import ExportData, ImageReader, validation_pairs
+from segcontainer.files import write_atomically
 from segcontainer.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class Reference:
         ):
             prediction = _labels_at(candidate(inputs), tuple(labels.shape))
             scores.update(labels, prediction)
-            keep = labels != 255
+            keep = labels != IGNORE_INDEX
             same += int((prediction[keep] == reference[keep]).sum())
             labelled += int(keep.sum())
         return Agreement(
@@ -166,26 +168,33 @@ def quantize(onnx_file: Path, out: Path, data: ExportData, attempt: Attempt) -> 
         "entropy": CalibrationMethod.Entropy,
     }
     reader = ImageReader(data, attempt.calibration_images, "image")
-    with (
-        tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as scratch,
-        _without_pre_processing_advice(),
-    ):
-        tmp = Path(scratch) / out.name
-        quantize_static(
-            str(onnx_file),
-            str(tmp),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[attempt.method],
-            nodes_to_exclude=list(attempt.keep_fp32) or None,
-            # Collect two images at a time: the histogram calibrators (percentile, entropy)
-            # otherwise keep every activation of every image in memory until the end.
-            extra_options={"CalibStridedMinMax": 2 if len(reader) % 2 == 0 else 1},
-        )
-        os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        # quantize_static writes under the final name (onnx picks the serialization from the
+        # extension) in a scratch folder of its own, so nothing it leaves lands in model/.
+        with (
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as scratch,
+            _without_pre_processing_advice(),
+        ):
+            made = Path(scratch) / out.name
+            quantize_static(
+                str(onnx_file),
+                str(made),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[attempt.method],
+                nodes_to_exclude=list(attempt.keep_fp32) or None,
+                # Collect two images at a time: the histogram calibrators (percentile,
+                # entropy) otherwise keep every activation of every image in memory until
+                # the end.
+                extra_options={"CalibStridedMinMax": 2 if len(reader) % 2 == 0 else 1},
+            )
+            os.replace(made, tmp)
+
+    write_atomically(out, write)
 
 
 def plan(available: int) -> list[Attempt]:
@@ -201,12 +210,9 @@ def plan(available: int) -> list[Attempt]:
 def export_int8(
     onnx_file: Path, out: Path, eager: Engine, data: ExportData, num_classes: int, threads: int
 ) -> Int8Result:
-    """Quantize and check; ``out`` exists afterwards only when a try passed."""
+    """Quantize and check; ``out`` exists afterwards only when a try passed. ``data`` holds
+    training images and validation pairs: run._int8 checks that first and says what to do."""
     out.unlink(missing_ok=True)
-    if not data.calibration:
-        return Int8Result(False, "no training images to calibrate on")
-    if not data.validation:
-        return Int8Result(False, "no validation image/mask pairs to check it on")
     reference = Reference(eager, data, num_classes)
     result = Int8Result(False)
     tries = plan(len(data.calibration))

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -223,6 +224,20 @@ def _write_candidate(
     return export(final, candidate, eager, inputs())
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One export_model call: what every format works from, and the entries written so far."""
+
+    model_dir: Path
+    eager: TorchEngine  # the fp32 reference
+    data: ExportData
+    num_classes: int
+    inputs: Callable[[], list[torch.Tensor]]  # the check inputs, read on first use
+    explicit: bool  # a failure fails the job (the user named the formats)
+    stop_arrived: Callable[[], bool]  # see sigterm_noted
+    exports: dict[str, dict]  # format -> its entry, this run's
+
+
 def export_model(
     model_dir: Path, wanted: tuple[str, ...], data: ExportData, explicit: bool
 ) -> dict[str, dict]:
@@ -232,9 +247,6 @@ def export_model(
     its check passed. UserError when an ``explicit`` format fails; TrainingStopped when
     SIGTERM arrived, wherever it landed."""
     model, record = model_folder.load_model(model_dir)
-    # The reference is the fp32 model the user trained: no bf16 even on a GPU.
-    eager = TorchEngine(model, bf16=False)
-    earlier = model_folder.read_info(model_dir).get(model_folder.EXPORTS_KEY) or {}
     checks: list[list[torch.Tensor]] = []
 
     def inputs() -> list[torch.Tensor]:
@@ -244,48 +256,73 @@ def export_model(
             checks.append(_check_inputs(data))
         return checks[0]
 
+    # The reference is the fp32 model the user trained: no bf16 even on a GPU.
+    eager = TorchEngine(model, bf16=False)
+    earlier = model_folder.read_info(model_dir).get(model_folder.EXPORTS_KEY) or {}
     exports: dict[str, dict] = {}
     try:
         with sigterm_noted() as stop_arrived:
+            run = _Run(
+                model_dir=model_dir,
+                eager=eager,
+                data=data,
+                num_classes=record["num_classes"],
+                inputs=inputs,
+                explicit=explicit,
+                stop_arrived=stop_arrived,
+                exports=exports,
+            )
             for name in wanted:
-                start = time.perf_counter()
-                final = model_dir / FILES[name]
-                candidate = candidate_for(final)
-                # This run's record replaces the format's entry: no earlier file outlives it.
-                final.unlink(missing_ok=True)
-                try:
-                    onnx = exports.get("onnx", earlier.get("onnx"))
-                    entry = _write_candidate(
-                        name, final, eager, data, record["num_classes"], inputs, onnx
-                    )
-                    if stop_arrived():  # a stop some library swallowed
-                        raise TrainingStopped(f"stopped during the {name} export")
-                    if entry.get("file"):  # checked: it takes its final name only now
-                        os.replace(candidate, final)
-                except BaseException as exc:
-                    candidate.unlink(missing_ok=True)
-                    if isinstance(exc, TrainingStopped) or stop_arrived() or caused_by_stop(exc):
-                        exports[name] = {"file": None, "error": "stopped by SIGTERM"}
-                        # the failure reason says where the stop landed
-                        raise TrainingStopped(f"stopped during the {name} export") from exc
-                    if not isinstance(exc, Exception):
-                        raise  # KeyboardInterrupt and the like
-                    exports[name] = {"file": None, "error": _reason(exc)}
-                    if explicit:
-                        raise UserError(
-                            f"The {name} export asked for by the export hyperparameter failed: "
-                            f"{_reason(exc)}. model.pt in {model_dir} is complete; leave {name} "
-                            "out of export, or add it later with `segcontainer export`."
-                        ) from exc
-                    log.warning("%s export failed (model.pt is complete): %s", name, _reason(exc))
-                    continue
-                entry["seconds"] = round(time.perf_counter() - start, 1)
-                exports[name] = entry
-                log.info("%s export took %.1f s", name, entry["seconds"])
+                _export_one(run, name, onnx=exports.get("onnx", earlier.get("onnx")))
     finally:
         if wanted:
             model_folder.update_info(model_dir, **{model_folder.EXPORTS_KEY: earlier | exports})
     return exports
+
+
+def _export_one(run: _Run, name: str, onnx: dict | None) -> None:
+    """Write, check and name one format, and record its entry (``onnx``: model.onnx's entry,
+    this run's or an earlier one's). This run's entry replaces the format's: no earlier file
+    outlives it."""
+    start = time.perf_counter()
+    final = run.model_dir / FILES[name]
+    candidate = candidate_for(final)
+    final.unlink(missing_ok=True)
+    try:
+        entry = _write_candidate(
+            name, final, run.eager, run.data, run.num_classes, run.inputs, onnx
+        )
+        if run.stop_arrived():  # a stop some library swallowed
+            raise TrainingStopped(f"stopped during the {name} export")
+        if entry.get("file"):  # checked: it takes its final name only now
+            os.replace(candidate, final)
+    except BaseException as exc:
+        candidate.unlink(missing_ok=True)
+        _failed(run, name, exc)
+        return
+    entry["seconds"] = round(time.perf_counter() - start, 1)
+    run.exports[name] = entry
+    log.info("%s export took %.1f s", name, entry["seconds"])
+
+
+def _failed(run: _Run, name: str, exc: BaseException) -> None:
+    """Record a format's failure. A stop stays a stop, an explicit format's failure fails
+    the job, and anything not an Exception (KeyboardInterrupt) propagates; otherwise the
+    failure is a warning and the job goes on."""
+    if isinstance(exc, TrainingStopped) or run.stop_arrived() or caused_by_stop(exc):
+        run.exports[name] = {"file": None, "error": "stopped by SIGTERM"}
+        # the failure reason says where the stop landed
+        raise TrainingStopped(f"stopped during the {name} export") from exc
+    if not isinstance(exc, Exception):
+        raise exc
+    run.exports[name] = {"file": None, "error": _reason(exc)}
+    if run.explicit:
+        raise UserError(
+            f"The {name} export asked for by the export hyperparameter failed: "
+            f"{_reason(exc)}. model.pt in {run.model_dir} is complete; leave {name} "
+            "out of export, or add it later with `segcontainer export`."
+        ) from exc
+    log.warning("%s export failed (model.pt is complete): %s", name, _reason(exc))
 
 
 def _reason(exc: Exception) -> str:

@@ -42,11 +42,6 @@ def spread(items: Sequence, count: int) -> list:
     return random.Random(SAMPLE_SEED).sample(list(items), count)
 
 
-def calibration_inputs(data: ExportData, count: int) -> Iterator[np.ndarray]:
-    for source in spread(data.calibration, count):
-        yield model_input(load_image(source), data.long_side).numpy()
-
-
 def validation_pairs(data: ExportData, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(model input (1, 3, h, w), labels (H, W) at the image's own size) per validation pair."""
     for sample in spread(data.validation, count):

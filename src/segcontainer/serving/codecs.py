@@ -18,6 +18,7 @@ import re
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segcontainer.data.palette import mask_image
 from segcontainer.data.preprocess import to_rgb
 
 PNG = "image/png"
@@ -116,31 +117,6 @@ def choose_accept(header: str | None, default: str) -> str:
     raise RequestError(
         406, f"Accept '{header}' is not supported; use one of {', '.join(ACCEPT_TYPES)}"
     )
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map: 256 RGB triples; class 0 black, 1 dark red, 2 green..."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-PALETTE = voc_palette()
-
-
-def mask_image(class_map: np.ndarray) -> Image.Image:
-    """(H, W) uint8 class ids -> palette image whose index i is class i."""
-    image = Image.fromarray(class_map.astype(np.uint8, copy=False), "L").convert("P")
-    image.putpalette(PALETTE)
-    return image
 
 
 def encode_png(class_map: np.ndarray) -> bytes:

@@ -68,10 +68,3 @@ def probability_answer(num_classes: int, height: int, width: int) -> tuple[bytea
     answer[len(header) + raw_length : len(header) + raw_length + len(suffix)] = suffix
     values = np.frombuffer(answer, dtype="<f4", count=raw_length // 4, offset=len(header))
     return answer, values.reshape(num_classes, height, width)
-
-
-def encode_probabilities(probabilities: np.ndarray) -> bytearray:
-    """(C, H, W) float32 -> RecordIO-protobuf bytes."""
-    answer, values = probability_answer(*probabilities.shape)
-    values[...] = probabilities
-    return answer

@@ -19,6 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from segcontainer import logs
 from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, read_record, select_engine
 from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV, READY_FILE_ENV
@@ -113,9 +114,7 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
 
 
 def main() -> int:
-    logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s"
-    )
+    logs.configure()
     try:
         settings = ServingSettings.from_env()
         # A damaged record, an unknown engine or a missing export stops serve here, with the

@@ -1,12 +1,18 @@
 """The data tools' subcommands (``groundtruth``, ``labelme``, ``tile``, ``validate``,
 ``evaluate``): their arguments with an example in each ``--help``, and how each runs. cli.py
-adds them to its parser and hands them over here."""
+adds them to its parser and hands them over here. Each tool is one row of ``TOOLS``: its
+help line, its example, a function adding its arguments and one running it; a new tool is a
+new row. The tools are imported when run, so ``--help`` stays quick."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from segcontainer.tools.splits import SplitOptions
 
 GROUNDTRUTH_EXAMPLE = """example:
   segcontainer groundtruth s3://bucket/my-job/manifests/output/output.manifest data/
@@ -51,7 +57,19 @@ report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in
 which name the engine: --engine torch reproduces training's validation:mIOU.
 """
 
-DATA_TOOLS = ("groundtruth", "labelme", "tile", "validate", "evaluate")
+
+class Summary(Protocol):
+    """What a tool returns: the lines it prints (and, for validate, whether the data pass)."""
+
+    def lines(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class DataTool:
+    help: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Summary]
 
 
 def _split_options(parser: argparse.ArgumentParser, fraction: float | None) -> None:
@@ -76,86 +94,118 @@ def _split_options(parser: argparse.ArgumentParser, fraction: float | None) -> N
     )
 
 
-def add_data_tools(commands) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    gt = commands.add_parser(
-        "groundtruth",
-        help="Ground Truth semantic segmentation output manifest -> channel layout",
-        epilog=GROUNDTRUTH_EXAMPLE,
-        formatter_class=raw,
-    )
-    gt.add_argument("manifest", help="output.manifest: a local path or s3:// URI")
-    gt.add_argument("out", type=Path, help="folder for the channel layout")
-    gt.add_argument(
+def _groundtruth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", help="output.manifest: a local path or s3:// URI")
+    parser.add_argument("out", type=Path, help="folder for the channel layout")
+    parser.add_argument(
         "--s3-root",
         action="append",
         default=[],
         metavar="S3_PREFIX=DIR",
         help="read references under S3_PREFIX from the local DIR (repeatable)",
     )
-    gt.add_argument("--label-attribute", help="the label attribute, when the manifest has several")
-    _split_options(gt, 0.2)
-    lm = commands.add_parser(
-        "labelme",
-        help="folder of labelme JSON files -> channel layout",
-        epilog=LABELME_EXAMPLE,
-        formatter_class=raw,
+    parser.add_argument(
+        "--label-attribute", help="the label attribute, when the manifest has several"
     )
-    lm.add_argument("dir", type=Path, help="folder of labelme .json files (searched recursively)")
-    lm.add_argument("out", type=Path, help="folder for the channel layout")
-    lm.add_argument("--labels", type=Path, required=True, help="labels.txt as labelme2voc reads")
-    lm.add_argument(
+    _split_options(parser, 0.2)
+
+
+def _groundtruth(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.groundtruth import convert
+
+    return convert(
+        args.manifest,
+        args.out,
+        SplitOptions.from_args(args),
+        s3_roots=args.s3_root,
+        label_attribute=args.label_attribute,
+    )
+
+
+def _labelme_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dir", type=Path, help="folder of labelme .json files (searched recursively)"
+    )
+    parser.add_argument("out", type=Path, help="folder for the channel layout")
+    parser.add_argument(
+        "--labels", type=Path, required=True, help="labels.txt as labelme2voc reads"
+    )
+    parser.add_argument(
         "--allow-outside-images",
         action="store_true",
         help="read an imagePath that leads outside DIR (refused by default: a JSON file would "
         "copy any file of the disk into OUT)",
     )
-    _split_options(lm, 0.2)
-    tile = commands.add_parser(
-        "tile",
-        help="cut a channel layout's images and masks into tiles",
-        epilog=TILE_EXAMPLE,
-        formatter_class=raw,
+    _split_options(parser, 0.2)
+
+
+def _labelme(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.labelme import convert
+
+    return convert(
+        args.dir,
+        args.out,
+        args.labels,
+        SplitOptions.from_args(args),
+        allow_outside_images=args.allow_outside_images,
     )
-    tile.add_argument("input", type=Path, help="channel layout root (train/, train_annotation/...)")
-    tile.add_argument("out", type=Path, help="folder for the tiled layout")
-    tile.add_argument("--size", type=int, required=True, help="tile width and height in pixels")
-    tile.add_argument("--stride", type=int, help="step between tiles (default: --size)")
-    tile.add_argument("--drop-empty", action="store_true", help="leave out background-only tiles")
-    _split_options(tile, None)
-    check = commands.add_parser(
-        "validate",
-        help="training's data check on a channel layout, without training",
-        epilog=VALIDATE_EXAMPLE,
-        formatter_class=raw,
+
+
+def _tile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", type=Path, help="channel layout root (train/, train_annotation/...)"
     )
-    check.add_argument("root", type=Path, help="layout root (train/, train_annotation/...)")
-    check.add_argument(
+    parser.add_argument("out", type=Path, help="folder for the tiled layout")
+    parser.add_argument("--size", type=int, required=True, help="tile width and height in pixels")
+    parser.add_argument("--stride", type=int, help="step between tiles (default: --size)")
+    parser.add_argument("--drop-empty", action="store_true", help="leave out background-only tiles")
+    _split_options(parser, None)
+
+
+def _tile(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.tile import tile_layout
+
+    return tile_layout(
+        args.input,
+        args.out,
+        SplitOptions.from_args(args),
+        size=args.size,
+        stride=args.stride,
+        drop_empty=args.drop_empty,
+    )
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", type=Path, help="layout root (train/, train_annotation/...)")
+    parser.add_argument(
         "--num-classes",
         type=int,
         help="default: num_classes of ROOT/input/config/hyperparameters.json, else the lines "
         "of class_names.txt, else the highest label in the masks + 1",
     )
-    check.add_argument(
+    parser.add_argument(
         "--class-names",
         metavar="A,B,...",
         help="comma-separated, as the hyperparameter (default: the config's, else class_names.txt)",
     )
-    check.add_argument(
+    parser.add_argument(
         "--label-map",
         type=Path,
         help="a label map JSON for both splits, or a label_map folder (default: ROOT/label_map)",
     )
-    score = commands.add_parser(
-        "evaluate",
-        help="score a model on labelled images; metrics.json, overlays and report.html",
-        epilog=EVALUATE_EXAMPLE,
-        formatter_class=raw,
-    )
-    score.add_argument("model", type=Path, help="model folder or model.tar.gz")
-    score.add_argument("data", type=Path, help="layout root, or a channel folder (data/train)")
-    score.add_argument("out", type=Path, help="folder for the report (new or empty)")
-    score.add_argument(
+
+
+def _validate(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.validate import validate
+
+    return validate(args.root, args.num_classes, args.label_map, args.class_names)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    parser.add_argument("data", type=Path, help="layout root, or a channel folder (data/train)")
+    parser.add_argument("out", type=Path, help="folder for the report (new or empty)")
+    parser.add_argument(
         "--engine",
         default="auto",
         choices=("auto", "torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
@@ -163,7 +213,7 @@ def add_data_tools(commands) -> None:
         "SEGCONTAINER_ENGINE=auto), torch (as training's validation: reproduces "
         "validation:mIOU), or an exported onnx / onnx-int8 file",
     )
-    score.add_argument(
+    parser.add_argument(
         "--background",
         metavar="none|ID|NAME",
         help="the class the overlays treat as background (default: the class named "
@@ -171,60 +221,62 @@ def add_data_tools(commands) -> None:
     )
 
 
+def _evaluate(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.evaluate import evaluate
+
+    return evaluate(args.model, args.data, args.out, args.engine, args.background)
+
+
+TOOLS = {
+    "groundtruth": DataTool(
+        "Ground Truth semantic segmentation output manifest -> channel layout",
+        GROUNDTRUTH_EXAMPLE,
+        _groundtruth_arguments,
+        _groundtruth,
+    ),
+    "labelme": DataTool(
+        "folder of labelme JSON files -> channel layout",
+        LABELME_EXAMPLE,
+        _labelme_arguments,
+        _labelme,
+    ),
+    "tile": DataTool(
+        "cut a channel layout's images and masks into tiles",
+        TILE_EXAMPLE,
+        _tile_arguments,
+        _tile,
+    ),
+    "validate": DataTool(
+        "training's data check on a channel layout, without training",
+        VALIDATE_EXAMPLE,
+        _validate_arguments,
+        _validate,
+    ),
+    "evaluate": DataTool(
+        "score a model on labelled images; metrics.json, overlays and report.html",
+        EVALUATE_EXAMPLE,
+        _evaluate_arguments,
+        _evaluate,
+    ),
+}
+DATA_TOOLS = tuple(TOOLS)
+
+
+def add_data_tools(commands: argparse._SubParsersAction) -> None:
+    """One subcommand per tool, its example shown as written under its --help."""
+    for name, tool in TOOLS.items():
+        parser = commands.add_parser(
+            name,
+            help=tool.help,
+            epilog=tool.example,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        tool.add_arguments(parser)
+
+
 def run_data_tool(args: argparse.Namespace) -> int:
-    from segcontainer.errors import UserError
-
-    try:
-        if args.command == "groundtruth":
-            from segcontainer.tools.groundtruth import convert
-
-            summary = convert(
-                args.manifest,
-                args.out,
-                args.s3_root,
-                args.validation_fraction,
-                args.seed,
-                args.label_attribute,
-                args.group_by,
-                args.manifest_prefix,
-            )
-        elif args.command == "labelme":
-            from segcontainer.tools.labelme import convert
-
-            summary = convert(
-                args.dir,
-                args.out,
-                args.labels,
-                args.validation_fraction,
-                args.seed,
-                args.group_by,
-                args.manifest_prefix,
-                args.allow_outside_images,
-            )
-        elif args.command == "validate":
-            from segcontainer.tools.validate import validate
-
-            summary = validate(args.root, args.num_classes, args.label_map, args.class_names)
-        elif args.command == "evaluate":
-            from segcontainer.tools.evaluate import evaluate
-
-            summary = evaluate(args.model, args.data, args.out, args.engine, args.background)
-        else:
-            from segcontainer.tools.tile import tile_layout
-
-            summary = tile_layout(
-                args.input,
-                args.out,
-                args.size,
-                args.stride,
-                args.drop_empty,
-                args.group_by,
-                args.validation_fraction,
-                args.seed,
-                args.manifest_prefix,
-            )
-    except UserError as exc:
-        print(f"{args.command}: {exc}", file=sys.stderr)
-        return 1
+    """Run the tool ``args.command`` names and print its summary (a UserError is the caller's
+    to report); 1 when validate finds that training would refuse the data."""
+    summary = TOOLS[args.command].run(args)
     print("\n".join(summary.lines()))
-    return 0 if getattr(summary, "ok", True) else 1  # validate: 1 when training would refuse
+    return 0 if getattr(summary, "ok", True) else 1

@@ -17,13 +17,13 @@ import urllib.request
 from pathlib import Path
 
 from segcontainer.client import decode_recordio_protobuf
-from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
+from segcontainer.tools.demo_data import CLASS_NAMES, make_dataset, write_local_mode_config
 
 DEMO_HYPERPARAMETERS = {
     "backbone": "resnet-50",
     "algorithm": "fcn",
     "use_pretrained_model": "False",  # no network here: the demo trains from scratch
-    "num_classes": "3",
+    "num_classes": str(len(CLASS_NAMES)),
     "num_training_samples": "32",
     "epochs": "3",
     "base_size": "96",
@@ -32,7 +32,7 @@ DEMO_HYPERPARAMETERS = {
     "validation_mini_batch_size": "8",
     "learning_rate": "0.001",
     "optimizer": "adam",
-    "class_names": "background,rectangle,ellipse",
+    "class_names": ",".join(CLASS_NAMES),
 }
 
 

@@ -24,9 +24,9 @@ without the label attribute (failed, expired or unlabelled tasks) are counted an
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -35,16 +35,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from segcontainer.data.label_maps import IGNORE_INDEX
+from segcontainer.data.manifest import json_lines, s3_client
 from segcontainer.errors import UserError
-from segcontainer.tools.layout import (
-    LayoutWriter,
-    Summary,
-    assign_splits,
-    compile_group_by,
-    image_suffix,
-    oriented_size,
-    unmatched_notes,
-)
+from segcontainer.tools.layout import Pair, Summary, image_suffix, oriented_size, write_pairs
+from segcontainer.tools.splits import SplitOptions
 
 SEGMENTATION_TYPE = "groundtruth/semantic-segmentation"
 
@@ -94,15 +89,10 @@ class Fetcher:
 
     def _s3_read(self, uri: str) -> bytes:
         if self.client is None:
-            try:
-                import boto3
-            except ImportError as exc:
-                raise UserError(
-                    f"{uri}: reading s3:// references needs boto3 (pip install "
-                    "'segcontainer[s3]'), or map the prefix to a downloaded folder with "
-                    "--s3-root s3://bucket/prefix=DIR."
-                ) from exc
-            self.client = boto3.client("s3")
+            remedy = (
+                ", or map the prefix to a downloaded folder with --s3-root s3://bucket/prefix=DIR"
+            )
+            self.client = s3_client(uri, remedy)
         parsed = urlparse(uri)
         try:
             response = self.client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
@@ -133,13 +123,7 @@ def _check_ref(entry: dict, key: str, source: str, number: int) -> None:
 
 def read_lines(text: str, source: str) -> list[tuple[int, dict]]:
     lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{source} line {number} is not JSON: {exc}") from exc
+    for number, entry in json_lines(text, source):
         if not isinstance(entry, dict) or "source-ref" not in entry:
             raise UserError(f"{source} line {number} has no 'source-ref' (the image).")
         _check_ref(entry, "source-ref", source, number)
@@ -193,7 +177,7 @@ def colour_map(lines: list[tuple[int, dict]], attribute: str, source: str) -> di
                     f"{source} line {number}: internal-color-map entry {key!r}: {value!r} needs an "
                     "integer key and a 'class-name'."
                 ) from None
-            if not 0 <= class_id < 255:
+            if not 0 <= class_id < IGNORE_INDEX:
                 raise UserError(f"{source} line {number}: class id {key} is outside 0..254.")
             if classes.setdefault(class_id, (name, colour)) != (name, colour):
                 raise UserError(
@@ -241,15 +225,12 @@ def mask_labels(data: bytes, name: str, classes: dict[int, tuple[str, str]]) -> 
 def convert(
     manifest: str,
     out: Path,
-    s3_roots: list[str],
-    validation_fraction: float,
-    seed: int,
+    split: SplitOptions,
+    *,
+    s3_roots: Sequence[str] = (),
     label_attribute: str | None = None,
-    group_by: str | None = None,
-    manifest_prefix: str | None = None,
 ) -> Summary:
-    fetcher = Fetcher(Fetcher.parse_roots(s3_roots))
-    pattern = compile_group_by(group_by)
+    fetcher = Fetcher(Fetcher.parse_roots(list(s3_roots)))
     text = fetcher.read(manifest, ".").decode("utf-8", errors="replace")
     lines = read_lines(text, manifest)
     attribute = choose_attribute(lines, label_attribute, manifest)
@@ -261,39 +242,38 @@ def convert(
     skipped = [n for n, e in lines if attribute not in e]
     if not labelled:
         raise UserError(f"{manifest}: none of its {len(lines)} lines has the label {attribute}.")
-
-    splits, unmatched = assign_splits(
-        [source_stem(e) for _, e in labelled], validation_fraction, seed, pattern
-    )
     for number, entry in labelled:  # all checked before anything is written
         _check_ref(entry, attribute, manifest, number)
-    with LayoutWriter(out, attribute, manifest_prefix) as writer:
-        write_pairs(writer, labelled, attribute, fetcher, base, classes, splits)
-        names = [classes[i][0] if i in classes else f"class_{i}" for i in range(max(classes) + 1)]
-        summary = writer.finish(names)
+    notes = []
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
-        summary.notes.append(
+        notes.append(
             f"  skipped {len(skipped)} lines without {attribute} (failed, expired or unlabelled "
             f"tasks): lines {shown}"
         )
-    summary.notes += unmatched_notes(unmatched)
-    return summary
+    return write_pairs(
+        out,
+        split,
+        [source_stem(e) for _, e in labelled],
+        read_pairs(labelled, attribute, fetcher, base, classes),
+        [classes[i][0] if i in classes else f"class_{i}" for i in range(max(classes) + 1)],
+        attribute=attribute,
+        notes=notes,
+    )
 
 
 def source_stem(entry: dict) -> str:
     return PurePosixPath(urlparse(entry["source-ref"]).path).stem
 
 
-def write_pairs(
-    writer: LayoutWriter,
+def read_pairs(
     labelled: list[tuple[int, dict]],
     attribute: str,
     fetcher: Fetcher,
     base: str,
     classes: dict[int, tuple[str, str]],
-    splits: dict[str, str],
-) -> None:
+) -> Iterator[Pair]:
+    """Each labelled line's image and mask as read, checked against each other."""
     for number, entry in tqdm(labelled, desc="groundtruth", unit="image"):
         source, mask_ref = entry["source-ref"], entry[attribute]
         image = fetcher.read(source, base)
@@ -310,4 +290,4 @@ def write_pairs(
                 f"{size[0]}x{size[1]} (line {number})."
             )
         suffix = image_suffix(image, PurePosixPath(urlparse(source).path).suffix or ".jpg")
-        writer.add(splits[source_stem(entry)], source_stem(entry), image, suffix, labels, source)
+        yield Pair(source_stem(entry), image, suffix, labels, source)

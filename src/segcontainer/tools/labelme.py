@@ -25,23 +25,17 @@ import binascii
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import UserError
-from segcontainer.tools.layout import (
-    LayoutWriter,
-    Summary,
-    assign_splits,
-    compile_group_by,
-    image_suffix,
-    oriented_size,
-    unmatched_notes,
-)
+from segcontainer.tools.layout import Pair, Summary, image_suffix, oriented_size, write_pairs
+from segcontainer.tools.splits import SplitOptions
 
 LINE_WIDTH = 10  # labelme's shape_to_mask defaults, which labelme2voc uses
 POINT_SIZE = 5
@@ -65,7 +59,7 @@ def read_labels(file: Path) -> dict[str, int]:
             f"{file} must list {IGNORE_LABEL} (optional) and {BACKGROUND_LABEL} first, then one "
             f"class per line, as labelme2voc reads it; its first lines are {lines[:2]}."
         )
-    if len(labels) > 255:
+    if len(labels) > IGNORE_INDEX:  # ids 0..254: 255 is ignore
         raise UserError(f"{file} lists {len(labels)} classes; masks hold at most 255.")
     for value, label in enumerate(labels):
         if label in values:
@@ -232,17 +226,9 @@ def checked_size(data: dict, image: bytes, file: Path) -> tuple[int, int]:
 
 
 def convert(
-    folder: Path,
-    out: Path,
-    labels_file: Path,
-    validation_fraction: float,
-    seed: int,
-    group_by: str | None = None,
-    manifest_prefix: str | None = None,
-    allow_outside_images: bool = False,
+    folder: Path, out: Path, labels_file: Path, split: SplitOptions, *, allow_outside_images: bool
 ) -> Summary:
     labels_of = read_labels(labels_file)
-    pattern = compile_group_by(group_by)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder of labelme JSON files.")
     files = sorted(
@@ -252,16 +238,19 @@ def convert(
     )
     if not files:
         raise UserError(f"{folder} holds no .json files (labelme saves one per image).")
-    splits, unmatched = assign_splits([f.stem for f in files], validation_fraction, seed, pattern)
     root = None if allow_outside_images else folder
-    with LayoutWriter(out, manifest_prefix=manifest_prefix) as writer:
-        for file in tqdm(files, desc="labelme", unit="file"):
-            data = load_file(file)
-            image, suffix = read_image(data, file, root)
-            size = checked_size(data, image, file)
-            labels = rasterise(data["shapes"], size, labels_of, file)
-            writer.add(splits[file.stem], file.stem, image, suffix, labels, str(file))
-        names = [label for label, value in labels_of.items() if value != IGNORE_INDEX]
-        summary = writer.finish(names)
-    summary.notes += unmatched_notes(unmatched)
-    return summary
+    names = [label for label, value in labels_of.items() if value != IGNORE_INDEX]
+    return write_pairs(
+        out, split, [f.stem for f in files], read_pairs(files, labels_of, root), names
+    )
+
+
+def read_pairs(files: list[Path], labels_of: dict[str, int], root: Path | None) -> Iterator[Pair]:
+    """Each file's image and its shapes painted into class ids."""
+    for file in tqdm(files, desc="labelme", unit="file"):
+        data = load_file(file)
+        image, suffix = read_image(data, file, root)
+        size = checked_size(data, image, file)
+        yield Pair(
+            file.stem, image, suffix, rasterise(data["shapes"], size, labels_of, file), str(file)
+        )

@@ -1,22 +1,19 @@
-"""The channel layout the converters write, and the split they assign.
+"""The channel layout the converters write (the split they assign is in splits.py).
 
 ``OUT/`` gets the four File-mode channels (``train``, ``train_annotation``, ``validation``,
 ``validation_annotation``; each mask named after its image's base name, a palette PNG of class
 ids, 255 = ignore), ``class_names.txt`` (one name per line, class id = line number - 1) and
 ``train.manifest`` / ``validation.manifest``: augmented manifests (``source-ref`` plus one
-``*-ref`` attribute) for Pipe mode and for File-mode manifest channels.
-
-Splits are assigned per group of images (per image unless ``--group-by`` names a pattern),
-never per tile or per file, so near-identical neighbours cannot end up on both sides.
+``*-ref`` attribute) for Pipe mode and for File-mode manifest channels. ``write_pairs`` is
+the converters' common path: split, write each pair, finish with the class names.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import random
-import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,37 +22,19 @@ from PIL import Image
 
 from segcontainer.data.channels import Sample, pair_samples
 from segcontainer.data.label_maps import IGNORE_INDEX, SPLITS
+from segcontainer.data.palette import mask_image
 from segcontainer.errors import UserError
+from segcontainer.tools.splits import SplitOptions, unmatched_notes
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")
 CLASS_NAMES_FILE = "class_names.txt"
 DEFAULT_ATTRIBUTE = "annotation-ref"
 
 
-def voc_palette() -> list[int]:
-    """PASCAL VOC colours: index i gets class i's colour; 255 (ignore) gets VOC's cream."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-PALETTE = voc_palette()
-
-
 def mask_png(labels: np.ndarray) -> bytes:
     """(H, W) uint8 class ids -> palette PNG bytes (viewable, and read back as class ids)."""
-    image = Image.fromarray(labels.astype(np.uint8), "L").convert("P")
-    image.putpalette(PALETTE)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    mask_image(labels).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
 
 
@@ -76,70 +55,6 @@ def image_suffix(data: bytes, fallback: str) -> str:
     return {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "bmp": ".bmp", "webp": ".webp"}.get(
         kind, fallback
     )
-
-
-# --- splits ----------------------------------------------------------------------------------
-
-
-def group_key(name: str, pattern: re.Pattern[str] | None) -> str | None:
-    """The group a name belongs to: the pattern's first group (or whole match); None when the
-    pattern does not match (the caller keeps the name as its own group)."""
-    if pattern is None:
-        return name
-    match = pattern.search(name)
-    if match is None:
-        return None
-    return match.group(1) if pattern.groups else match.group(0)
-
-
-def compile_group_by(regex: str | None) -> re.Pattern[str] | None:
-    if regex is None:
-        return None
-    try:
-        return re.compile(regex)
-    except re.error as exc:
-        raise UserError(f"--group-by {regex!r} is not a valid regular expression: {exc}") from exc
-
-
-def assign_splits(
-    names: list[str], fraction: float, seed: int, pattern: re.Pattern[str] | None = None
-) -> tuple[dict[str, str], list[str]]:
-    """name -> "train" | "validation", whole groups at a time, deterministic for a seed.
-
-    Groups are shuffled with ``seed`` and moved to validation until it holds about
-    ``fraction`` of the images; train keeps at least one group. Returns the assignment and the
-    names the pattern did not match (each is then a group of its own).
-    """
-    if not 0 <= fraction < 1:
-        raise UserError(f"--validation-fraction must be in [0, 1), got {fraction}.")
-    unmatched = [n for n in names if group_key(n, pattern) is None]
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        key = group_key(name, pattern)
-        groups.setdefault(name if key is None else f"group:{key}", []).append(name)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
-    target = round(fraction * len(names))
-    if fraction > 0 and len(order) > 1:
-        target = max(target, 1)
-    assignment: dict[str, str] = {}
-    in_validation = 0
-    for index, key in enumerate(order):
-        room = index < len(order) - 1  # the last group always trains
-        split = "validation" if in_validation < target and room else "train"
-        in_validation += len(groups[key]) if split == "validation" else 0
-        for name in groups[key]:
-            assignment[name] = split
-    return assignment, unmatched
-
-
-def unmatched_notes(unmatched: list[str]) -> list[str]:
-    if not unmatched:
-        return []
-    return [
-        f"  note: --group-by matched no part of {len(unmatched)} names, each kept as its own "
-        f"group: {', '.join(unmatched[:5])}"
-    ]
 
 
 # --- reading a layout ------------------------------------------------------------------------
@@ -272,7 +187,9 @@ class LayoutWriter:
         for split in SPLITS:
             lines = [json.dumps(entry) for entry in self.entries.get(split, [])]
             self._write(self.root / f"{split}.manifest", "".join(f"{x}\n" for x in lines).encode())
-        used = [i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:255])]
+        used = [
+            i for split in self.pixels for i in np.flatnonzero(self.pixels[split][:IGNORE_INDEX])
+        ]
         num_classes = max([len(class_names), *(i + 1 for i in used)], default=0)
         names = [*class_names, *(f"class_{i}" for i in range(len(class_names), num_classes))]
         self._write(self.root / CLASS_NAMES_FILE, "".join(f"{n}\n" for n in names).encode())
@@ -317,3 +234,39 @@ class Summary:
         out.append(f"  class_names={value}")
         out.append(f'Pipe mode: AttributeNames=["source-ref", "{self.attribute}"]')
         return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One converted image: its base name, its bytes as written, their file suffix, its class
+    ids (H, W) uint8, and where it came from (named when two sources share a base name)."""
+
+    name: str
+    image: bytes
+    suffix: str
+    labels: np.ndarray
+    origin: str
+
+
+def write_pairs(
+    out: Path,
+    split: SplitOptions,
+    names: list[str],
+    pairs: Iterable[Pair],
+    class_names: Sequence[str],
+    *,
+    attribute: str = DEFAULT_ATTRIBUTE,
+    notes: Sequence[str] = (),
+) -> Summary:
+    """Split ``names`` (the base names ``pairs`` will yield), write every pair into ``out`` and
+    finish it. ``pairs`` is read inside the writer, so a failure part-way (an unreadable image,
+    a stop) removes what this run wrote. ``notes`` go before the split's own notes."""
+    splits, unmatched = split.assign(names)
+    with LayoutWriter(out, attribute, split.manifest_prefix) as writer:
+        for pair in pairs:
+            writer.add(
+                splits[pair.name], pair.name, pair.image, pair.suffix, pair.labels, pair.origin
+            )
+        summary = writer.finish(list(class_names))
+    summary.notes += [*notes, *unmatched_notes(unmatched)]
+    return summary

@@ -19,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from segcontainer.data.channels import load_image
+from segcontainer.data.palette import mask_image
 from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, extract_model_tarball
-from segcontainer.serving.codecs import mask_image
 from segcontainer.serving.predictor import Predictor
 from segcontainer.serving.settings import ENGINE_ENV
 

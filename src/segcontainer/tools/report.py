@@ -123,34 +123,32 @@ figcaption { font-size: 0.9em; } .swatch { display: inline-block; width: 1em; he
 """
 
 
-def write_html(out: Path, metrics: dict) -> Path:
-    """OUT/report.html from metrics.json's content: summary, per-class table, the plot, and
-    the images worst first with their overlays."""
-    classes = metrics["per_class"]
-    summary = _rows(
-        [
-            ["engine", metrics["engine"]],
-            ["mIoU", _number(metrics["mIOU"])],
-            ["pixel accuracy", _number(metrics["pixel_accuracy"])],
-            ["images", str(metrics["images"])],
-            ["labelled pixels", str(metrics["labelled_pixels"])],
-        ],
-        ["metric", "value"],
-        "summary",
-    )
-    per_class = _rows(
-        [
-            [str(c["id"]), c["name"], _number(c["IOU"]), _number(c["precision"])]
-            + [_number(c["recall"]), _number(c["false_positive_rate"], 5)]
-            + [str(c["true_pixels"]), str(c["predicted_pixels"])]
-            for c in classes
-        ],
-        ["id", "class", "IoU", "precision", "recall", "false-positive rate"]
-        + ["true pixels", "predicted pixels"],
-        "classes",
-    )
+def _summary_table(metrics: dict) -> str:
+    cells = [
+        ["engine", metrics["engine"]],
+        ["mIoU", _number(metrics["mIOU"])],
+        ["pixel accuracy", _number(metrics["pixel_accuracy"])],
+        ["images", str(metrics["images"])],
+        ["labelled pixels", str(metrics["labelled_pixels"])],
+    ]
+    return _rows(cells, ["metric", "value"], "summary")
+
+
+def _class_table(classes: list[dict]) -> str:
+    cells = [
+        [str(c["id"]), c["name"], _number(c["IOU"]), _number(c["precision"])]
+        + [_number(c["recall"]), _number(c["false_positive_rate"], 5)]
+        + [str(c["true_pixels"]), str(c["predicted_pixels"])]
+        for c in classes
+    ]
+    header = ["id", "class", "IoU", "precision", "recall", "false-positive rate"]
+    return _rows(cells, header + ["true pixels", "predicted pixels"], "classes")
+
+
+def _figures(per_image: list[dict]) -> str:
+    """The worst REPORT_IMAGES overlays, each linking to its file, and how many more."""
     figures = []
-    for item in metrics["per_image"][:REPORT_IMAGES]:
+    for item in per_image[:REPORT_IMAGES]:
         source = quote(item["overlay"])
         caption = (
             f"{item['name']}: mIoU {_number(item['mIOU'], 3)}, "
@@ -160,8 +158,13 @@ def write_html(out: Path, metrics: dict) -> Path:
             f'<figure><a href="{source}"><img src="{source}" alt="{html.escape(item["name"])}">'
             f"</a><figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    more = len(metrics["per_image"]) - REPORT_IMAGES
-    background = metrics["background"]
+    more = len(per_image) - REPORT_IMAGES
+    shown = f'<div class="images">\n{chr(10).join(figures)}\n</div>\n'
+    return shown + (f"<p>{more} more images in metrics.json and overlays/.</p>" if more > 0 else "")
+
+
+def _legend(background: dict) -> str:
+    """What the overlays' colours mean: the sentence, and a swatch per colour."""
     colours = [(CORRECT, "correct"), (FALSE_POSITIVE, "false positive")]
     if background["id"] is not None:
         colours.append((MISSED, "missed"))
@@ -169,6 +172,15 @@ def write_html(out: Path, metrics: dict) -> Path:
         f'<span class="swatch" style="background: rgb{colour}"></span> {label}'
         for colour, label in colours
     )
+    return (
+        f'<p id="legend">{html.escape(legend(background["id"], background["name"]))}\n'
+        f"Chosen: {html.escape(background['chosen_by'])}.</p>\n<p>{swatches}</p>"
+    )
+
+
+def write_html(out: Path, metrics: dict) -> Path:
+    """OUT/report.html from metrics.json's content: summary, per-class table, the plot, and
+    the images worst first with their overlays."""
     info = metrics["inference"]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -181,21 +193,16 @@ resized to a long side of {info["long_side"]} and predicted in tiles of {info["t
 as the endpoint does. Pixels labelled 255 are ignored.</p>
 <p id="engine">{html.escape(metrics["engine_note"])}</p>
 <h2>Summary</h2>
-{summary}
+{_summary_table(metrics)}
 <h2>Per class</h2>
-{per_class}
+{_class_table(metrics["per_class"])}
 <h2>Confusion matrix</h2>
 <img src="{PLOT_FILE}" alt="confusion matrix">
 <h2>Images, worst first</h2>
 <p>Sorted by per-image mIoU (the mean IoU over the classes in the image's truth or
 prediction), lowest first; ties by pixel accuracy.</p>
-<p id="legend">{html.escape(legend(background["id"], background["name"]))}
-Chosen: {html.escape(background["chosen_by"])}.</p>
-<p>{swatches}</p>
-<div class="images">
-{chr(10).join(figures)}
-</div>
-{f"<p>{more} more images in metrics.json and overlays/.</p>" if more > 0 else ""}
+{_legend(metrics["background"])}
+{_figures(metrics["per_image"])}
 </body></html>
 """
     file = out / "report.html"

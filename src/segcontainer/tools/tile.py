@@ -20,29 +20,26 @@ on both sides is an error that names it.
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segcontainer.data.channels import IGNORE_INDEX, Sample, load_image, load_mask_pixels
+from segcontainer.data.channels import Sample, load_image, load_mask_pixels
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.data.preprocess import MEAN
 from segcontainer.errors import UserError
-from segcontainer.tools.layout import (
-    LayoutWriter,
-    Summary,
+from segcontainer.tools.layout import LayoutWriter, Summary, read_class_names, read_layout
+from segcontainer.tools.splits import (
+    DEFAULT_FRACTION,
+    SplitOptions,
     assign_splits,
-    compile_group_by,
     group_key,
-    read_class_names,
-    read_layout,
     unmatched_notes,
 )
 
 IMAGE_FILL = tuple(round(255 * m) for m in MEAN)  # normalises to 0: no made-up edge
-DEFAULT_FRACTION = 0.2  # when IN has no validation images to keep
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -76,12 +73,11 @@ def encode_tile(pixels: np.ndarray, jpeg: bool) -> bytes:
 
 
 def choose_splits(
-    found: dict[str, list[Sample]],
-    fraction: float | None,
-    seed: int,
-    pattern: re.Pattern[str] | None,
+    found: dict[str, list[Sample]], split: SplitOptions
 ) -> tuple[dict[str, str], list[str]]:
-    """source image name -> split: IN's own split, or a new one by image or group."""
+    """source image name -> split: IN's own split, or a new one by image or group (0.2 of
+    the images when IN has no validation images to keep)."""
+    fraction, seed, pattern = split.validation_fraction, split.seed, split.group_by
     names = {sample.name: split for split, samples in found.items() for sample in samples}
     if fraction is None and found.get("validation"):
         sides: dict[str, set[str]] = {}
@@ -105,30 +101,27 @@ def choose_splits(
 def tile_layout(
     source: Path,
     out: Path,
+    split: SplitOptions,
+    *,
     size: int,
-    stride: int | None,
-    drop_empty: bool,
-    group_by: str | None,
-    validation_fraction: float | None,
-    seed: int,
-    manifest_prefix: str | None = None,
+    stride: int | None = None,
+    drop_empty: bool = False,
 ) -> Summary:
     stride = size if stride is None else stride
     if size < 1 or stride < 1:
         raise UserError(f"--size and --stride must be positive, got {size} and {stride}.")
-    pattern = compile_group_by(group_by)
     found = read_layout(source)
-    splits, unmatched = choose_splits(found, validation_fraction, seed, pattern)
+    splits, unmatched = choose_splits(found, split)
     samples = [sample for split_samples in found.values() for sample in split_samples]
     sources = {"train": 0, "validation": 0}
     # As a context manager the writer removes what this run wrote if a later image fails, so a
     # rerun into the same OUT is not refused for a half-written layout.
-    with LayoutWriter(out, manifest_prefix=manifest_prefix) as writer:
+    with LayoutWriter(out, manifest_prefix=split.manifest_prefix) as writer:
         written, dropped = 0, 0
         for sample in tqdm(samples, desc="tile", unit="image"):
-            split = splits[sample.name]
-            sources[split] += 1
-            kept, skipped = _tile_sample(sample, split, writer, size, stride, drop_empty)
+            side = splits[sample.name]
+            sources[side] += 1
+            kept, skipped = _tile_sample(sample, side, writer, size, stride, drop_empty)
             written, dropped = written + kept, dropped + skipped
         summary = writer.finish(read_class_names(source))
     summary.unit = "tiles"

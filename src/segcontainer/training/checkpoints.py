@@ -23,7 +23,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from segcontainer.errors import UserError
+from segcontainer.files import write_atomically
 
 log = logging.getLogger(__name__)
 KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful save
@@ -112,24 +112,25 @@ def save(
         "rng": torch.get_rng_state(),
         "config": record,
     }
-    _write_atomically(state, path)
+    _write_checkpoint(state, path)
     _prune(folder, record)
     return path
 
 
-def _write_atomically(state: dict, path: Path) -> None:
-    """Write under a temporary name, then rename: a stop mid-write never leaves a half
+def _write_checkpoint(state: dict, path: Path) -> None:
+    """Write through files.write_atomically: a stop mid-write never leaves a half
     checkpoint under the name. Any failure removes the temporary file (SageMaker would sync
     it to S3); a full disk is named as such instead of torch's "enforce fail" message."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         # A file of our own, closed on any error: torch's writer would keep its descriptor
         # (and the full disk's space) until the exception's traceback is collected.
         with open(tmp, "wb") as file:
             torch.save(state, file)
-        os.replace(tmp, path)
+
+    try:
+        write_atomically(path, write)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         needed = _tensor_bytes(state)
         if isinstance(exc, Exception) and _disk_full(exc, path.parent, needed):
             raise UserError(

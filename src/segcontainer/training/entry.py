@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from segcontainer import model_folder
+from segcontainer import logs, model_folder
 from segcontainer.config.environment import (
     Paths,
     read_hyperparameters,
@@ -62,14 +61,6 @@ class StopSignal:
 
     def __call__(self) -> bool:
         return self.requested
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def median_frequency_weights(pixels: np.ndarray) -> torch.Tensor:
@@ -219,7 +210,7 @@ def clear_status_files(paths: Paths) -> None:
 
 
 def main() -> int:
-    setup_logging()
+    logs.configure()
     paths = Paths.from_env()
     clear_status_files(paths)
     try:
@@ -238,7 +229,7 @@ def main() -> int:
 
 def worker(world: World, local_rank: int, reason_file: Path) -> int:
     """A spawned training process (one per GPU); its reason goes to the launcher."""
-    setup_logging()
+    logs.configure()
     # Share the cores (torchrun's habit too): N processes each with every core's worth of
     # OpenMP threads oversubscribe the CPU many times over.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))

@@ -14,7 +14,7 @@ from torch import nn
 
 from segcontainer import inference
 from segcontainer.config.hyperparameters import Config
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.metrics import ConfusionMatrix, Scores
 from segcontainer.models import native_bf16
