@@ -17,7 +17,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.channels import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.metrics import ConfusionMatrix, Scores
-from segcontainer.models import native_bf16
+from segcontainer.precision import native_bf16
 from segcontainer.training import collectives
 from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
