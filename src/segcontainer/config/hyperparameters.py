@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from segcontainer.errors import UserError
+from segcontainer.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ BUILTIN: dict[str, Param] = {
 # This project's additions; each default keeps the built-in's behaviour.
 EXTRA: dict[str, Param] = {
     "precision": Param(
-        "auto", choice("auto", "fp32", "bf16", "fp16"), "auto: bf16 on GPU, fp32 on CPU"
+        "auto", choice(*PRECISIONS), "auto: bf16 (fp16 before Ampere) on GPU, fp32 on CPU"
     ),
     "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
     "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
