@@ -6,7 +6,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+
+class EngineNames:
+    """``engines.ENGINE_CHOICES`` as argparse's ``choices``, imported only when argparse checks
+    a value or prints the error or help that lists them: engines imports torch, which the CLI
+    does not load just to build its parser."""
+
+    def __iter__(self) -> Iterator[str]:
+        from segcontainer.engines import ENGINE_CHOICES
+
+        return iter(ENGINE_CHOICES)
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self)
+
 
 GROUNDTRUTH_EXAMPLE = """example:
   segcontainer groundtruth s3://bucket/my-job/manifests/output/output.manifest data/
@@ -158,7 +174,8 @@ def add_data_tools(commands) -> None:
     score.add_argument(
         "--engine",
         default="auto",
-        choices=("auto", "torch", "onnx", "onnx-int8"),  # tools/evaluate.py's ENGINES
+        choices=EngineNames(),
+        metavar="ENGINE",  # a metavar of choices would be built, importing torch, at start-up
         help="how the model runs: auto (default: what serve runs on this host, as "
         "SEGCONTAINER_ENGINE=auto), torch (as training's validation: reproduces "
         "validation:mIOU), or an exported onnx / onnx-int8 file",
