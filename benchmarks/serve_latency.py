@@ -12,6 +12,7 @@ so the 512x512 request reaches the model unresized, as the bare forward does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from segcontainer.config.hyperparameters import resolve  # noqa: E402
 from segcontainer.metrics import Scores  # noqa: E402
 from segcontainer.model_folder import model_config, save_model  # noqa: E402
 from segcontainer.models import build_model  # noqa: E402
+from segcontainer.precision import autocast_dtype  # noqa: E402
 from segcontainer.serving.settings import ServingSettings  # noqa: E402
 from tests.serving_stack import Server, memory_kib, request  # noqa: E402
 
@@ -71,8 +73,9 @@ def model_input_size(width: int, height: int, long_side: int = 512) -> tuple[int
 def bare_forward_seconds(
     model: torch.nn.Module, repeats: int, threads: int, size: tuple[int, int] = (512, 512)
 ) -> list[float]:
-    """The model alone on the device the server uses (GPU: bf16 autocast, channels_last, as the
-    predictor runs it), input already there; the reference the stack is compared with."""
+    """The model alone on the device the server uses (GPU: the autocast dtype of serving's
+    precision policy and channels_last, as the predictor runs it), input already there; the
+    reference the stack is compared with."""
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
@@ -80,7 +83,8 @@ def bare_forward_seconds(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = autocast_dtype(device)  # serving's: auto
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     times = []
     with torch.inference_mode(), autocast:
         model(x)  # warm-up

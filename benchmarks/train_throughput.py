@@ -3,9 +3,10 @@ beside torchvision's model of the same architecture, measured in the same run.
 
 One training step = forward, pixel-wise cross-entropy, backward, SGD step, on random data
 already on the device: the ceiling the input pipeline is measured against (the trainer logs
-its own end-to-end rate). On a GPU both sides run bf16 autocast with channels_last (the
-trainer's policy), and torchvision also in fp32 for the plain reference; on the CPU all run
-fp32. torchvision has no PSPNet, so PSP has no reference.
+its own end-to-end rate). On a GPU both sides run the trainer's precision=auto (the autocast
+dtype segcontainer.precision picks for this GPU, bf16 or fp16 with the gradient scaler) with
+channels_last, and torchvision also in fp32 for the plain reference; on the CPU all run fp32.
+torchvision has no PSPNet, so PSP has no reference.
 
     python benchmarks/train_throughput.py                      # crop 512, batch 16
     python benchmarks/train_throughput.py --crop 64 --batch 2 --iters 1 --warmup 1  # tiny
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import segmentation as tv
 
-from segcontainer.models import build_model
+from segcontainer.models import ENCODERS, HEADS, build_model
+from segcontainer.training.epochs import Precision
 
 NUM_CLASSES = 11  # CamVid's, the data set the accuracy runs use
 # (algorithm, backbone) -> torchvision builder of the same architecture (no aux head)
@@ -36,8 +38,11 @@ REFERENCES = {
 }
 
 
-def measure(model, batch: int, crop: int, iters: int, warmup: int, device, fast: bool):
-    """(images/s, peak GiB or None) of training steps; ``fast``: bf16 autocast + channels_last."""
+def measure(model, batch: int, crop: int, iters: int, warmup: int, device, precision: str):
+    """(images/s, peak GiB or None) of training steps; ``precision``: the hyperparameter's value,
+    auto (on a GPU with channels_last, as the trainer) or fp32 (the plain reference)."""
+    amp = Precision.choose(precision, device)
+    fast = device.type == "cuda" and precision != "fp32"
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -50,13 +55,14 @@ def measure(model, batch: int, crop: int, iters: int, warmup: int, device, fast:
     optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+        with amp.autocast():
             out = model(images)
         logits = out["out"] if isinstance(out, dict) else out
         loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        amp.scaler.scale(loss).backward()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
 
     for _ in range(warmup):
         step()
@@ -78,8 +84,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--algorithms", default="fcn,psp,deeplab")
-    parser.add_argument("--backbones", default="resnet-50,resnet-101")
+    parser.add_argument("--algorithms", default=",".join(HEADS))
+    parser.add_argument("--backbones", default=",".join(ENCODERS))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -90,7 +96,8 @@ def main() -> None:
         f"command: python {' '.join(sys.argv)}\n",
         flush=True,
     )
-    policy = "bf16+CL" if gpu else "fp32"
+    dtype = Precision.choose("auto", device).dtype
+    policy = f"{str(dtype).removeprefix('torch.')}+CL" if gpu else "fp32"
     print(
         f"| model | torchvision fp32 img/s (GPU runs) | torchvision {policy} img/s "
         f"| segcontainer {policy} img/s | ratio to torchvision "
@@ -102,7 +109,9 @@ def main() -> None:
     for backbone in args.backbones.split(","):
         for algorithm in args.algorithms.split(","):
             torch.manual_seed(0)
-            ours, ours_peak = measure(build_model(algorithm, backbone, NUM_CLASSES), *common, gpu)
+            ours, ours_peak = measure(
+                build_model(algorithm, backbone, NUM_CLASSES), *common, "auto"
+            )
             builder = REFERENCES.get((algorithm, backbone))
             ref = ref_fp32 = ref_peak = None
             if builder is not None:
@@ -110,9 +119,9 @@ def main() -> None:
                     builder, weights=None, weights_backbone=None, num_classes=NUM_CLASSES
                 )
                 torch.manual_seed(0)
-                ref, ref_peak = measure(make(), *common, gpu)
+                ref, ref_peak = measure(make(), *common, "auto")
                 if gpu:
-                    ref_fp32, _ = measure(make(), *common, False)
+                    ref_fp32, _ = measure(make(), *common, "fp32")
             results[f"{algorithm}-{backbone}"] = {
                 "torchvision_fp32": ref_fp32,
                 "torchvision": ref,

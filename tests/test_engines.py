@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 from segcontainer import model_folder
+from segcontainer.engines import ENGINE_CHOICES
 from segcontainer.errors import UserError
 from segcontainer.model_folder import open_engine, select_engine
 from segcontainer.serving.predictor import Predictor
@@ -160,3 +163,19 @@ def test_engines_answer_alike_through_tiles_and_bands(exported_dir, monkeypatch)
     probabilities = onnx.probabilities(image)
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
     assert np.array_equal(onnx.class_map(image), probabilities.argmax(0))
+
+
+def test_the_command_line_offers_exactly_the_engine_names() -> None:
+    """evaluate --engine's choices are engines.ENGINE_CHOICES (one list), looked up lazily."""
+    from segcontainer.tools.commands import EngineNames
+
+    assert tuple(EngineNames()) == ENGINE_CHOICES
+    assert "onnx-int8" in EngineNames() and "tensorrt" not in EngineNames()
+    # ...and building the command line's parser still loads no torch (a data tool starts fast)
+    check = (
+        "import sys; from segcontainer.cli import main\n"
+        "try: main(['tile', '--help'])\nexcept SystemExit: pass\n"
+        "assert 'torch' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,13 +1,27 @@
-"""Models: every algorithm x backbone at odd sizes, batch of one, pretrained encoders."""
+"""Models: every algorithm x backbone at odd sizes, batch of one, pretrained encoders, the
+encoder/head registries (reported channels, the tiny test encoder, unchanged weight names)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from segcontainer.errors import UserError
 from segcontainer.model_folder import serving_state_dict
-from segcontainer.models import ENCODERS, HEADS, build_model, pretrained_weights_file
+from segcontainer.models import (
+    ENCODERS,
+    HEADS,
+    LEVELS,
+    EncoderEntry,
+    build_encoder,
+    build_model,
+    pretrained_weights_file,
+    register_encoder,
+)
+from tests.support.models import TinyEncoder, register_tiny_encoder, tiny_model
 
 
 @pytest.mark.parametrize("backbone", list(ENCODERS))
@@ -109,3 +123,59 @@ def test_auxiliary_head_is_training_only_and_left_out_of_the_serving_weights() -
     x = torch.randn(1, 3, 40, 36)
     with torch.no_grad():
         assert torch.equal(plain(x), model(x))
+
+
+def test_resnet_weights_keep_the_names_and_shapes_of_earlier_model_files() -> None:
+    """model.pt files and exports saved before the encoder/head registries must still load:
+    the state dicts are compared with the names and shapes recorded before the change."""
+    recorded = json.loads((Path(__file__).parent / "resnet50_state_dict_keys.json").read_text())
+    for algorithm, head in recorded["heads"].items():
+        expected = {**recorded["encoder"], **head}
+        with_aux = build_model(algorithm, "resnet-50", num_classes=5, aux=True).state_dict()
+        assert {k: list(v.shape) for k, v in with_aux.items()} == expected, algorithm
+        assert list(with_aux) == list(expected), f"{algorithm}: order changed"
+        plain = build_model(algorithm, "resnet-50", num_classes=5).state_dict()
+        assert list(plain) == [k for k in expected if not k.startswith("aux_head.")]
+
+
+def test_encoders_report_the_channels_of_the_levels_they_return() -> None:
+    for name in ENCODERS:
+        encoder = build_encoder(name, pretrained=False, levels=LEVELS).eval()
+        assert set(encoder.out_channels) == set(LEVELS)
+        with torch.no_grad():
+            features = encoder(torch.randn(1, 3, 32, 48))
+        assert set(features) == set(LEVELS)
+        for level, tensor in features.items():
+            assert tensor.shape[1] == encoder.out_channels[level], (name, level)
+        assert features["low"].shape[-2:] == (8, 12)  # stride 4
+        assert features["out"].shape[-2:] == (4, 6)  # output stride 8
+
+
+def test_encoder_names_are_registered_once() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("resnet-50", EncoderEntry(build=lambda pretrained, levels: None))
+
+
+@pytest.mark.parametrize("algorithm", list(HEADS))
+def test_every_head_is_built_from_the_encoder_channels_of_the_tiny_encoder(
+    algorithm: str, monkeypatch
+) -> None:
+    """Heads ask the encoder for its channels: they work on an encoder far from ResNet's."""
+    torch.manual_seed(0)
+    model = tiny_model(algorithm, num_classes=3, aux=True, monkeypatch=monkeypatch).train()
+    assert isinstance(model.encoder, TinyEncoder)
+    logits, aux_logits = model(torch.randn(1, 3, 35, 43))  # a batch of one, odd sizes
+    assert logits.shape == aux_logits.shape == (1, 3, 35, 43)
+    target = torch.randint(0, 3, (1, 35, 43))
+    loss = torch.nn.functional.cross_entropy(logits, target) + aux_logits.mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 33, 47)).shape == (2, 3, 33, 47)
+
+
+def test_the_tiny_encoder_has_no_pretrained_weights(monkeypatch) -> None:
+    name = register_tiny_encoder(monkeypatch)
+    with pytest.raises(UserError, match="use_pretrained_model=False"):
+        build_model("fcn", name, 3, pretrained=True)

@@ -6,8 +6,8 @@ answer is the logits at the batch's height and width, on the CPU. Serving and th
 checks both run models through this module, so the int8 file is checked exactly as it is
 served.
 
-- ``TorchEngine``: the PyTorch model (eager), on its device; bf16 autocast on a GPU that
-  supports it, channels_last on a GPU.
+- ``TorchEngine``: the PyTorch model (eager), on its device; autocast as
+  ``segcontainer.precision`` decides (bf16 or fp16 on a GPU), channels_last on a GPU.
 - ``OnnxEngine``: an ONNX Runtime session on the CPU over ``model.onnx`` or
   ``model.int8.onnx``, with a settable intra-op thread count (one worker's share of the cores).
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from segcontainer.errors import TrainingStopped, UserError
+from segcontainer.precision import autocast_dtype
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 
@@ -53,10 +54,11 @@ class Engine(Protocol):
 class TorchEngine:
     """The eager PyTorch model, in eval mode, on ``device`` (default: CUDA when present).
 
-    ``bf16``: reduced precision on a GPU (serving): bf16 autocast where the GPU computes bf16
-    natively, fp16 on older GPUs; False keeps fp32 (the export's reference). Threads:
-    PyTorch's are process-wide (``torch.set_num_threads``), set by whoever owns the process
-    (serving sets each worker's share).
+    ``precision``: the autocast policy of ``segcontainer.precision`` (auto | fp32 | bf16 |
+    fp16). Serving runs auto (bf16 where the GPU computes it natively, fp16 on older GPUs, fp32
+    on the CPU); the export checks run fp32, their reference. Threads: PyTorch's are
+    process-wide (``torch.set_num_threads``), set by whoever owns the process (serving sets
+    each worker's share).
     """
 
     name = "torch"
@@ -65,11 +67,11 @@ class TorchEngine:
         self,
         model: nn.Module,
         device: torch.device | None = None,
-        bf16: bool = True,
+        precision: str = "auto",
         file: Path | None = None,
     ):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.bf16 = bf16
+        self.precision = precision
         self.file = file
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
@@ -79,23 +81,19 @@ class TorchEngine:
     def threads(self) -> int:
         return torch.get_num_threads()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        # On the CPU bf16 autocast was measured slower than fp32, so the CPU stays fp32. On a
-        # GPU: bf16 where it is native (compute capability 8.0 and newer; the rule of
-        # models.native_bf16, which this sibling module cannot import); V100 and T4 report
-        # bf16 as supported but only emulate it, slower than fp16, which is safe for
-        # inference (no gradients to scale).
-        if not self.bf16 or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        native = torch.cuda.get_device_capability(self.device) >= (8, 0)
-        return torch.autocast("cuda", dtype=torch.bfloat16 if native else torch.float16)
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """What the forward autocasts to on this engine's device (None: fp32)."""
+        return autocast_dtype(self.device, self.precision)
 
     @torch.inference_mode()
     def on_device(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        dtype = self.autocast_dtype
+        fp32 = contextlib.nullcontext()
+        with torch.autocast(self.device.type, dtype=dtype) if dtype else fp32:
             return self.model(batch).float()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

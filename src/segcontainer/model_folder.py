@@ -78,7 +78,7 @@ def update_info(model_dir: Path, **fields: object) -> None:
 def model_config(config: Config, label_maps: dict[str, dict]) -> dict:
     """hyperparams.json: every resolved hyperparameter plus what serving needs to rebuild."""
     return {
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in config.as_dict().items()},
         "label_maps": label_maps,
         "normalization": {"mean": list(MEAN), "std": list(STD)},
         "format_version": FORMAT_VERSION,

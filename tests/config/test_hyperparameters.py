@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from segcontainer.config import hyperparameters
@@ -96,19 +98,32 @@ def test_spec_is_builtin_then_extra():
     assert list(hyperparameters.SPEC) == [*hyperparameters.BUILTIN, *hyperparameters.EXTRA]
 
 
+def test_config_fields_are_the_table_names_in_order():
+    """One typed field per hyperparameter, named as in SPEC, plus ``given``."""
+    names = [f.name for f in dataclasses.fields(hyperparameters.Config)]
+    assert names == [*hyperparameters.SPEC, "given"]
+
+
 def test_resolved_keys_are_spec_keys_in_order():
     config = resolve({"num_classes": "21"})
-    assert list(config) == list(hyperparameters.SPEC)
+    assert list(config.as_dict()) == list(hyperparameters.SPEC)
 
 
 def test_resolved_keys_keep_spec_order_whatever_the_given_order():
     config = resolve({"seed": "3", "epochs": "2", "num_classes": "21", "backbone": "resnet-101"})
-    assert list(config) == list(hyperparameters.SPEC)
+    assert list(config.as_dict()) == list(hyperparameters.SPEC)
+    assert config.given == {"seed", "epochs", "num_classes", "backbone"}
+
+
+def test_config_is_frozen():
+    config = resolve({"num_classes": "21"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
 
 
 @pytest.mark.parametrize(("name", "expected"), DEFAULTS.items(), ids=list(DEFAULTS))
 def test_default_when_only_num_classes_is_given(name, expected):
-    value = resolve({"num_classes": "21"})[name]
+    value = getattr(resolve({"num_classes": "21"}), name)
     assert value == expected
     assert type(value) is type(expected)
 
@@ -214,7 +229,7 @@ GOOD = [
 
 @pytest.mark.parametrize(("name", "text", "expected"), GOOD)
 def test_good_value_is_accepted_and_typed(name, text, expected):
-    value = resolve_with(**{name: text})[name]
+    value = getattr(resolve_with(**{name: text}), name)
     assert value == expected
     assert type(value) is type(expected)
 
@@ -449,10 +464,10 @@ def test_sample_notebook_hyperparameters_resolve_to_typed_values():
         "early_stopping_min_epochs": 10,
         "num_training_samples": 1464,
     }
-    assert {name: config[name] for name in expected} == expected
+    assert {name: getattr(config, name) for name in expected} == expected
     assert config.use_pretrained_model is True and config.early_stopping is True
     # everything not given keeps its default
-    assert {name: config[name] for name in DEFAULTS if name not in given} == {
+    assert {name: getattr(config, name) for name in DEFAULTS if name not in given} == {
         name: value for name, value in DEFAULTS.items() if name not in given
     }
 
@@ -462,3 +477,16 @@ def test_describe_lists_every_hyperparameter_once():
     lines = hyperparameters.describe(config).splitlines()
     assert len(lines) == len(hyperparameters.SPEC)
     assert any("num_classes" in line and "21" in line for line in lines)
+
+
+def test_model_choices_are_the_model_registries(monkeypatch):
+    """backbone and algorithm accept what models.ENCODERS/HEADS hold, registered later too."""
+    from segcontainer.models import ENCODERS, HEADS
+    from tests.support.models import register_tiny_encoder
+
+    assert error_of({"num_classes": "3", "backbone": "x"}).endswith(
+        f"one of {', '.join(ENCODERS)}."
+    )
+    assert error_of({"num_classes": "3", "algorithm": "x"}).endswith(f"one of {', '.join(HEADS)}.")
+    name = register_tiny_encoder(monkeypatch)
+    assert resolve_with(backbone=name, use_pretrained_model="False").backbone == name

@@ -179,7 +179,7 @@ def test_model_from_before_the_exports_still_loads(trained_base: Path, tmp_path:
 )
 def test_export_hyperparameter(text: str | None, expected: tuple[str, ...]) -> None:
     given = {"num_classes": "3"} | ({"export": text} if text is not None else {})
-    assert resolve(given)["export"] == expected
+    assert resolve(given).export == expected
 
 
 @pytest.mark.parametrize("text", ["int8", "onnx,tensorrt", "", ",", "none,onnx"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -256,9 +255,7 @@ def test_serving_uses_bf16_only_where_the_gpu_computes_it(
     # V100 (7.0) and T4 (7.5) report bf16 as supported, but only emulate it
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # autocast("cuda") on a CPU-only host warns
-        assert engine._autocast().fast_dtype == getattr(torch, dtype)
+    assert engine.autocast_dtype == getattr(torch, dtype)
 
 
 def test_tiles_average_to_the_untiled_logits() -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 from segcontainer.errors import UserError
+from segcontainer.models import ENCODERS, HEADS
+from segcontainer.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,16 @@ def choice(*options: str) -> Callable[[str], str]:
         if value not in options:
             raise ValueError(f"one of {', '.join(options)}")
         return value
+
+    return parse
+
+
+def registered(registry: Mapping[str, object]) -> Callable[[str], str]:
+    """A choice among a registry's names (models.ENCODERS, models.HEADS), read when a value is
+    parsed: the registry is the one list of what exists."""
+
+    def parse(text: str) -> str:
+        return choice(*registry)(text)
 
     return parse
 
@@ -142,10 +154,8 @@ def name_list(text: str) -> tuple[str, ...]:
 # --- the hyperparameters ---------------------------------------------------------------------
 
 BUILTIN: dict[str, Param] = {
-    "backbone": Param(
-        "resnet-50", choice("resnet-50", "resnet-101"), "the built-in's default encoder"
-    ),
-    "algorithm": Param("fcn", choice("fcn", "psp", "deeplab"), "the built-in's default decoder"),
+    "backbone": Param("resnet-50", registered(ENCODERS), "the built-in's default encoder"),
+    "algorithm": Param("fcn", registered(HEADS), "the built-in's default decoder"),
     "use_pretrained_model": Param(True, boolean, "ImageNet encoders converge far faster"),
     "num_classes": Param(
         REQUIRED, integer(2, 254), "depends on the data; 255 is reserved for ignore"
@@ -185,7 +195,7 @@ BUILTIN: dict[str, Param] = {
 # This project's additions; each default keeps the built-in's behaviour.
 EXTRA: dict[str, Param] = {
     "precision": Param(
-        "auto", choice("auto", "fp32", "bf16", "fp16"), "auto: bf16 on GPU, fp32 on CPU"
+        "auto", choice(*PRECISIONS), "auto: bf16 (fp16 before Ampere) on GPU, fp32 on CPU"
     ),
     "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
     "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
@@ -208,21 +218,53 @@ EXTRA: dict[str, Param] = {
 SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
 
 
-class Config(dict):
-    """The resolved hyperparameters: a plain dict with attribute access for readability.
+@dataclass(frozen=True)
+class Config:
+    """The resolved hyperparameters, one typed field per entry of SPEC (same names, same order;
+    SPEC holds the defaults and the reasons).
 
     ``given``: the names the user set, as opposed to those left at their default (the export
     policy depends on it: a format asked for explicitly that fails fails the job)."""
 
-    def __init__(self, values: dict[str, object], given: frozenset[str] = frozenset()):
-        super().__init__(values)
-        self.given = frozenset(given)
+    backbone: str
+    algorithm: str
+    use_pretrained_model: bool
+    num_classes: int
+    num_training_samples: int | None
+    base_size: int
+    crop_size: int
+    early_stopping: bool
+    early_stopping_min_epochs: int
+    early_stopping_patience: int
+    early_stopping_tolerance: float
+    epochs: int
+    gamma1: float
+    gamma2: float
+    learning_rate: float
+    lr_scheduler: str
+    lr_scheduler_factor: float
+    lr_scheduler_step: tuple[int, ...] | None
+    mini_batch_size: int
+    momentum: float
+    optimizer: str
+    syncbn: bool
+    validation_mini_batch_size: int
+    weight_decay: float
+    # this project's additions
+    precision: str
+    workers: str | int
+    class_weights: str | tuple[float, ...]
+    class_names: tuple[str, ...]
+    seed: int
+    input_pipeline: str
+    compile_model: str
+    aux_loss_weight: float
+    export: tuple[str, ...]
+    given: frozenset[str] = field(default=frozenset())
 
-    def __getattr__(self, name: str) -> object:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def as_dict(self) -> dict[str, object]:
+        """name -> value of every hyperparameter, in SPEC's order (``given`` left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
 
 
 def _problem(name: str, text: str, allowed: str) -> str:
@@ -267,7 +309,7 @@ def resolve(given: dict[str, str]) -> Config:
             "momentum and weight_decay apply to sgd and nag only; ignored for %s",
             values["optimizer"],
         )
-    return Config({name: values[name] for name in SPEC}, frozenset(given))
+    return Config(**values, given=frozenset(given))
 
 
 def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]:
@@ -301,5 +343,6 @@ def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]
 
 def describe(config: Config) -> str:
     """One line per hyperparameter, for the start-of-job log."""
-    width = max(map(len, config))
-    return "\n".join(f"  {name:<{width}} = {config[name]!r}" for name in config)
+    values = config.as_dict()
+    width = max(map(len, values))
+    return "\n".join(f"  {name:<{width}} = {value!r}" for name, value in values.items())

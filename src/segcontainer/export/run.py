@@ -96,7 +96,7 @@ def _torchscript(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
         traced = torch.jit.load(str(candidate), map_location="cpu")
-    loaded = TorchEngine(traced, torch.device("cpu"), bf16=False)
+    loaded = TorchEngine(traced, torch.device("cpu"), precision="fp32")
     return _checked(final, _max_difference(eager, loaded, inputs), len(inputs))
 
 
@@ -257,7 +257,7 @@ def export_model(
         return checks[0]
 
     # The reference is the fp32 model the user trained: no bf16 even on a GPU.
-    eager = TorchEngine(model, bf16=False)
+    eager = TorchEngine(model, precision="fp32")
     earlier = model_folder.read_info(model_dir).get(model_folder.EXPORTS_KEY) or {}
     exports: dict[str, dict] = {}
     try:

@@ -230,7 +230,7 @@ def settings(
     config, given, problems = (
         _read_config(file, num_classes, class_names) if file else (None, {}, [])
     )
-    values = config if config is not None else {k: _parsed(k, given) for k in given}
+    values = config.as_dict() if config is not None else {k: _parsed(k, given) for k in given}
     names, names_from = _names(paths, class_names, values, file)
     classes, classes_from = _classes(num_classes, values, file, names, names_from)
     if file is None and class_names is not None and len(names) != classes:

@@ -17,7 +17,7 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.metrics import ConfusionMatrix, Scores
-from segcontainer.models import native_bf16
+from segcontainer.precision import autocast_dtype
 from segcontainer.training import collectives
 from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
 
@@ -80,20 +80,9 @@ class Precision:
 
     @classmethod
     def choose(cls, requested: str, device: torch.device) -> Precision:
-        if device.type != "cuda" or requested == "fp32":
-            if requested in ("bf16", "fp16") and device.type != "cuda":
-                log.warning("precision=%s needs a GPU; training in fp32 on the CPU", requested)
-            return cls(torch.float32, device)
-        # auto: bf16 only where the GPU computes it natively; V100 and T4 only emulate it
-        # (slowly), so they get fp16 with the gradient scaler.
-        if requested == "fp16" or (requested == "auto" and not native_bf16(device)):
-            return cls(torch.float16, device)
-        if requested == "bf16" and not native_bf16(device):
-            log.warning(
-                "precision=bf16 on a GPU without native bf16 (compute capability < 8.0) "
-                "is emulated and slow; precision=auto would use fp16 here"
-            )
-        return cls(torch.bfloat16, device)
+        """The ``precision`` hyperparameter on ``device``, by segcontainer.precision's policy
+        (fp16 gets the gradient scaler)."""
+        return cls(autocast_dtype(device, requested) or torch.float32, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:

@@ -54,9 +54,9 @@ def start_from_model_channel(paths: Paths, config: Config, model: nn.Module) -> 
         folder = _model_folder(channel, Path(scratch))
         earlier = read_record(folder, "The model channel's model")
         mismatches = [
-            f"{key} is {earlier.get(key)!r} in the model but {config[key]!r} in this job"
+            f"{key} is {earlier.get(key)!r} in the model but {getattr(config, key)!r} in this job"
             for key in MUST_MATCH
-            if earlier.get(key) != config[key]
+            if earlier.get(key) != getattr(config, key)
         ]
         if mismatches:
             raise UserError(

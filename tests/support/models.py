@@ -1,0 +1,86 @@
+"""A tiny encoder for tests that do not depend on ResNet-50's size (as MMSegmentation's and
+torchvision's model tests use small backbones): four conv blocks, output stride 8 like the
+dilated ResNets, reporting the same levels with 16/32/64 channels. It is registered by the
+tests that use it, never by the product, so it is no ``backbone`` choice users see.
+
+    name = register_tiny_encoder(monkeypatch)   # "tiny" is a backbone until the test ends
+    model = build_model("psp", name, num_classes=3, aux=True)
+    config = resolve({"backbone": name, "use_pretrained_model": "False", ...})
+
+``register_tiny_encoder()`` without monkeypatch leaves it registered for the whole process
+(for session-scoped fixtures); ``tiny_model`` builds a model on it in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import pytest
+import torch
+from torch import nn
+
+from segcontainer.models import (
+    ENCODERS,
+    EncoderEntry,
+    SegmentationModel,
+    build_model,
+    register_encoder,
+)
+
+TINY_ENCODER = "tiny"
+
+
+def _block(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride, padding=dilation, dilation=dilation),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyEncoder(nn.Module):
+    """Levels "low" (stride 4, 16 channels), "aux" (stride 8, 32) and "out" (stride 8, 64,
+    dilated as ResNet's last stage)."""
+
+    def __init__(self, levels: Collection[str] = ("out",)):
+        super().__init__()
+        self.levels = tuple(levels)
+        self.out_channels = {"low": 16, "aux": 32, "out": 64}
+        self.stem = _block(3, 8, stride=2)
+        self.low = _block(8, 16, stride=2)
+        self.aux = _block(16, 32, stride=2)
+        self.out = _block(32, 64, dilation=2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        low = self.low(self.stem(x))
+        aux = self.aux(low)
+        features = {"low": low, "aux": aux, "out": self.out(aux)}
+        return {level: features[level] for level in self.levels}
+
+
+def _build(pretrained: bool, levels: Collection[str]) -> TinyEncoder:
+    return TinyEncoder(levels)  # no ImageNet weights: EncoderEntry.weights is None
+
+
+TINY_ENTRY = EncoderEntry(build=_build)
+
+
+def register_tiny_encoder(monkeypatch: pytest.MonkeyPatch | None = None) -> str:
+    """Register the tiny encoder as a backbone (for build_model and the hyperparameters) and
+    return its name; with ``monkeypatch``, only until the test ends."""
+    if monkeypatch is not None:
+        monkeypatch.setitem(ENCODERS, TINY_ENCODER, TINY_ENTRY)
+    else:
+        register_encoder(TINY_ENCODER, TINY_ENTRY)
+    return TINY_ENCODER
+
+
+def tiny_model(
+    algorithm: str,
+    num_classes: int,
+    *,
+    aux: bool = False,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> SegmentationModel:
+    """``build_model(algorithm, "tiny", num_classes, aux=aux)``, registering the encoder."""
+    return build_model(algorithm, register_tiny_encoder(monkeypatch), num_classes, aux=aux)
