@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from segcontainer.data.channels import IGNORE_INDEX
+from segcontainer.data.channels import IGNORE_INDEX, visible_files
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import (
     LayoutWriter,
@@ -245,11 +245,7 @@ def convert(
     pattern = compile_group_by(group_by)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder of labelme JSON files.")
-    files = sorted(
-        p
-        for p in folder.rglob("*.json")
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files = visible_files(folder, "*.json")
     if not files:
         raise UserError(f"{folder} holds no .json files (labelme saves one per image).")
     splits, unmatched = assign_splits([f.stem for f in files], validation_fraction, seed, pattern)

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 from segcontainer.errors import UserError
+from segcontainer.metrics import Scores
+from segcontainer.training.optim import Trainables
 
 log = logging.getLogger(__name__)
 KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful save
@@ -51,7 +53,7 @@ NOT_COMPARED = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Position:
     """Where training stands: ``iteration`` batches of ``epoch`` are done."""
 
@@ -61,53 +63,51 @@ class Position:
     steps: int = 0
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Best:
-    """The best epoch so far: its number, scores (metrics.Scores fields) and weights (CPU)."""
+    """The best epoch so far: its number, scores and weights (CPU)."""
 
     epoch: int
-    scores: dict
+    scores: Scores
     weights: dict[str, torch.Tensor]
 
 
-@dataclass
-class Resumed:
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """What a checkpoint holds besides the trainables and the random state: where training
+    stands and what it found so far."""
+
     position: Position
-    early_stopping: dict
-    curves: list[dict] = field(default_factory=list)
+    early_stopping: dict  # {"best": mIoU, "stale_epochs": n}: EarlyStopping's state
+    curves: list[dict] = field(default_factory=list)  # TrainingCurves.rows
     best: Best | None = None
 
 
 def save(
     folder: Path,
-    position: Position,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    early_stopping: dict,
-    curves: list[dict],
-    best: Best | None,
+    *,
+    progress: Progress,
+    trainables: Trainables,
     record: dict,
     model_is_best: bool = False,
 ) -> Path:
     """Write a checkpoint atomically, then prune this job's older ones. ``model_is_best``:
     the model's current weights are the best's (stored once, not twice)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = _name_for(folder, position, record)
-    best_state = None
+    path = _name_for(folder, progress.position, record)
+    best, best_state = progress.best, None
     if best is not None:
         weights = None if model_is_best else best.weights  # None: the same as "model"
-        best_state = {"epoch": best.epoch, "scores": best.scores, "model": weights}
+        best_state = {"epoch": best.epoch, "scores": _scores_state(best.scores), "model": weights}
     state = {
         "format_version": FORMAT_VERSION,
-        "position": vars(position),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "early_stopping": early_stopping,
-        "curves": curves,
+        "position": vars(progress.position),
+        "model": {k: v.detach().cpu() for k, v in trainables.model.state_dict().items()},
+        "optimizer": trainables.optimizer.state_dict(),
+        "scheduler": trainables.scheduler.state_dict(),
+        "scaler": trainables.scaler.state_dict(),
+        "early_stopping": progress.early_stopping,
+        "curves": progress.curves,
         "best": best_state,
         "rng": torch.get_rng_state(),
         "config": record,
@@ -115,6 +115,19 @@ def save(
     _write_atomically(state, path)
     _prune(folder, record)
     return path
+
+
+def _scores_state(scores: Scores) -> dict:
+    """Scores as a checkpoint holds them (plain types: torch.load's weights_only reads them)."""
+    return {
+        "miou": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class_iou": list(scores.per_class_iou),
+    }
+
+
+def _scores_from_state(state: dict) -> Scores:
+    return Scores(state["miou"], state["pixel_accuracy"], tuple(state["per_class_iou"]))
 
 
 def _write_atomically(state: dict, path: Path) -> None:
@@ -216,7 +229,7 @@ def _prune(folder: Path, record: dict) -> None:
     """Keep this job's newest KEEP checkpoints; leave any other job's alone (a reused
     checkpoint_s3_uri): counting them would delete this job's fresh checkpoints."""
     own = []
-    for path in _listed(folder):
+    for path in listed(folder):
         reason = _foreign_reason(path, record)
         if reason is None:
             own.append(path)
@@ -235,8 +248,8 @@ def _prune(folder: Path, record: dict) -> None:
 _left_alone: set[str] = set()  # paths already reported, so the log says it once
 
 
-def _listed(folder: Path) -> list[Path]:
-    """Checkpoint files, newest position first."""
+def listed(folder: Path) -> list[Path]:
+    """The checkpoint files in ``folder`` (any job's), newest position first."""
     if not folder.is_dir():
         return []
     found = [
@@ -254,7 +267,7 @@ def _load(path: Path) -> dict:
 def _valid_states(folder: Path, record: dict) -> Iterator[dict]:
     """Checkpoint contents, newest first, leaving out (with a warning) truncated or corrupt
     files and those written for another configuration."""
-    for path in _listed(folder):
+    for path in listed(folder):
         try:
             state = _load(path)
         except Exception as exc:  # truncated zip, bad pickle, wrong format: try an older one
@@ -278,43 +291,36 @@ class Misfit(ValueError):
     """A part of a checkpoint that does not fit the objects it would be loaded into."""
 
 
-def apply(state: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
-    """Load a checkpoint's contents into the given objects; None, with every object left as
-    it was, when a part does not fit: each part is first loaded into a copy or checked."""
+def apply(state: dict, trainables: Trainables) -> Progress | None:
+    """Load a checkpoint's contents into ``trainables``; None, with every object left as it
+    was, when a part does not fit: each part is first loaded into a copy or checked."""
     try:
-        resumed = _checked(state, model, optimizer, scheduler, scaler)
+        progress = _checked(state, trainables)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         log.warning("skipping checkpoint %s: it does not fit this model (%s)", state["name"], exc)
         return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    trainables.model.load_state_dict(state["model"])
+    trainables.optimizer.load_state_dict(state["optimizer"])
+    trainables.scheduler.load_state_dict(state["scheduler"])
+    trainables.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     log.info(
         "resuming from %s: epoch %d, %d batches done",
         state["name"],
-        resumed.position.epoch,
-        resumed.position.iteration,
+        progress.position.epoch,
+        progress.position.iteration,
     )
-    return resumed
+    return progress
 
 
-def _checked(state: dict, model, optimizer, scheduler, scaler) -> Resumed:
+def _checked(state: dict, trainables: Trainables) -> Progress:
     """What resuming from ``state`` gives, after every part was loaded into a copy of its
     object (or compared with it); raises when a part does not fit. Changes no live object."""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in trainables.model.state_dict().items()}
     if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
         raise Misfit("its weights have other names or shapes")
-    spare = copy.deepcopy(optimizer)
-    spare.load_state_dict(state["optimizer"])
-    # Optimizers read their group settings only when stepping (Adam's betas, SGD's momentum):
-    # a group without one of this optimizer's settings fails at the first step, not here.
-    for saved, live in zip(state["optimizer"]["param_groups"], optimizer.param_groups, strict=True):
-        if missing := sorted(live.keys() - saved.keys()):
-            raise Misfit(f"its optimizer state lacks {', '.join(missing)}: another optimizer's")
-    copy.deepcopy(scheduler, {id(optimizer): spare}).load_state_dict(state["scheduler"])
-    copy.deepcopy(scaler).load_state_dict(state["scaler"])
+    _check_optimizer(state, trainables)
+    copy.deepcopy(trainables.scaler).load_state_dict(state["scaler"])
     rng = state["rng"]
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
         raise Misfit("its random state is not a byte tensor")
@@ -324,37 +330,55 @@ def _checked(state: dict, model, optimizer, scheduler, scaler) -> Resumed:
         weights = state["model"] if saved["model"] is None else saved["model"]
         if any(shapes.get(k) != tuple(v.shape) for k, v in weights.items()):
             raise Misfit("its best model's weights have other names or shapes")
-        best = Best(saved["epoch"], saved["scores"], weights)
+        scores = _scores_from_state(saved["scores"])
+        best = Best(epoch=saved["epoch"], scores=scores, weights=weights)
     early_stopping = state["early_stopping"]
     if not {"best", "stale_epochs"} <= early_stopping.keys():
         raise Misfit("its early-stopping state is incomplete")
-    return Resumed(Position(**state["position"]), early_stopping, state["curves"], best)
+    return Progress(
+        position=Position(**state["position"]),
+        early_stopping=early_stopping,
+        curves=state["curves"],
+        best=best,
+    )
+
+
+def _check_optimizer(state: dict, trainables: Trainables) -> None:
+    """Load the optimizer's and the scheduler's states into copies; raise when either does not
+    fit."""
+    optimizer = trainables.optimizer
+    spare = copy.deepcopy(optimizer)
+    spare.load_state_dict(state["optimizer"])
+    # Optimizers read their group settings only when stepping (Adam's betas, SGD's momentum):
+    # a group without one of this optimizer's settings fails at the first step, not here.
+    for saved, live in zip(state["optimizer"]["param_groups"], optimizer.param_groups, strict=True):
+        if missing := sorted(live.keys() - saved.keys()):
+            raise Misfit(f"its optimizer state lacks {', '.join(missing)}: another optimizer's")
+    copy.deepcopy(trainables.scheduler, {id(optimizer): spare}).load_state_dict(state["scheduler"])
 
 
 def resume(
     folder: Path,
+    *,
     record: dict,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
+    trainables: Trainables,
     main: bool = True,
     share: Callable[[dict | None], dict | None] | None = None,
-) -> Resumed | None:
-    """Load the newest valid checkpoint into the given objects; None when there is none.
+) -> Progress | None:
+    """Load the newest valid checkpoint into ``trainables``; None when there is none.
 
     Data parallel: the ``main`` process reads its folder and ``share`` hands its choice to
     every process, so a host whose checkpoint folder is empty resumes from the same state.
     """
-    chosen, resumed = None, None
+    chosen, progress = None, None
     if main:
         for state in _valid_states(folder, record):
-            if resumed := apply(state, model, optimizer, scheduler, scaler):
+            if progress := apply(state, trainables):
                 chosen = state
                 break
     if share is None:
-        return resumed
+        return progress
     chosen = share(chosen)
     if main or chosen is None:
-        return resumed
-    return apply(chosen, model, optimizer, scheduler, scaler)
+        return progress
+    return apply(chosen, trainables)
