@@ -113,8 +113,8 @@ def test_a_checkpoint_of_another_optimizer_changes_nothing(tmp_path: Path, saved
 
 
 def test_settings_that_cannot_change_the_weights_still_resume(tmp_path: Path) -> None:
-    """A spot restart is the same job; so is a rerun that only changes checkpoints.NOT_COMPARED
-    settings (here: workers)."""
+    """A spot restart is the same job; so is a rerun that only changes settings in
+    checkpoint_owner.NOT_COMPARED (here: workers)."""
     checkpoint_of(tmp_path, "sgd")
     state = training_objects("sgd")
     resumed = checkpoints.resume(tmp_path, record={**RECORD, "workers": 4}, trainables=state)

@@ -9,7 +9,7 @@ which a restarted job rewrites model/. Data order and augmentation are functions
 (seed, epoch, sample), so they need no saved state.
 
 A checkpoint is this job's only when it was written under the same resolved configuration
-(``differences``: every hyperparameter and what the data set gives the record, except
+(checkpoint_owner.py: every hyperparameter and what the data set gives the record, except
 NOT_COMPARED). The folder may also hold another job's checkpoints (a reused
 checkpoint_s3_uri, or a local rerun with new hyperparameters in the same folder): they are
 neither resumed from nor pruned, and a name they hold is not overwritten.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import collections
 import copy
 import errno
-import hashlib
-import json
 import logging
 import os
 import re
@@ -34,6 +32,7 @@ import torch
 
 from segcontainer.errors import UserError
 from segcontainer.metrics import Scores
+from segcontainer.training import checkpoint_owner as owner
 from segcontainer.training.optim import Trainables
 
 log = logging.getLogger(__name__)
@@ -41,16 +40,6 @@ KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful s
 # checkpoint-e<epoch>-i<batch>.pt; with -<fingerprint> when that name holds another job's
 NAME = re.compile(r"^checkpoint-e(\d+)-i(\d+)(?:-[0-9a-f]{8})?\.pt$")
 FORMAT_VERSION = 2  # 2: carries the best model
-# The one list of record entries a checkpoint may differ in and still be this job's: they
-# cannot change the weights training produces. Everything else in the record (every other
-# hyperparameter, the label maps, the normalisation) must be equal; a spot restart of the same
-# job always is.
-NOT_COMPARED = {
-    "export": "the exports are made from model/ after training",
-    "workers": "data order and augmentation depend on (seed, epoch, sample), not on the "
-    "number of loading processes",
-    "class_names": "names for the logs, model_info.json and serving only",
-}
 
 
 @dataclass(frozen=True)
@@ -182,47 +171,9 @@ def _name_for(folder: Path, position: Position, record: dict) -> Path:
     job's checkpoint holds that name (a rerun in the same folder must not overwrite it)."""
     stem = f"checkpoint-e{position.epoch:04d}-i{position.iteration:06d}"
     path = folder / f"{stem}.pt"
-    if not path.exists() or _foreign_reason(path, record) is None:
+    if not path.exists() or owner.foreign_reason(path, record) is None:
         return path
-    return folder / f"{stem}-{_fingerprint(record)}.pt"
-
-
-def _fingerprint(record: dict) -> str:
-    compared = {k: v for k, v in record.items() if k not in NOT_COMPARED}
-    text = json.dumps(compared, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def differences(saved: dict, record: dict) -> list[str]:
-    """The record entries (hyperparameters, label maps, ...) a checkpoint was written with
-    that differ from this job's, outside NOT_COMPARED, each with both values."""
-    names = sorted((saved.keys() | record.keys()) - NOT_COMPARED.keys())
-    return [
-        f"{name} ({_short(saved, name)} in the checkpoint, {_short(record, name)} now)"
-        for name in names
-        if saved.get(name, _ABSENT) != record.get(name, _ABSENT)
-    ]
-
-
-_ABSENT = object()
-
-
-def _short(values: dict, name: str) -> str:
-    if name not in values:
-        return "absent"
-    text = repr(values[name])
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _foreign_reason(path: Path, record: dict) -> str | None:
-    """Why the checkpoint at ``path`` is not this job's; None when it is."""
-    try:  # mmap: only the small pickle is read, not the weights
-        with torch.serialization.safe_globals([collections.Counter]):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        why = differences(state.get("config", {}), record)
-        return f"written with other {', '.join(why)}" if why else None
-    except Exception as exc:  # unreadable: not ours to delete either
-        return f"it cannot be read ({exc})"
+    return folder / f"{stem}-{owner.fingerprint(record)}.pt"
 
 
 def _prune(folder: Path, record: dict) -> None:
@@ -230,7 +181,7 @@ def _prune(folder: Path, record: dict) -> None:
     checkpoint_s3_uri): counting them would delete this job's fresh checkpoints."""
     own = []
     for path in listed(folder):
-        reason = _foreign_reason(path, record)
+        reason = owner.foreign_reason(path, record)
         if reason is None:
             own.append(path)
         elif str(path) not in _left_alone:
@@ -273,7 +224,7 @@ def _valid_states(folder: Path, record: dict) -> Iterator[dict]:
         except Exception as exc:  # truncated zip, bad pickle, wrong format: try an older one
             log.warning("skipping checkpoint %s: it cannot be read (%s)", path.name, exc)
             continue
-        mismatched = differences(state.get("config", {}), record)
+        mismatched = owner.differences(state.get("config", {}), record)
         if mismatched:
             log.warning(
                 "skipping checkpoint %s: another job's, written with other %s (a checkpoint "
