@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class Setup:
-    """Everything the loop works with, built by training.entry."""
+    """Everything the loop works with, built by training.job.run."""
 
     paths: Paths
     config: Config
