@@ -32,7 +32,10 @@ class TorchvisionDeepLab(torch.nn.Module):
         return out["out"]
 
 
-def build(algorithm, backbone, num_classes, pretrained=False, aux=False):
+def build(
+    algorithm: str, backbone: str, num_classes: int, pretrained: bool = False, aux: bool = False
+) -> torch.nn.Module:
+    """A ``training.job.ModelBuilder``: torchvision's model whatever the algorithm asked for."""
     logging.getLogger("segcontainer").info(
         "reference model: torchvision deeplabv3_resnet50(aux_loss=%s) in place of %s/%s",
         aux,
@@ -43,5 +46,4 @@ def build(algorithm, backbone, num_classes, pretrained=False, aux=False):
 
 
 if __name__ == "__main__":
-    entry.build_model = build  # the name training looks the builder up by
-    sys.exit(entry.main())
+    sys.exit(entry.main(model_builder=build))

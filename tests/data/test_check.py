@@ -14,7 +14,7 @@ from segcontainer.config.environment import Paths
 from segcontainer.data import check
 from segcontainer.data.check import SplitSummary, binary_255_hint
 from segcontainer.data.label_maps import label_map_lut
-from segcontainer.data.loaders import find_split
+from segcontainer.data.splits import find_split
 from segcontainer.errors import UserError
 
 SCALE_1 = {"scale": 1}

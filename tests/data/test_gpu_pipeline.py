@@ -13,7 +13,7 @@ from torchvision.io import decode_jpeg, read_file
 
 from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.data import loaders
+from segcontainer.data import train_batches
 from segcontainer.data.augment import train_transform
 from segcontainer.data.channels import Sample, load_image, load_mask
 from segcontainer.data.dataset import Parallel, SegmentationDataset, Shard
@@ -128,7 +128,7 @@ def test_prepare_logs_which_input_pipeline_runs_and_why(
     write_config(base_dir, input_pipeline=setting)
     paths = Paths(base_dir)
     config = resolve(read_hyperparameters(paths))
-    with caplog.at_level(logging.INFO, logger="segcontainer.data.loaders"):
+    with caplog.at_level(logging.INFO, logger="segcontainer.data.train_batches"):
         data = prepare(paths, config, read_input_data_config(paths), CPU, lambda: False)
     assert f"input pipeline: decoding and augmentation on the CPU ({why})" in caplog.text
     images, masks = next(iter(data.train_loader))
@@ -139,11 +139,11 @@ def test_prepare_builds_gpu_batches_when_the_pipeline_is_chosen(
     base_dir, small_dataset, caplog, monkeypatch
 ):
     """The GPU branch of prepare(), run on the CPU by making the choice say 'gpu'."""
-    monkeypatch.setattr(loaders, "choose_pipeline", lambda *args: ("gpu", "test"))
+    monkeypatch.setattr(train_batches, "choose_pipeline", lambda *args: ("gpu", "test"))
     write_config(base_dir)
     paths = Paths(base_dir)
     config = resolve(read_hyperparameters(paths))
-    with caplog.at_level(logging.INFO, logger="segcontainer.data.loaders"):
+    with caplog.at_level(logging.INFO, logger="segcontainer.data.train_batches"):
         data = prepare(paths, config, read_input_data_config(paths), CPU, lambda: False)
     assert "input pipeline: JPEG decoding and augmentation on the GPU (test)" in caplog.text
     assert isinstance(data.train_loader, GpuTrainBatches)
@@ -162,7 +162,7 @@ def test_gpu_batches_take_this_processs_shard_as_the_cpu_path_does(
     channels = read_input_data_config(paths)
 
     def epoch_samples(path: str, rank: int) -> list[int]:
-        monkeypatch.setattr(loaders, "choose_pipeline", lambda *args: (path, "test"))
+        monkeypatch.setattr(train_batches, "choose_pipeline", lambda *args: (path, "test"))
         parallel = Parallel(Shard(rank, 2), Shard(rank, 2), batch_size=2, ranks=2, local=2)
         data = prepare(paths, config, channels, CPU, lambda: False, parallel)
         data.start_epoch(1, 0)

@@ -251,11 +251,10 @@ def finished_job(trained_base: Path, tmp_path: Path, export: str | None):
     shutil.copytree(trained_base / "model", paths.model_dir)
     given = {"num_classes": "3", "base_size": "48"} | ({"export": export} if export else {})
     channels = from_channels(trained_base / "input" / "data", {"scale": 1}, 48)
-    samples = [SimpleNamespace(image=image) for image in channels.calibration]
-    validation = SimpleNamespace(samples=channels.validation, lut=channels.validation_lut)
-    data = SimpleNamespace(
-        train_loader=SimpleNamespace(samples=samples),
-        validation_loader=SimpleNamespace(dataset=validation),
+    data = SimpleNamespace(  # the TrainingData fields the exports read
+        train_samples=tuple(SimpleNamespace(image=image) for image in channels.calibration),
+        validation_samples=tuple(channels.validation),
+        validation_lut=channels.validation_lut,
     )
     return paths, resolve(given), data
 

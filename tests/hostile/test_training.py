@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,10 +15,12 @@ import pytest
 import torch
 
 from segcontainer.errors import UserError
-from segcontainer.training import checkpoints, engine
+from segcontainer.training import checkpoints, epochs, loss
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.entry import main
+from segcontainer.training.optim import Trainables
 from tests.conftest import write_config
+from tests.support.checkpoints import save_checkpoint, trainables
 
 # --- a rerun in the same folder (issue 27, items 1 and 3) -------------------------------------
 
@@ -76,35 +79,23 @@ class Tiny(torch.nn.Module):
         self.linear = torch.nn.Linear(3, 2)
 
 
-def training_objects(optimizer_name: str):
+def training_objects(optimizer_name: str) -> Trainables:
     model = Tiny()
     if optimizer_name == "adam":
         optimizer = torch.optim.Adam(model.parameters(), 0.1)
     else:
         optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)
+    return trainables(model, optimizer)
 
 
 RECORD = {"algorithm": "fcn", "num_classes": 2, "learning_rate": 0.1, "workers": 0}
 
 
 def checkpoint_of(folder: Path, optimizer_name: str, record: dict = RECORD) -> None:
-    model, optimizer, scheduler, scaler = training_objects(optimizer_name)
-    model.linear(torch.ones(1, 3)).sum().backward()
-    optimizer.step()  # the optimizer holds state (momentum buffer, Adam's moments)
-    checkpoints.save(
-        folder,
-        Position(1),
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        {"best": -1.0, "stale_epochs": 0},
-        [],
-        None,
-        record,
-    )
+    state = training_objects(optimizer_name)
+    state.model.linear(torch.ones(1, 3)).sum().backward()
+    state.optimizer.step()  # the optimizer holds state (momentum buffer, Adam's moments)
+    save_checkpoint(folder, state, record=record, position=Position(1))
 
 
 @pytest.mark.parametrize("saved, live", [("sgd", "adam"), ("adam", "sgd")])
@@ -112,28 +103,28 @@ def test_a_checkpoint_of_another_optimizer_changes_nothing(tmp_path: Path, saved
     """apply() checks every part before loading any: the skipped checkpoint's weights do not
     stay in the model, and the optimizer still steps (before: KeyError 'betas'/'momentum')."""
     checkpoint_of(tmp_path, saved)
-    model, optimizer, scheduler, scaler = training_objects(live)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler) is None
+    state = training_objects(live)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    assert checkpoints.resume(tmp_path, record=RECORD, trainables=state) is None
     assert "it does not fit this model" in caplog.text
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    model.linear(torch.ones(1, 3)).sum().backward()
-    optimizer.step()  # raised KeyError when the other optimizer's groups had been loaded
+    assert all(torch.equal(before[k], v) for k, v in state.model.state_dict().items())
+    state.model.linear(torch.ones(1, 3)).sum().backward()
+    state.optimizer.step()  # raised KeyError when the other optimizer's groups had been loaded
 
 
 def test_settings_that_cannot_change_the_weights_still_resume(tmp_path: Path) -> None:
-    """A spot restart is the same job; so is a rerun that only changes checkpoints.NOT_COMPARED
-    settings (here: workers)."""
+    """A spot restart is the same job; so is a rerun that only changes settings in
+    checkpoint_owner.NOT_COMPARED (here: workers)."""
     checkpoint_of(tmp_path, "sgd")
-    objects = training_objects("sgd")
-    resumed = checkpoints.resume(tmp_path, {**RECORD, "workers": 4}, *objects)
+    state = training_objects("sgd")
+    resumed = checkpoints.resume(tmp_path, record={**RECORD, "workers": 4}, trainables=state)
     assert resumed is not None and resumed.position.epoch == 1
 
 
 def test_any_other_difference_is_named_with_both_values(tmp_path: Path, caplog) -> None:
     checkpoint_of(tmp_path, "sgd")
     changed = {**RECORD, "learning_rate": 0.01, "seed": 3}
-    assert checkpoints.resume(tmp_path, changed, *training_objects("sgd")) is None
+    assert checkpoints.resume(tmp_path, record=changed, trainables=training_objects("sgd")) is None
     assert (
         "written with other learning_rate (0.1 in the checkpoint, 0.01 now), "
         "seed (absent in the checkpoint, 3 now)" in caplog.text
@@ -146,21 +137,8 @@ def test_any_other_difference_is_named_with_both_values(tmp_path: Path, caplog) 
 def big_checkpoint(folder: Path) -> None:
     """A checkpoint of about 4 MB."""
     model = torch.nn.Linear(1000, 1000)
-    optimizer = torch.optim.SGD(model.parameters(), 0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    checkpoints.save(
-        folder,
-        Position(2),
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        {"best": -1.0, "stale_epochs": 0},
-        [],
-        None,
-        RECORD,
-    )
+    state = trainables(model, torch.optim.SGD(model.parameters(), 0.1))
+    save_checkpoint(folder, state, record=RECORD, position=Position(2))
 
 
 @pytest.fixture
@@ -248,17 +226,17 @@ def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small
 def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, monkeypatch):
     write_config(base_dir, epochs="3")
     evaluated = []
-    real_loss, real_evaluate = engine.segmentation_loss, engine.evaluate
+    real_loss, real_evaluate = loss.segmentation_loss, epochs.evaluate
 
-    def loss(*args, **kwargs):  # nan once the first epoch was validated
+    def nan_loss(*args, **kwargs):  # nan once the first epoch was validated
         return real_loss(*args, **kwargs) * (float("nan") if evaluated else 1.0)
 
     def evaluate(*args, **kwargs):
         evaluated.append(True)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "segmentation_loss", loss)
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(loss, "segmentation_loss", nan_loss)
+    monkeypatch.setattr(epochs, "evaluate", evaluate)
     assert main() == 1
     reason = failure_reason(base_dir)
     assert "became nan or inf in 2 of batches 1-2 of epoch 1" in reason
@@ -268,7 +246,7 @@ def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, 
     assert all(torch.isfinite(v).all() for v in model_weights(base_dir).values())
     assert len(evaluated) == 1  # no validation of nan weights
     # the newest checkpoint is the last good epoch's, so a restart does not resume nan
-    newest = checkpoints._listed(base_dir / "checkpoints")[0].name
+    newest = checkpoints.listed(base_dir / "checkpoints")[0].name
     assert newest == "checkpoint-e0001-i000000.pt"
 
 
@@ -286,13 +264,13 @@ def batches(*nan: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def train(loader, scaler_enabled: bool) -> torch.nn.Module:
     model = torch.nn.Conv2d(3, 2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), 0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    precision = engine.Precision(torch.float32, torch.device("cpu"))
-    precision.scaler = torch.amp.GradScaler("cpu", enabled=scaler_enabled)  # fp16's scaler
-    engine.train_one_epoch(
-        model, loader, optimizer, scheduler, precision, torch.device("cpu"), epoch=0
+    state = replace(
+        trainables(model, torch.optim.SGD(model.parameters(), 0.1)),
+        scaler=torch.amp.GradScaler("cpu", enabled=scaler_enabled),  # fp16's scaler
     )
+    cpu = torch.device("cpu")
+    precision = epochs.Precision(torch.float32, cpu)
+    epochs.train_one_epoch(state, loader, precision=precision, device=cpu, epoch=0)
     return model
 
 
@@ -302,27 +280,27 @@ def test_steps_the_gradient_scaler_skips_are_not_failures() -> None:
 
 
 def test_with_the_scaler_a_loss_that_is_never_finite_fails() -> None:
-    with pytest.raises(engine.NonFiniteLoss, match="the gradient scaler skipped every one"):
+    with pytest.raises(epochs.NonFiniteLoss, match="the gradient scaler skipped every one"):
         train(batches(True, True), scaler_enabled=True)
 
 
 def test_without_the_scaler_one_nan_loss_fails() -> None:
     # batch 2's step put nan into the weights, so batch 3's loss is nan too
-    with pytest.raises(engine.NonFiniteLoss, match="in 2 of batches 1-3 of epoch 0"):
+    with pytest.raises(epochs.NonFiniteLoss, match="in 2 of batches 1-3 of epoch 0"):
         train(batches(False, True, False), scaler_enabled=False)
 
 
 def test_the_loss_is_checked_every_few_steps_not_only_at_the_epochs_end(monkeypatch) -> None:
-    monkeypatch.setattr(engine, "LOSS_CHECK_STEPS", 2)
+    monkeypatch.setattr(epochs, "LOSS_CHECK_STEPS", 2)
     loader = batches(False, True, False, False, False)
     trained = []
-    original = engine.LossGuard.add
+    original = epochs.LossGuard.add
 
     def add(self, loss):
         trained.append(1)
         return original(self, loss)
 
-    monkeypatch.setattr(engine.LossGuard, "add", add)
-    with pytest.raises(engine.NonFiniteLoss, match="in 1 of batches 1-2 of epoch 0"):
+    monkeypatch.setattr(epochs.LossGuard, "add", add)
+    with pytest.raises(epochs.NonFiniteLoss, match="in 1 of batches 1-2 of epoch 0"):
         train(loader, scaler_enabled=False)
     assert len(trained) == 2  # stopped at the check after batch 2, not after all 5

@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from segcontainer.metrics import Scores
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training import checkpoints
-from segcontainer.training.checkpoints import Position
+from segcontainer.training.checkpoints import Best, Position
 from segcontainer.training.entry import StopSignal, main
+from segcontainer.training.optim import Trainables
 from tests.conftest import SAGEMAKER_JOB, write_config
+from tests.support.checkpoints import save_checkpoint, trainables
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}
 
@@ -79,7 +82,7 @@ def test_sigterm_then_spot_restart_resumes_bit_for_bit(
     reason = (interrupted / "output" / "failure").read_text().split("\n\n")[0]
     assert "stopped by SIGTERM" in reason and "best model so far" in reason
     assert (interrupted / "model" / "model.pt").exists()  # the best epoch so far is kept
-    newest = checkpoints._listed(checkpoints_dir)[0].name
+    newest = checkpoints.listed(checkpoints_dir)[0].name
     assert newest == "checkpoint-e0002-i000002.pt"  # mid-epoch: 2 of its 4 batches done
     capsys.readouterr()
 
@@ -137,12 +140,11 @@ class Tiny(torch.nn.Module):
         self.linear = torch.nn.Linear(3, 2)
 
 
-def objects(lr: float = 0.1):
+def objects(lr: float = 0.1) -> Trainables:
     model = Tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2, 4], 0.5)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return model, optimizer, scheduler, scaler
+    return trainables(model, optimizer, scheduler)
 
 
 RECORD = {
@@ -155,41 +157,38 @@ RECORD = {
 }
 
 
-SCORES = {"miou": 0.5, "pixel_accuracy": 0.8, "per_class_iou": [0.4, None]}
+SCORES = Scores(miou=0.5, pixel_accuracy=0.8, per_class_iou=(0.4, None))
 
 
 def save_at(folder: Path, epoch: int, iteration: int = 0, record: dict = RECORD):
-    model, optimizer, scheduler, scaler = objects()
+    state = objects()
     with torch.no_grad():
-        model.linear.weight.fill_(epoch + iteration / 100)
-    optimizer.step()
-    scheduler.step()
-    return checkpoints.save(
+        state.model.linear.weight.fill_(epoch + iteration / 100)
+    state.optimizer.step()
+    state.scheduler.step()
+    return save_checkpoint(
         folder,
-        Position(epoch, iteration, 1.5, iteration),
-        model,
-        optimizer,
-        scheduler,
-        scaler,
-        {"best": 0.5, "stale_epochs": 1},
-        [{"epoch": 0}],
-        checkpoints.Best(0, SCORES, {"linear.weight": torch.full((2, 3), 7.0)}),
-        record,
+        state,
+        record=record,
+        position=Position(epoch, iteration, 1.5, iteration),
+        early_stopping={"best": 0.5, "stale_epochs": 1},
+        curves=[{"epoch": 0}],
+        best=Best(epoch=0, scores=SCORES, weights={"linear.weight": torch.full((2, 3), 7.0)}),
     )
 
 
 def test_resume_restores_everything(tmp_path: Path) -> None:
     save_at(tmp_path, 2, 3)
-    model, optimizer, scheduler, scaler = objects(lr=0.7)
-    resumed = checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler)
+    state = objects(lr=0.7)
+    resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=state)
     assert resumed.position == Position(2, 3, 1.5, 3)
     assert resumed.early_stopping == {"best": 0.5, "stale_epochs": 1}
     assert resumed.curves == [{"epoch": 0}]
     assert resumed.best.epoch == 0 and resumed.best.scores == SCORES
     assert torch.all(resumed.best.weights["linear.weight"] == 7.0)
-    assert torch.all(model.linear.weight == 2.03)
-    assert optimizer.param_groups[0]["lr"] == 0.1 and scheduler.last_epoch == 1
-    assert scheduler.milestones == {2: 1, 4: 1}
+    assert torch.all(state.model.linear.weight == 2.03)
+    assert state.optimizer.param_groups[0]["lr"] == 0.1 and state.scheduler.last_epoch == 1
+    assert state.scheduler.milestones == {2: 1, 4: 1}
 
 
 def test_truncated_or_corrupt_newest_checkpoint_is_skipped(tmp_path: Path, caplog) -> None:
@@ -197,8 +196,7 @@ def test_truncated_or_corrupt_newest_checkpoint_is_skipped(tmp_path: Path, caplo
     newest = save_at(tmp_path, 2)
     newest.write_bytes(newest.read_bytes()[:200])
     (tmp_path / "checkpoint-e0003-i000000.pt").write_bytes(b"garbage")
-    model, optimizer, scheduler, scaler = objects()
-    resumed = checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler)
+    resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=objects())
     assert resumed.position.epoch == 1
     assert "skipping checkpoint checkpoint-e0003-i000000.pt" in caplog.text
     assert "skipping checkpoint checkpoint-e0002-i000000.pt" in caplog.text
@@ -206,8 +204,7 @@ def test_truncated_or_corrupt_newest_checkpoint_is_skipped(tmp_path: Path, caplo
 
 def test_checkpoint_of_another_model_is_skipped(tmp_path: Path, caplog) -> None:
     save_at(tmp_path, 1, record={**RECORD, "num_classes": 5})
-    model, optimizer, scheduler, scaler = objects()
-    assert checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler) is None
+    assert checkpoints.resume(tmp_path, record=RECORD, trainables=objects()) is None
     assert "written with other num_classes" in caplog.text
 
 
@@ -230,19 +227,17 @@ def test_pruning_leaves_another_jobs_checkpoints_alone(tmp_path: Path, caplog) -
     assert kept == [f"checkpoint-e{e:04d}-i000000.pt" for e in (2, 3, 4, 9, 10, 11)]
     assert "checkpoint-e0011-i000000.pt is left alone" in caplog.text
     assert "written with other epochs" in caplog.text
-    model, optimizer, scheduler, scaler = objects()
-    assert checkpoints.resume(tmp_path, RECORD, model, optimizer, scheduler, scaler).position == (
-        Position(4, 0, 1.5, 0)
-    )
+    resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=objects())
+    assert resumed.position == Position(4, 0, 1.5, 0)
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path: Path) -> None:
-    assert checkpoints.resume(tmp_path / "none", RECORD, *objects()) is None
+    assert checkpoints.resume(tmp_path / "none", record=RECORD, trainables=objects()) is None
 
 
 @pytest.mark.parametrize("iteration", [0, 7])
 def test_names_sort_by_position(tmp_path: Path, iteration: int) -> None:
     save_at(tmp_path, 1, 50)
     save_at(tmp_path, 1, iteration)
-    newest = checkpoints._listed(tmp_path)[0].name
+    newest = checkpoints.listed(tmp_path)[0].name
     assert newest == "checkpoint-e0001-i000050.pt"

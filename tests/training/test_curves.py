@@ -13,6 +13,7 @@ from torch import nn
 
 from segcontainer.training import epochs
 from segcontainer.training.curves import TrainingCurves
+from tests.support.checkpoints import trainables
 
 
 def row(epoch: int, learning_rate: float) -> dict:
@@ -66,7 +67,12 @@ def first_step_line(model: nn.Module, caplog) -> str:
     precision = epochs.Precision.choose("fp32", device)
     with caplog.at_level(logging.INFO, logger=epochs.log.name):
         epochs.train_one_epoch(
-            model, batches, optimizer, scheduler, precision, device, 0, time_first_step=True
+            trainables(model, optimizer, scheduler),
+            batches,
+            precision=precision,
+            device=device,
+            epoch=0,
+            time_first_step=True,
         )
     (line,) = [r.getMessage() for r in caplog.records if "first training step" in r.getMessage()]
     return line

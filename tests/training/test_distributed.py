@@ -229,7 +229,7 @@ def test_gloo_syncbn_stop_agreement_and_reductions() -> None:
 
 def test_sharded_by_s3_key_channels_are_shared_among_the_hosts_processes_only() -> None:
     from segcontainer.config.environment import ChannelConfig
-    from segcontainer.training.entry import data_parallel
+    from segcontainer.training.job import data_parallel
 
     world = World(("algo-1", "algo-2"), 1, 4, "nccl")
     channels = {

@@ -4,14 +4,17 @@ tested on the CPU with a tiny model: a ResNet-50 graph takes minutes to compile 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.training.entry import compiled
-from segcontainer.training.epochs import Precision, segmentation_loss, train_one_epoch
+from segcontainer.training.epochs import Precision, train_one_epoch
+from segcontainer.training.job import compiled
+from segcontainer.training.loss import Objective, segmentation_loss
+from tests.support.checkpoints import trainables
 
 CPU = torch.device("cpu")
 
@@ -42,11 +45,15 @@ def batches(count: int = 2):
     ]
 
 
-def run_epoch(model, data, **options):
+def run_epoch(model, data, aux_weight: float = 0.0):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: losses comparable
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return train_one_epoch(
-        model, data, optimizer, scheduler, Precision(torch.float32, CPU), CPU, 0, **options
+        trainables(model, optimizer),
+        data,
+        precision=Precision(torch.float32, CPU),
+        device=CPU,
+        epoch=0,
+        objective=Objective(aux_weight=aux_weight),
     )
 
 
@@ -95,17 +102,16 @@ def test_compile_setting_and_the_compiled_training_step(caplog):
     step_model = compiled(model, "true", CPU)
     assert step_model is not None and step_model is not model
     before = model.conv.weight.detach().clone()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = replace(
+        trainables(model, torch.optim.SGD(model.parameters(), lr=0.1)), step_model=step_model
+    )
     with caplog.at_level(logging.INFO, logger="segcontainer.training.epochs"):
         stats = train_one_epoch(
-            step_model,
+            state,
             batches(),
-            optimizer,
-            scheduler,
-            Precision(torch.float32, CPU),
-            CPU,
-            0,
+            precision=Precision(torch.float32, CPU),
+            device=CPU,
+            epoch=0,
             time_first_step=True,
         )
     assert stats.steps == 2 and torch.isfinite(torch.tensor(stats.loss))

@@ -50,11 +50,14 @@ class Sample:
         return self.image.stem if isinstance(self.image, Path) else self.image.name
 
 
-def _files(folder: Path) -> list[Path]:
-    # Hidden files and folders (.DS_Store, .ipynb_checkpoints/) are not samples.
+def visible_files(folder: Path, pattern: str = "*", *, recursive: bool = True) -> list[Path]:
+    """The files in ``folder`` (and its subfolders unless ``recursive`` is False) matching
+    ``pattern``, sorted; hidden files and folders (.DS_Store, .ipynb_checkpoints/) are left
+    out: the one rule for what counts as a user's file in every channel and tool."""
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
     return sorted(
         p
-        for p in folder.rglob("*")
+        for p in found
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -63,7 +66,7 @@ def _by_stem(folder: Path) -> tuple[dict[str, Path], list[list[Path]]]:
     """Files keyed by their path relative to ``folder`` without extension (``x/001``), and the
     groups of files that share one key (``a.jpg`` and ``a.png``), which cannot be paired."""
     groups: dict[str, list[Path]] = defaultdict(list)
-    for path in _files(folder):
+    for path in visible_files(folder):
         groups[path.relative_to(folder).with_suffix("").as_posix()].append(path)
     clashes = [files for files in groups.values() if len(files) > 1]
     return {key: files[0] for key, files in groups.items()}, clashes

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,36 +22,45 @@ from torch.utils.data import DataLoader
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data import check as datacheck
-from segcontainer.data import manifest, pipe
-from segcontainer.data.augment import SizeGroupCollate, train_transform
-from segcontainer.data.channels import FoundSamples, Sample, find_samples
-from segcontainer.data.dataset import ONE_PROCESS, EpochSampler, Parallel, SegmentationDataset
-from segcontainer.data.gpu_pipeline import GpuTrainBatches, choose_pipeline
+from segcontainer.data import pipe
+from segcontainer.data.augment import SizeGroupCollate
+from segcontainer.data.channels import Sample
+from segcontainer.data.dataset import ONE_PROCESS, Parallel, SegmentationDataset
 from segcontainer.data.label_maps import (
     LabelMap,
     read_label_map_folder,
     read_label_map_stream,
 )
 from segcontainer.data.preprocess import model_input_transform, tile_size
+from segcontainer.data.splits import find_split
+from segcontainer.data.train_batches import TrainOptions, file_batches, pipe_batches
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
-PIPELINES = {
-    "gpu": "JPEG decoding and augmentation on the GPU",
-    "cpu": "decoding and augmentation on the CPU",
-}
-SHUFFLE_BUFFER = 512  # Pipe mode: pairs held for shuffling (encoded bytes, not pixels)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TrainingData:
+    """What training and the exports after it get from the channels."""
+
     label_maps: dict[str, dict]  # each split's label map as given, saved with the model
-    train_loader: DataLoader
+    # File mode: every checked training pair (the exports calibrate on them); Pipe mode keeps
+    # none (streamed).
+    train_samples: tuple[Sample, ...]
+    # This process's share of the validation pairs: what its validation loader scores.
+    validation_samples: tuple[Sample, ...]
+    validation_lut: np.ndarray  # the validation label map as a look-up table
+    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DataLoader or GpuTrainBatches
     validation_loader: DataLoader
     start_epoch: Callable[[int, int], None]  # (epoch, samples already trained on)
     iters_per_epoch: int
     pixels_per_class: np.ndarray | None  # training histogram (File mode only)
     limit_steps: Callable[[int], None]  # cap the steps per epoch (ranks with unequal parts)
+
+    def limited(self, steps: int) -> TrainingData:
+        """The same data with at most ``steps`` batches per epoch."""
+        self.limit_steps(steps)
+        return replace(self, iters_per_epoch=steps)
 
 
 def worker_count(setting: str | int, processes: int = 1) -> int:
@@ -95,12 +104,6 @@ def read_label_maps(
     return read_label_map_folder(paths.channel("label_map"))
 
 
-def find_split(paths: Paths, split: str) -> FoundSamples:
-    """A File-mode split's samples, found and paired once: a manifest, or two folders."""
-    found = manifest.find_manifest_samples(paths, split)
-    return found if found is not None else find_samples(paths, split)
-
-
 def build_validation_loader(
     samples: list[Sample], lut: np.ndarray, config: Config, **loader_options
 ) -> DataLoader:
@@ -116,146 +119,94 @@ def build_validation_loader(
     )
 
 
-def _cpu_train_loader(
-    samples, lut, transform, sampler: EpochSampler, batch: int, seed: int, workers: int, common
-):
-    """Decoding and augmentation in DataLoader workers (PIL and transforms.v2)."""
-    train_set = SegmentationDataset(samples, lut, transform, seed)
-    # drop_last: a trailing batch of one would make batch-norm statistics meaningless.
-    loader = DataLoader(
-        train_set,
-        batch,
-        sampler=sampler,
-        drop_last=True,
-        # Own generator: creating loader iterators must not draw from the global random
-        # state, which dropout uses and checkpoints restore.
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=workers,
-        **common,
-    )
-
-    def start_epoch(epoch: int, skip: int) -> None:
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip)
-
-    return loader, start_epoch
-
-
 def prepare(
     paths: Paths,
     config: Config,
     channels: dict[str, ChannelConfig],
-    device,
+    device: torch.device,
     stop: Callable[[], bool],
     parallel: Parallel = ONE_PROCESS,
 ) -> TrainingData:
+    """Read the label maps, find and check both splits (File mode) and build the loaders;
+    UserError, naming the files, when training would fail on the data."""
     label_maps = read_label_maps(paths, channels, stop)
     layouts = {split: pipe.pipe_layout(channels, split) for split in ("train", "validation")}
-    if layouts["train"] and config.num_training_samples is None:
-        raise UserError(
-            "Pipe mode streams the training data, so it cannot be counted before "
-            "training: set num_training_samples (it sizes the learning-rate "
-            "schedule), or use File mode."
-        )
-    train_summary = None
-    if not layouts["train"]:
-        train_summary = datacheck.check_split(
-            find_split(paths, "train"), "train", label_maps["train"].lut, config.num_classes
-        )
-        hint = datacheck.binary_255_hint(
-            train_summary.raw_values, config.num_classes, label_maps["train"].spec
-        )
-        if hint:
-            raise UserError(hint)
-        _check_count(config, len(train_summary.samples), parallel)
+    train_summary = _checked_train(paths, config, layouts["train"], label_maps, parallel)
     validation_lut = label_maps["validation"].lut
-    if layouts["validation"]:
-        validation = pipe.read_validation(
-            paths, layouts["validation"], validation_lut, config.num_classes, stop
-        )
-    else:
-        validation = datacheck.check_split(
-            find_split(paths, "validation"), "validation", validation_lut, config.num_classes
-        )
+    validation = _checked_validation(paths, config, layouts["validation"], validation_lut, stop)
     if train_summary is not None:
         datacheck.log_histogram(train_summary, config.class_names)
 
     workers = worker_count(config.workers, parallel.local)
     # Workers start afresh each epoch (not persistent) so they see the dataset's epoch.
     common = {"pin_memory": device.type == "cuda"}
-    # Own generator: creating loader iterators must not draw from the global random state,
-    # which dropout uses and checkpoints restore.
-    generator = torch.Generator().manual_seed(config.seed)
     batch = parallel.batch_size or config.mini_batch_size
-    transform = train_transform(config.base_size, config.crop_size)
+    options = TrainOptions(
+        config=config, device=device, batch=batch, workers=workers, common=common
+    )
     if layouts["train"]:
-        stream = pipe.PipeTrainStream(
-            paths,
-            layouts["train"],
-            label_maps["train"],
-            transform,
-            config.num_classes,
-            config.num_training_samples // parallel.ranks,
-            config.seed,
-            SHUFFLE_BUFFER,
-            stop,
-            parallel.train,
-        )
-        log.info("input pipeline: %s (Pipe mode: records decoded as they arrive)", PIPELINES["cpu"])
-        # One reader per FIFO: the stream is read in this process.
-        train_loader = DataLoader(stream, batch, drop_last=True, **common)
-        start_epoch, count = stream.set_epoch, stream.length
-
-        def limit_steps(steps: int) -> None:
-            stream.length = min(stream.length, steps * batch)
+        train = pipe_batches(paths, layouts["train"], label_maps["train"], options, stop, parallel)
     else:
-        # One order for either input pipeline: this process's shard of the epoch's order.
-        sampler = EpochSampler(len(train_summary.samples), config.seed, parallel.train)
-        path, why = choose_pipeline(config.input_pipeline, device, train_summary.samples)
-        log.info("input pipeline: %s (%s)", PIPELINES[path], why)
-        if path == "gpu":
-            train_loader = GpuTrainBatches(
-                train_summary.samples,
-                label_maps["train"].lut,
-                config.base_size,
-                config.crop_size,
-                batch,
-                config.seed,
-                workers,
-                device,
-                sampler,
-            )
-            start_epoch = train_loader.set_epoch
-        else:
-            train_loader, start_epoch = _cpu_train_loader(
-                train_summary.samples,
-                label_maps["train"].lut,
-                transform,
-                sampler,
-                batch,
-                config.seed,
-                workers,
-                common,
-            )
-
-        def limit_steps(steps: int) -> None:
-            sampler.limit = steps * batch
-
-        count = len(sampler)
+        train = file_batches(train_summary.samples, label_maps["train"].lut, options, parallel)
+    validation_samples = parallel.validation.every(validation.samples)
     validation_loader = build_validation_loader(
-        parallel.validation.every(validation.samples),
+        validation_samples,
         validation_lut,
         config,
-        generator=generator,
+        # Own generator: creating loader iterators must not draw from the global random
+        # state, which dropout uses and checkpoints restore.
+        generator=torch.Generator().manual_seed(config.seed),
         num_workers=workers,
         **common,
     )
     return TrainingData(
-        {split: label_map.spec for split, label_map in label_maps.items()},
-        train_loader,
-        validation_loader,
-        start_epoch,
-        count // batch,
-        train_summary.pixels_per_class if train_summary else None,
-        limit_steps,
+        label_maps={split: label_map.spec for split, label_map in label_maps.items()},
+        train_samples=tuple(train_summary.samples) if train_summary else (),
+        validation_samples=tuple(validation_samples),
+        validation_lut=validation_lut,
+        train_loader=train.loader,
+        validation_loader=validation_loader,
+        start_epoch=train.start_epoch,
+        iters_per_epoch=train.samples_per_epoch // batch,
+        pixels_per_class=train_summary.pixels_per_class if train_summary else None,
+        limit_steps=train.limit_steps,
+    )
+
+
+def _checked_train(
+    paths: Paths,
+    config: Config,
+    layout: str | None,
+    label_maps: dict[str, LabelMap],
+    parallel: Parallel,
+) -> datacheck.SplitSummary | None:
+    """File mode: the training split found and checked whole; Pipe mode: None (each pair is
+    checked as it streams), once num_training_samples can size the schedule."""
+    if layout:
+        if config.num_training_samples is None:
+            raise UserError(
+                "Pipe mode streams the training data, so it cannot be counted before "
+                "training: set num_training_samples (it sizes the learning-rate "
+                "schedule), or use File mode."
+            )
+        return None
+    label_map = label_maps["train"]
+    summary = datacheck.check_split(
+        find_split(paths, "train"), "train", label_map.lut, config.num_classes
+    )
+    hint = datacheck.binary_255_hint(summary.raw_values, config.num_classes, label_map.spec)
+    if hint:
+        raise UserError(hint)
+    _check_count(config, len(summary.samples), parallel)
+    return summary
+
+
+def _checked_validation(
+    paths: Paths, config: Config, layout: str | None, lut: np.ndarray, stop: Callable[[], bool]
+) -> datacheck.SplitSummary:
+    """The validation split, checked whole: read from its stream once (Pipe mode), or found."""
+    if layout:
+        return pipe.read_validation(paths, layout, lut, config.num_classes, stop)
+    return datacheck.check_split(
+        find_split(paths, "validation"), "validation", lut, config.num_classes
     )

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from segcontainer.config.environment import Paths
-from segcontainer.data.channels import FoundSamples, Sample
+from segcontainer.data.channels import FoundSamples, Sample, visible_files
 from segcontainer.errors import UserError
 
 MANIFEST_SUFFIXES = (".manifest", ".jsonl")
@@ -25,7 +25,7 @@ MANIFEST_SUFFIXES = (".manifest", ".jsonl")
 
 def find_manifest(folder: Path) -> Path | None:
     """The channel's manifest file, when the channel is one manifest and nothing else."""
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = visible_files(folder, recursive=False)
     if len(files) == 1 and files[0].suffix in MANIFEST_SUFFIXES:
         return files[0]
     return None

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
 
-from segcontainer.data.channels import Sample, Source, load_image, load_mask, pair_samples
+from segcontainer.data.channels import (
+    Sample,
+    Source,
+    load_image,
+    load_mask,
+    pair_samples,
+    visible_files,
+)
 from segcontainer.data.label_maps import label_map_lut
 from segcontainer.data.preprocess import model_input
 from segcontainer.errors import UserError
@@ -90,10 +97,7 @@ def from_channels(root: Path, label_map: dict, long_side: int) -> ExportData:
     if not root.is_dir():
         raise UserError(f"--calibration {root} is not a folder.")
     train = root / "train"
-    calibration = sorted(p for p in train.rglob("*") if p.is_file()) if train.is_dir() else []
-    calibration = [
-        p for p in calibration if not any(s.startswith(".") for s in p.relative_to(train).parts)
-    ]
+    calibration = visible_files(train) if train.is_dir() else []
     validation: list[Sample] = []
     if (root / "validation").is_dir() and (root / "validation_annotation").is_dir():
         validation, _, _ = pair_samples(root / "validation", root / "validation_annotation")

@@ -51,15 +51,9 @@ def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
 
 
 def _export_data(config: Config, data: TrainingData) -> ExportData:
-    validation_set = data.validation_loader.dataset
-    # File mode only: the GPU pipeline holds its samples, a DataLoader its dataset's.
-    loader = data.train_loader
-    training_samples = getattr(loader, "samples", None) or getattr(
-        getattr(loader, "dataset", None), "samples", []
-    )
     return ExportData(
-        calibration=[sample.image for sample in training_samples],
-        validation=validation_set.samples,
-        validation_lut=validation_set.lut,
+        calibration=[sample.image for sample in data.train_samples],  # none in Pipe mode
+        validation=data.validation_samples,
+        validation_lut=data.validation_lut,
         long_side=config.base_size,
     )

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from segcontainer.data.channels import visible_files
 from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import Pair, Summary, image_suffix, oriented_size, write_pairs
@@ -231,11 +232,7 @@ def convert(
     labels_of = read_labels(labels_file)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder of labelme JSON files.")
-    files = sorted(
-        p
-        for p in folder.rglob("*.json")
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files = visible_files(folder, "*.json")
     if not files:
         raise UserError(f"{folder} holds no .json files (labelme saves one per image).")
     root = None if allow_outside_images else folder

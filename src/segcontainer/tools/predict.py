@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from segcontainer.data.channels import load_image
+from segcontainer.data.channels import load_image, visible_files
 from segcontainer.data.palette import mask_image
 from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, extract_model_tarball
@@ -71,7 +71,7 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
     """Predict every image in ``inputs``; return how many failed to decode."""
     if not inputs.is_dir():
         raise UserError(f"{inputs} is not a folder of images.")
-    files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = visible_files(inputs, recursive=False)
     if not files:
         raise UserError(f"{inputs} holds no images.")
     planned = output_names(files, with_overlay)

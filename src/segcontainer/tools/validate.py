@@ -6,7 +6,7 @@
 ROOT is a layout root (``train/``, ``train_annotation/``, ``validation/``,
 ``validation_annotation/``, optionally ``label_map/``, as the converters and ``tile`` write
 it) or a folder laid out like ``/opt/ml`` (its ``input/data/``). Each split is found, paired
-and checked by the very functions ``train`` runs before its first step (``data.loaders``'
+and checked by the very functions ``train`` runs before its first step (``data.splits``'
 ``find_split``, ``data.check``, ``data.label_maps``), so the verdict is training's: exit 0
 when training would accept the data, 1 otherwise, with every problem and the files named.
 
@@ -34,7 +34,7 @@ from segcontainer.data.label_maps import (
     LabelMap,
     read_label_map_folder,
 )
-from segcontainer.data.loaders import find_split
+from segcontainer.data.splits import find_split
 from segcontainer.errors import UserError
 from segcontainer.tools.layout import read_class_names
 

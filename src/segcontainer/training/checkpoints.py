@@ -9,7 +9,7 @@ which a restarted job rewrites model/. Data order and augmentation are functions
 (seed, epoch, sample), so they need no saved state.
 
 A checkpoint is this job's only when it was written under the same resolved configuration
-(``differences``: every hyperparameter and what the data set gives the record, except
+(checkpoint_owner.py: every hyperparameter and what the data set gives the record, except
 NOT_COMPARED). The folder may also hold another job's checkpoints (a reused
 checkpoint_s3_uri, or a local rerun with new hyperparameters in the same folder): they are
 neither resumed from nor pruned, and a name they hold is not overwritten.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import collections
 import copy
 import errno
-import hashlib
-import json
 import logging
 import re
 import shutil
@@ -33,25 +31,18 @@ import torch
 
 from segcontainer.errors import UserError
 from segcontainer.files import write_atomically
+from segcontainer.metrics import Scores
+from segcontainer.training import checkpoint_owner as owner
+from segcontainer.training.optim import Trainables
 
 log = logging.getLogger(__name__)
 KEEP = 3  # newest checkpoints kept; older ones are deleted after a successful save
 # checkpoint-e<epoch>-i<batch>.pt; with -<fingerprint> when that name holds another job's
 NAME = re.compile(r"^checkpoint-e(\d+)-i(\d+)(?:-[0-9a-f]{8})?\.pt$")
 FORMAT_VERSION = 2  # 2: carries the best model
-# The one list of record entries a checkpoint may differ in and still be this job's: they
-# cannot change the weights training produces. Everything else in the record (every other
-# hyperparameter, the label maps, the normalisation) must be equal; a spot restart of the same
-# job always is.
-NOT_COMPARED = {
-    "export": "the exports are made from model/ after training",
-    "workers": "data order and augmentation depend on (seed, epoch, sample), not on the "
-    "number of loading processes",
-    "class_names": "names for the logs, model_info.json and serving only",
-}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Position:
     """Where training stands: ``iteration`` batches of ``epoch`` are done."""
 
@@ -61,53 +52,51 @@ class Position:
     steps: int = 0
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Best:
-    """The best epoch so far: its number, scores (metrics.Scores fields) and weights (CPU)."""
+    """The best epoch so far: its number, scores and weights (CPU)."""
 
     epoch: int
-    scores: dict
+    scores: Scores
     weights: dict[str, torch.Tensor]
 
 
-@dataclass
-class Resumed:
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """What a checkpoint holds besides the trainables and the random state: where training
+    stands and what it found so far."""
+
     position: Position
-    early_stopping: dict
-    curves: list[dict] = field(default_factory=list)
+    early_stopping: dict  # {"best": mIoU, "stale_epochs": n}: EarlyStopping's state
+    curves: list[dict] = field(default_factory=list)  # TrainingCurves.rows
     best: Best | None = None
 
 
 def save(
     folder: Path,
-    position: Position,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    early_stopping: dict,
-    curves: list[dict],
-    best: Best | None,
+    *,
+    progress: Progress,
+    trainables: Trainables,
     record: dict,
     model_is_best: bool = False,
 ) -> Path:
     """Write a checkpoint atomically, then prune this job's older ones. ``model_is_best``:
     the model's current weights are the best's (stored once, not twice)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = _name_for(folder, position, record)
-    best_state = None
+    path = _name_for(folder, progress.position, record)
+    best, best_state = progress.best, None
     if best is not None:
         weights = None if model_is_best else best.weights  # None: the same as "model"
-        best_state = {"epoch": best.epoch, "scores": best.scores, "model": weights}
+        best_state = {"epoch": best.epoch, "scores": _scores_state(best.scores), "model": weights}
     state = {
         "format_version": FORMAT_VERSION,
-        "position": vars(position),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "early_stopping": early_stopping,
-        "curves": curves,
+        "position": vars(progress.position),
+        "model": {k: v.detach().cpu() for k, v in trainables.model.state_dict().items()},
+        "optimizer": trainables.optimizer.state_dict(),
+        "scheduler": trainables.scheduler.state_dict(),
+        "scaler": trainables.scaler.state_dict(),
+        "early_stopping": progress.early_stopping,
+        "curves": progress.curves,
         "best": best_state,
         "rng": torch.get_rng_state(),
         "config": record,
@@ -115,6 +104,19 @@ def save(
     _write_checkpoint(state, path)
     _prune(folder, record)
     return path
+
+
+def _scores_state(scores: Scores) -> dict:
+    """Scores as a checkpoint holds them (plain types: torch.load's weights_only reads them)."""
+    return {
+        "miou": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class_iou": list(scores.per_class_iou),
+    }
+
+
+def _scores_from_state(state: dict) -> Scores:
+    return Scores(state["miou"], state["pixel_accuracy"], tuple(state["per_class_iou"]))
 
 
 def _write_checkpoint(state: dict, path: Path) -> None:
@@ -170,55 +172,17 @@ def _name_for(folder: Path, position: Position, record: dict) -> Path:
     job's checkpoint holds that name (a rerun in the same folder must not overwrite it)."""
     stem = f"checkpoint-e{position.epoch:04d}-i{position.iteration:06d}"
     path = folder / f"{stem}.pt"
-    if not path.exists() or _foreign_reason(path, record) is None:
+    if not path.exists() or owner.foreign_reason(path, record) is None:
         return path
-    return folder / f"{stem}-{_fingerprint(record)}.pt"
-
-
-def _fingerprint(record: dict) -> str:
-    compared = {k: v for k, v in record.items() if k not in NOT_COMPARED}
-    text = json.dumps(compared, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def differences(saved: dict, record: dict) -> list[str]:
-    """The record entries (hyperparameters, label maps, ...) a checkpoint was written with
-    that differ from this job's, outside NOT_COMPARED, each with both values."""
-    names = sorted((saved.keys() | record.keys()) - NOT_COMPARED.keys())
-    return [
-        f"{name} ({_short(saved, name)} in the checkpoint, {_short(record, name)} now)"
-        for name in names
-        if saved.get(name, _ABSENT) != record.get(name, _ABSENT)
-    ]
-
-
-_ABSENT = object()
-
-
-def _short(values: dict, name: str) -> str:
-    if name not in values:
-        return "absent"
-    text = repr(values[name])
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _foreign_reason(path: Path, record: dict) -> str | None:
-    """Why the checkpoint at ``path`` is not this job's; None when it is."""
-    try:  # mmap: only the small pickle is read, not the weights
-        with torch.serialization.safe_globals([collections.Counter]):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        why = differences(state.get("config", {}), record)
-        return f"written with other {', '.join(why)}" if why else None
-    except Exception as exc:  # unreadable: not ours to delete either
-        return f"it cannot be read ({exc})"
+    return folder / f"{stem}-{owner.fingerprint(record)}.pt"
 
 
 def _prune(folder: Path, record: dict) -> None:
     """Keep this job's newest KEEP checkpoints; leave any other job's alone (a reused
     checkpoint_s3_uri): counting them would delete this job's fresh checkpoints."""
     own = []
-    for path in _listed(folder):
-        reason = _foreign_reason(path, record)
+    for path in listed(folder):
+        reason = owner.foreign_reason(path, record)
         if reason is None:
             own.append(path)
         elif str(path) not in _left_alone:
@@ -236,8 +200,8 @@ def _prune(folder: Path, record: dict) -> None:
 _left_alone: set[str] = set()  # paths already reported, so the log says it once
 
 
-def _listed(folder: Path) -> list[Path]:
-    """Checkpoint files, newest position first."""
+def listed(folder: Path) -> list[Path]:
+    """The checkpoint files in ``folder`` (any job's), newest position first."""
     if not folder.is_dir():
         return []
     found = [
@@ -255,13 +219,13 @@ def _load(path: Path) -> dict:
 def _valid_states(folder: Path, record: dict) -> Iterator[dict]:
     """Checkpoint contents, newest first, leaving out (with a warning) truncated or corrupt
     files and those written for another configuration."""
-    for path in _listed(folder):
+    for path in listed(folder):
         try:
             state = _load(path)
         except Exception as exc:  # truncated zip, bad pickle, wrong format: try an older one
             log.warning("skipping checkpoint %s: it cannot be read (%s)", path.name, exc)
             continue
-        mismatched = differences(state.get("config", {}), record)
+        mismatched = owner.differences(state.get("config", {}), record)
         if mismatched:
             log.warning(
                 "skipping checkpoint %s: another job's, written with other %s (a checkpoint "
@@ -279,43 +243,36 @@ class Misfit(ValueError):
     """A part of a checkpoint that does not fit the objects it would be loaded into."""
 
 
-def apply(state: dict, model, optimizer, scheduler, scaler) -> Resumed | None:
-    """Load a checkpoint's contents into the given objects; None, with every object left as
-    it was, when a part does not fit: each part is first loaded into a copy or checked."""
+def apply(state: dict, trainables: Trainables) -> Progress | None:
+    """Load a checkpoint's contents into ``trainables``; None, with every object left as it
+    was, when a part does not fit: each part is first loaded into a copy or checked."""
     try:
-        resumed = _checked(state, model, optimizer, scheduler, scaler)
+        progress = _checked(state, trainables)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         log.warning("skipping checkpoint %s: it does not fit this model (%s)", state["name"], exc)
         return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    trainables.model.load_state_dict(state["model"])
+    trainables.optimizer.load_state_dict(state["optimizer"])
+    trainables.scheduler.load_state_dict(state["scheduler"])
+    trainables.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     log.info(
         "resuming from %s: epoch %d, %d batches done",
         state["name"],
-        resumed.position.epoch,
-        resumed.position.iteration,
+        progress.position.epoch,
+        progress.position.iteration,
     )
-    return resumed
+    return progress
 
 
-def _checked(state: dict, model, optimizer, scheduler, scaler) -> Resumed:
+def _checked(state: dict, trainables: Trainables) -> Progress:
     """What resuming from ``state`` gives, after every part was loaded into a copy of its
     object (or compared with it); raises when a part does not fit. Changes no live object."""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in trainables.model.state_dict().items()}
     if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
         raise Misfit("its weights have other names or shapes")
-    spare = copy.deepcopy(optimizer)
-    spare.load_state_dict(state["optimizer"])
-    # Optimizers read their group settings only when stepping (Adam's betas, SGD's momentum):
-    # a group without one of this optimizer's settings fails at the first step, not here.
-    for saved, live in zip(state["optimizer"]["param_groups"], optimizer.param_groups, strict=True):
-        if missing := sorted(live.keys() - saved.keys()):
-            raise Misfit(f"its optimizer state lacks {', '.join(missing)}: another optimizer's")
-    copy.deepcopy(scheduler, {id(optimizer): spare}).load_state_dict(state["scheduler"])
-    copy.deepcopy(scaler).load_state_dict(state["scaler"])
+    _check_optimizer(state, trainables)
+    copy.deepcopy(trainables.scaler).load_state_dict(state["scaler"])
     rng = state["rng"]
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
         raise Misfit("its random state is not a byte tensor")
@@ -325,37 +282,55 @@ def _checked(state: dict, model, optimizer, scheduler, scaler) -> Resumed:
         weights = state["model"] if saved["model"] is None else saved["model"]
         if any(shapes.get(k) != tuple(v.shape) for k, v in weights.items()):
             raise Misfit("its best model's weights have other names or shapes")
-        best = Best(saved["epoch"], saved["scores"], weights)
+        scores = _scores_from_state(saved["scores"])
+        best = Best(epoch=saved["epoch"], scores=scores, weights=weights)
     early_stopping = state["early_stopping"]
     if not {"best", "stale_epochs"} <= early_stopping.keys():
         raise Misfit("its early-stopping state is incomplete")
-    return Resumed(Position(**state["position"]), early_stopping, state["curves"], best)
+    return Progress(
+        position=Position(**state["position"]),
+        early_stopping=early_stopping,
+        curves=state["curves"],
+        best=best,
+    )
+
+
+def _check_optimizer(state: dict, trainables: Trainables) -> None:
+    """Load the optimizer's and the scheduler's states into copies; raise when either does not
+    fit."""
+    optimizer = trainables.optimizer
+    spare = copy.deepcopy(optimizer)
+    spare.load_state_dict(state["optimizer"])
+    # Optimizers read their group settings only when stepping (Adam's betas, SGD's momentum):
+    # a group without one of this optimizer's settings fails at the first step, not here.
+    for saved, live in zip(state["optimizer"]["param_groups"], optimizer.param_groups, strict=True):
+        if missing := sorted(live.keys() - saved.keys()):
+            raise Misfit(f"its optimizer state lacks {', '.join(missing)}: another optimizer's")
+    copy.deepcopy(trainables.scheduler, {id(optimizer): spare}).load_state_dict(state["scheduler"])
 
 
 def resume(
     folder: Path,
+    *,
     record: dict,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
+    trainables: Trainables,
     main: bool = True,
     share: Callable[[dict | None], dict | None] | None = None,
-) -> Resumed | None:
-    """Load the newest valid checkpoint into the given objects; None when there is none.
+) -> Progress | None:
+    """Load the newest valid checkpoint into ``trainables``; None when there is none.
 
     Data parallel: the ``main`` process reads its folder and ``share`` hands its choice to
     every process, so a host whose checkpoint folder is empty resumes from the same state.
     """
-    chosen, resumed = None, None
+    chosen, progress = None, None
     if main:
         for state in _valid_states(folder, record):
-            if resumed := apply(state, model, optimizer, scheduler, scaler):
+            if progress := apply(state, trainables):
                 chosen = state
                 break
     if share is None:
-        return resumed
+        return progress
     chosen = share(chosen)
     if main or chosen is None:
-        return resumed
-    return apply(chosen, model, optimizer, scheduler, scaler)
+        return progress
+    return apply(chosen, trainables)

@@ -1,4 +1,6 @@
-"""The training mechanics: optimizers, schedules, precision, one epoch, evaluation, stopping."""
+"""The epoch loop: precision, the loss, one training epoch, evaluation, early stopping.
+
+The optimizers and learning-rate schedules it steps are built in optim.py."""
 
 from __future__ import annotations
 
@@ -9,62 +11,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from segcontainer import inference
-from segcontainer.config.hyperparameters import Config
-from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.metrics import ConfusionMatrix, Scores
 from segcontainer.precision import autocast_dtype
 from segcontainer.training import collectives
-from segcontainer.training.optim import IterationSchedule, MXNetRMSProp
+from segcontainer.training.loss import Objective
+from segcontainer.training.optim import Trainables
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
 LOSS_CHECK_STEPS = 50  # nan/inf in the loss is looked for every this many steps (a device sync)
-
-
-def build_optimizer(
-    config: Config, params: Iterable[nn.Parameter], device: torch.device | None = None
-) -> torch.optim.Optimizer:
-    """The built-in's optimizers: momentum and weight_decay apply to sgd and nag only;
-    gamma1 is rmsprop's squared-gradient decay and gamma2 its momentum. On a GPU, SGD and
-    Adam use their fused kernels (one launch for all parameters instead of one per tensor)."""
-    lr = config.learning_rate
-    name = config.optimizer
-    fused = device is not None and device.type == "cuda"
-    if name in ("sgd", "nag"):
-        return torch.optim.SGD(
-            params,
-            lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=name == "nag",
-            fused=fused or None,
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr, fused=fused or None)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr)
-    if name == "rmsprop":  # MXNet's centered RMSProp, where gamma2 is defined (see optim.py)
-        return MXNetRMSProp(params, lr, gamma1=config.gamma1, gamma2=config.gamma2)
-    raise ValueError(f"unknown optimizer {name}")
-
-
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
-    """A scheduler stepped once per iteration: poly (power 0.9) and cosine decay smoothly over
-    the whole run; step multiplies by lr_scheduler_factor after each listed epoch. In closed
-    form, so Pipe mode can resize it once an epoch's real length is known."""
-    schedule = IterationSchedule(
-        config.lr_scheduler,
-        config.epochs,
-        iters_per_epoch,
-        config.lr_scheduler_step or (),
-        config.lr_scheduler_factor,
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 @dataclass
@@ -88,31 +46,6 @@ class Precision:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
-
-
-def segmentation_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    share: Callable[[torch.Tensor], torch.Tensor] | None = None,
-):
-    """Pixel-wise cross-entropy ignoring 255; a batch with no labelled pixel gives 0, not NaN.
-
-    ``share`` (data parallel) turns this process's labelled-pixel count into its share of the
-    global batch's count, so the ranks' losses average (as DDP averages gradients) to the loss
-    of one process over the whole global batch, however the labelled pixels fall."""
-    target = target.long()
-    total = F.cross_entropy(
-        logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    valid = target != IGNORE_INDEX
-    if weight is None:
-        count = valid.sum()
-    else:
-        count = (weight[target.clamp(max=logits.shape[1] - 1)] * valid).sum()
-    if share is not None:
-        return total / share(count)
-    return total / count.clamp_min(1)
 
 
 class ProgressLog:
@@ -204,94 +137,127 @@ class EpochStats:
         return self.data_seconds / max(self.seconds, 1e-9)
 
 
-def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    precision: Precision,
-    device,
-    epoch: int,
-    class_weight: torch.Tensor | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    done: int = 0,
-    loss_sum: float = 0.0,
-    aux_weight: float = 0.0,
-    time_first_step: bool = False,
-) -> EpochStats:
-    """Train over ``loader``; ``done`` batches (summed loss ``loss_sum``) of this epoch were
-    trained before a resume. A stop request raises TrainingStopped carrying the progress."""
-    model.train()
-    channels_last = device.type == "cuda"
-    total_loss = torch.zeros((), device=device)
-    start = time.monotonic()
-    data_seconds, images, steps = 0.0, 0, 0
-    progress = ProgressLog(epoch, done + len(loader), done=done)
-    share = collectives.count_share if collectives.active() else None
-    guard = LossGuard(precision.scaler.is_enabled(), device)
+@dataclass
+class _Tally:
+    """An epoch's running totals; ``done`` batches (summed loss ``loss_sum``) were trained
+    before a resume."""
+
+    done: int
+    loss_sum: float
+    total_loss: torch.Tensor  # on the device: summed without a sync per step
+    steps: int = 0
+    images: int = 0
+    data_seconds: float = 0.0
+
+    def stopped(self, reason: str) -> TrainingStopped:
+        """A stop that carries the progress, for the checkpoint written on the way out."""
+        return TrainingStopped(
+            reason, self.done + self.steps, self.loss_sum + float(self.total_loss)
+        )
+
+
+def _batches(loader: Iterable, tally: _Tally, epoch: int, should_stop: Callable[[], bool]):
+    """The loader's batches, with the time spent waiting for each added to the tally; a stop
+    request (here or from the data: SIGTERM while waiting for a FIFO) raises TrainingStopped."""
     fetch_start = time.monotonic()
     batches = iter(loader)
     while True:
         try:
-            images_batch, masks = next(batches)
+            batch = next(batches)
         except StopIteration:
-            break
-        except TrainingStopped as exc:  # from the data: SIGTERM while waiting for a FIFO
-            raise TrainingStopped(str(exc), done + steps, loss_sum + float(total_loss)) from exc
-        data_seconds += time.monotonic() - fetch_start
+            return
+        except TrainingStopped as exc:
+            raise tally.stopped(str(exc)) from exc
+        tally.data_seconds += time.monotonic() - fetch_start
         if should_stop():
-            raise TrainingStopped(
-                f"stopped during epoch {epoch}", done + steps, loss_sum + float(total_loss)
-            )
-        images_batch = images_batch.to(device, non_blocking=True)
-        if channels_last:
-            images_batch = images_batch.contiguous(memory_format=torch.channels_last)
-        masks = masks.to(device, non_blocking=True)
-        with precision.autocast():
-            out = model(images_batch)
-        logits, aux_logits = out if isinstance(out, tuple) else (out, None)
-        loss = segmentation_loss(logits, masks, class_weight, share)
-        if aux_logits is not None:  # the training-only head on layer3 (aux_loss_weight)
-            # the same global-count normalisation as the main term, so ranks still average
-            aux = segmentation_loss(aux_logits, masks, class_weight, share)
-            loss = loss + aux_weight * aux
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        scheduler.step()
-        total_loss += guard.add(loss.detach())
-        steps += 1
-        if steps % LOSS_CHECK_STEPS == 0:
-            guard.check(epoch, done + steps)
-        images += images_batch.shape[0]
-        progress.step(done + steps, images)
-        if steps == 1 and time_first_step:
-            # One sync, once: the first step holds cuDNN autotuning and torch.compile.
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            autotuned = device.type == "cuda" and torch.backends.cudnn.benchmark
-            included = [  # named only when on: an eager CPU step has neither
-                *(["compilation"] if hasattr(model, "_orig_mod") else []),  # torch.compile's
-                *(["autotuning"] if autotuned else []),
-            ]
-            log.info(
-                "first training step: %.1f s%s",
-                time.monotonic() - start,
-                f" ({' and '.join(included)} included)" if included else "",
-            )
+            raise tally.stopped(f"stopped during epoch {epoch}")
+        yield batch
         fetch_start = time.monotonic()
-    guard.check(epoch, done + steps)
+
+
+def _step(
+    trainables: Trainables,
+    precision: Precision,
+    device: torch.device,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    objective: Objective,
+) -> torch.Tensor:
+    """One optimisation step on ``batch``; its loss, detached."""
+    images, masks = batch
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = masks.to(device, non_blocking=True)
+    with precision.autocast():
+        out = trainables.stepped(images)
+    loss = objective(out, masks)
+    trainables.optimizer.zero_grad(set_to_none=True)
+    trainables.scaler.scale(loss).backward()
+    trainables.scaler.step(trainables.optimizer)
+    trainables.scaler.update()
+    trainables.scheduler.step()
+    return loss.detach()
+
+
+def _log_first_step(model: torch.nn.Module, device: torch.device, start: float) -> None:
+    """The first step's time: it holds cuDNN autotuning and torch.compile (one sync, once)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    autotuned = device.type == "cuda" and torch.backends.cudnn.benchmark
+    included = [  # named only when on: an eager CPU step has neither
+        *(["compilation"] if hasattr(model, "_orig_mod") else []),  # torch.compile's
+        *(["autotuning"] if autotuned else []),
+    ]
+    log.info(
+        "first training step: %.1f s%s",
+        time.monotonic() - start,
+        f" ({' and '.join(included)} included)" if included else "",
+    )
+
+
+def train_one_epoch(
+    trainables: Trainables,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    precision: Precision,
+    device: torch.device,
+    epoch: int,
+    objective: Objective | None = None,  # None: unweighted, no auxiliary term
+    should_stop: Callable[[], bool] = lambda: False,
+    done: int = 0,
+    loss_sum: float = 0.0,
+    time_first_step: bool = False,
+) -> EpochStats:
+    """Train over ``loader``; ``done`` batches (summed loss ``loss_sum``) of this epoch were
+    trained before a resume. A stop request raises TrainingStopped carrying the progress."""
+    trainables.stepped.train()
+    objective = Objective() if objective is None else objective
+    tally = _Tally(done, loss_sum, torch.zeros((), device=device))
+    start = time.monotonic()
+    progress = ProgressLog(epoch, done + len(loader), done=done)
+    guard = LossGuard(trainables.scaler.is_enabled(), device)
+    for batch in _batches(loader, tally, epoch, should_stop):
+        loss = _step(trainables, precision, device, batch, objective)
+        tally.total_loss += guard.add(loss)
+        tally.steps += 1
+        if tally.steps % LOSS_CHECK_STEPS == 0:
+            guard.check(epoch, done + tally.steps)
+        tally.images += batch[0].shape[0]
+        progress.step(done + tally.steps, tally.images)
+        if tally.steps == 1 and time_first_step:
+            _log_first_step(trainables.stepped, device, start)
+    guard.check(epoch, done + tally.steps)
     if device.type == "cuda":
         log.info(
             "epoch %d: peak GPU memory %.2f GiB",
             epoch,
             torch.cuda.max_memory_allocated(device) / 2**30,
         )
-    if done + steps == 0:
+    steps = done + tally.steps
+    if steps == 0:
         raise RuntimeError("the training loader produced no batch")
-    mean_loss = (loss_sum + float(total_loss)) / (done + steps)
-    return EpochStats(mean_loss, time.monotonic() - start, images, data_seconds, done + steps)
+    mean_loss = (loss_sum + float(tally.total_loss)) / steps
+    return EpochStats(mean_loss, time.monotonic() - start, tally.images, tally.data_seconds, steps)
 
 
 @torch.no_grad()

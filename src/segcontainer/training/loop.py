@@ -1,4 +1,9 @@
-"""The epoch loop: train, validate, report, keep the best model, checkpoint, stop early."""
+"""The epoch loop: train, validate, report, keep the best model, checkpoint, stop early.
+
+Data parallel: every rank trains and validates its shard; global rank 0 alone writes the
+metric lines, curves, model/ and checkpoints. Every rank sees the same (summed) scores, so all
+take the same decisions.
+"""
 
 from __future__ import annotations
 
@@ -8,271 +13,241 @@ from dataclasses import dataclass
 
 import torch
 
-from segcontainer import model_folder
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
+from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import Scores, metric_lines
 from segcontainer.training import checkpoints, collectives, epochs
-from segcontainer.training.checkpoints import Position
+from segcontainer.training.best import BestModel
+from segcontainer.training.checkpoints import Position, Progress
 from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
 from segcontainer.training.distributed import SINGLE, Rank
-from segcontainer.training.optim import resize_schedule
+from segcontainer.training.loss import Objective
+from segcontainer.training.optim import Trainables, resize_schedule
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Setup:
-    """Everything the loop works with, built by training.run."""
+    """Everything the loop works with, built by training.job.run."""
 
     paths: Paths
     config: Config
     host: str
-    record: dict
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    record: dict  # the resolved configuration: model/ and every checkpoint carry it
+    trainables: Trainables
     precision: epochs.Precision
     device: torch.device
-    start_epoch: Callable[[int, int], None]  # (epoch, samples to skip) -> data set up for it
-    train_loader: torch.utils.data.DataLoader
-    validation_loader: torch.utils.data.DataLoader
-    class_weight: torch.Tensor | None
-    iters_per_epoch: int
+    data: TrainingData
+    objective: Objective
     batch_size: int  # per process: mini_batch_size split across the host's processes
     rank: Rank = SINGLE
-    # What the training steps call: ``model`` wrapped for data parallelism and/or compiled
-    # (compile_model); None: ``model`` itself. Validation, checkpoints and model/ always use
-    # ``model``.
-    train_model: torch.nn.Module | None = None
 
 
-def _scores_dict(scores: Scores) -> dict:
-    return {
-        "miou": scores.miou,
-        "pixel_accuracy": scores.pixel_accuracy,
-        "per_class_iou": list(scores.per_class_iou),
-    }
+class Run:
+    """One job's pass over its epochs: what the loop keeps between them (early-stopping
+    state, curves, the best model) and the steps of an epoch that can stop or fail."""
 
+    def __init__(self, s: Setup, local_stop: Callable[[], bool]) -> None:
+        config = s.config
+        self.s, self.local_stop = s, local_stop
+        self.stop = CoordinatedStop(local_stop, s.device)
+        self.stopper = epochs.EarlyStopping(
+            config.early_stopping,
+            config.early_stopping_min_epochs,
+            config.early_stopping_patience,
+            config.early_stopping_tolerance,
+        )
+        self.curves = TrainingCurves(s.paths.output_data_dir)
+        self.best = BestModel(
+            model_dir=s.paths.model_dir,
+            record=s.record,
+            class_names=config.class_names,
+            rank=s.rank,
+        )
 
-def _trained_on(s: Setup) -> dict:
-    world = s.rank.world
-    return {
-        "hosts": list(world.hosts),
-        "processes_per_host": world.local_size,
-        "world_size": world.size,
-        "written_by": f"rank 0 on {world.host}",
-    }
-
-
-def _restore_model_folder(s: Setup, best: checkpoints.Best) -> None:
-    """After a resume, model/ holds the best model so far before training goes on: a spot
-    restart starts with an empty /opt/ml/model, and no later epoch may beat the best."""
-    scores = Scores(
-        best.scores["miou"], best.scores["pixel_accuracy"], tuple(best.scores["per_class_iou"])
-    )
-    model_folder.save_model(
-        s.paths.model_dir,
-        best.weights,
-        s.record,
-        best.epoch,
-        scores,
-        s.config.class_names,
-        _trained_on(s),
-    )
-    log.info(
-        "wrote the best model so far (epoch %d, mIoU %.4f) from the checkpoint to %s",
-        best.epoch,
-        scores.miou,
-        s.paths.model_dir,
-    )
-
-
-def fit(s: Setup, local_stop) -> None:
-    """Train every epoch. Data parallel: every rank trains and validates its shard; global
-    rank 0 alone writes the metric lines, curves, model/ and checkpoints."""
-    config = s.config
-    main = s.rank.is_main
-    train_model = s.train_model or s.model
-    stop = CoordinatedStop(local_stop, s.device)
-    stopper = epochs.EarlyStopping(
-        config.early_stopping,
-        config.early_stopping_min_epochs,
-        config.early_stopping_patience,
-        config.early_stopping_tolerance,
-    )
-    curves = TrainingCurves(s.paths.output_data_dir)
-    position, best = Position(), None
-    model_is_best = False  # the model's current weights are best's (stored once)
-    resumed = checkpoints.resume(
-        s.paths.checkpoints_dir,
-        s.record,
-        s.model,
-        s.optimizer,
-        s.scheduler,
-        s.precision.scaler,
-        main,
-        collectives.broadcast_from_main if collectives.active() else None,
-    )
-    if resumed:
-        position, best, curves.rows = resumed.position, resumed.best, resumed.curves
-        stopper.best = resumed.early_stopping["best"]
-        stopper.stale_epochs = resumed.early_stopping["stale_epochs"]
-        if best is not None and main:
-            _restore_model_folder(s, best)
-        elif stopper.best >= 0 and main:
+    def resume(self) -> Position:
+        """Continue from the newest valid checkpoint (every rank from the same one): the
+        trainables, early-stopping state, curves and best model; where to start."""
+        s, main = self.s, self.s.rank.is_main
+        progress = checkpoints.resume(
+            s.paths.checkpoints_dir,
+            record=s.record,
+            trainables=s.trainables,
+            main=main,
+            share=collectives.broadcast_from_main if collectives.active() else None,
+        )
+        if progress is None:
+            return Position()
+        self.curves.rows = progress.curves
+        self.stopper.best = progress.early_stopping["best"]
+        self.stopper.stale_epochs = progress.early_stopping["stale_epochs"]
+        if progress.best is not None:
+            self.best.restore(progress.best)
+        elif self.stopper.best >= 0 and main:
             log.warning(
                 "the checkpoint holds no best model (written by an older version): model/ is "
                 "written again when an epoch beats mIoU %.4f",
-                stopper.best,
+                self.stopper.best,
             )
         if main:
-            curves.write()
+            self.curves.write()
+        return progress.position
 
-    def checkpoint(at: Position) -> None:
-        if not main:
+    def checkpoint(self, at: Position) -> None:
+        """The main process writes a checkpoint at ``at``; the others keep none."""
+        s = self.s
+        if not s.rank.is_main:
             return
-        state = {"best": stopper.best, "stale_epochs": stopper.stale_epochs}
+        early_stopping = {"best": self.stopper.best, "stale_epochs": self.stopper.stale_epochs}
         checkpoints.save(
             s.paths.checkpoints_dir,
-            at,
-            s.model,
-            s.optimizer,
-            s.scheduler,
-            s.precision.scaler,
-            state,
-            curves.rows,
-            best,
-            s.record,
-            model_is_best,
+            progress=Progress(
+                position=at,
+                early_stopping=early_stopping,
+                curves=self.curves.rows,
+                best=self.best.best,
+            ),
+            trainables=s.trainables,
+            record=s.record,
+            model_is_best=self.best.is_current,
         )
 
-    names = config.class_names or tuple(str(i) for i in range(config.num_classes))
-    iters_per_epoch = s.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
-    for epoch in range(position.epoch, config.epochs):
-        resuming = epoch == position.epoch
-        done = position.iteration if resuming else 0
-        s.start_epoch(epoch, done * s.batch_size)
-        model_is_best = False  # training changes the weights
-        epoch_rate = s.optimizer.param_groups[0]["lr"]  # the curves' rate: at the first step
+    def train(self, epoch: int, resumed: Position | None) -> tuple[epochs.EpochStats, float]:
+        """Train ``epoch`` (from where ``resumed`` left it, in this process's first epoch):
+        its stats and its learning rate at the first step. A stop writes a checkpoint."""
+        s = self.s
+        done = resumed.iteration if resumed else 0
+        s.data.start_epoch(epoch, done * s.batch_size)
+        self.best.is_current = False  # training changes the weights
+        rate = s.trainables.optimizer.param_groups[0]["lr"]  # the curves' rate: at the first step
         try:
             stats = epochs.train_one_epoch(
-                train_model,
-                s.train_loader,
-                s.optimizer,
-                s.scheduler,
-                s.precision,
-                s.device,
-                epoch,
-                s.class_weight,
-                stop,
+                s.trainables,
+                s.data.train_loader,
+                precision=s.precision,
+                device=s.device,
+                epoch=epoch,
+                objective=s.objective,
+                should_stop=self.stop,
                 done=done,
-                loss_sum=position.loss_sum if resuming else 0.0,
-                aux_weight=config.aux_loss_weight,
-                time_first_step=resuming,  # this process's first epoch
+                loss_sum=resumed.loss_sum if resumed else 0.0,
+                time_first_step=resumed is not None,  # this process's first epoch
             )
         except TrainingStopped as exc:
-            checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
+            self.checkpoint(Position(epoch, exc.iteration or 0, exc.loss_sum))
             raise
         except epochs.NonFiniteLoss as exc:  # no checkpoint: the weights hold nan now
-            raise epochs.NonFiniteLoss(non_finite_reason(s, str(exc), best, stopper)) from exc
-        collectives.sync_buffers(s.model)
-        if stats.steps != iters_per_epoch:
-            # Pipe mode: num_training_samples sized the schedule, the stream was another length
-            log.warning(
-                "epoch %d had %d batches, not the %d the schedule assumed "
-                "(num_training_samples / batch size): the rest of the learning-rate "
-                "schedule is sized from the real count",
-                epoch,
-                stats.steps,
-                iters_per_epoch,
-            )
-            iters_per_epoch = stats.steps
-            resize_schedule(s.scheduler, epoch + 1, iters_per_epoch)
+            raise epochs.NonFiniteLoss(self.non_finite_reason(str(exc))) from exc
+        return stats, rate
+
+    def validate(self, epoch: int, stats: epochs.EpochStats) -> Scores:
+        """Score the trained epoch; a stop writes a checkpoint at the epoch's end (its
+        validation runs again on resume)."""
+        s = self.s
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
             scores = epochs.evaluate(
-                s.model,
-                s.validation_loader,
-                config.num_classes,
+                s.trainables.model,
+                s.data.validation_loader,
+                s.config.num_classes,
                 s.precision,
                 s.device,
-                local_stop if not collectives.active() else lambda: False,
+                self.local_stop if not collectives.active() else lambda: False,
             )
-            if collectives.active() and stop.agree():
+            if collectives.active() and self.stop.agree():
                 raise TrainingStopped("stopped during validation")
-        except TrainingStopped:  # the epoch's training is done; validation runs again
-            checkpoint(Position(epoch, stats.steps, stats.loss * stats.steps))
+        except TrainingStopped:
+            self.checkpoint(Position(epoch, stats.steps, stats.loss * stats.steps))
             raise
+        return scores
+
+    def non_finite_reason(self, what: str) -> str:
+        """The failure reason for a nan/inf loss: what happened, the likely causes with this
+        job's values, and what is kept."""
+        s, best = self.s, self.best.best
+        if best is not None:
+            kept = (
+                f"{s.paths.model_dir} keeps the best model so far (epoch {best.epoch}, "
+                f"mIoU {best.scores.miou:.4f})"
+            )
+        elif self.stopper.best >= 0:  # a rank other than the main one, which keeps the model
+            kept = f"the first host keeps the best model so far (mIoU {self.stopper.best:.4f})"
+        else:
+            kept = "no epoch had finished, so there is no model"
+        precision = str(s.precision.dtype).removeprefix("torch.")
+        return (
+            f"Training stopped: {what}. Likely causes: a learning_rate too high (this job: "
+            f"{s.config.learning_rate}), class_weights too large (this job: "
+            f"{s.config.class_weights}), or fp16 overflow (this job trains in {precision}; "
+            "precision=bf16 or fp32 avoids it). Lower the one that applies and train again; "
+            f"{kept}."
+        )
+
+
+def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
+    """Train every epoch left, validating, reporting and checkpointing after each."""
+    config = s.config
+    run = Run(s, local_stop)
+    position = run.resume()
+    names = config.class_names or tuple(str(i) for i in range(config.num_classes))
+    iters_per_epoch = s.data.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
+    for epoch in range(position.epoch, config.epochs):
+        stats, rate = run.train(epoch, position if epoch == position.epoch else None)
+        collectives.sync_buffers(s.trainables.model)
+        iters_per_epoch = fit_schedule(s.trainables, epoch, stats.steps, iters_per_epoch)
+        scores = run.validate(epoch, stats)
         stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
-        if main:  # one set of metric lines per epoch, so HPO and CloudWatch see one value
-            report(s, epoch, stats, scores, names, curves, epoch_rate)
-        # every rank sees the same (summed) scores, so all take the same decisions
-        if stopper.update(scores.miou):
-            model_is_best = True
-            if main:  # only the main process keeps the best weights and writes model/
-                weights = {
-                    k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()
-                }
-                best = checkpoints.Best(epoch, _scores_dict(scores), weights)
-                model_folder.save_model(
-                    s.paths.model_dir,
-                    weights,
-                    s.record,
-                    epoch,
-                    scores,
-                    config.class_names,
-                    _trained_on(s),
-                )
-            log.info(
-                "epoch %d is the best so far (mIoU %.4f): saved to %s",
-                epoch,
-                scores.miou,
-                s.paths.model_dir,
-            )
-        if stopper.should_stop(epoch + 1):
+        if s.rank.is_main:  # one set of metric lines per epoch, so HPO and CloudWatch see one
+            report(s.host, epoch, stats, scores, names, run.curves, rate)
+        if run.stopper.update(scores.miou):
+            run.best.keep(s.trainables.model, epoch, scores)
+        if run.stopper.should_stop(epoch + 1):
             log.info(
                 "early stopping after epoch %d: mIoU has not improved by more than %.3g "
                 "for %d epochs (best %.4f)",
                 epoch,
                 config.early_stopping_tolerance,
-                stopper.stale_epochs,
-                stopper.best,
+                run.stopper.stale_epochs,
+                run.stopper.best,
             )
-            checkpoint(Position(config.epochs))  # finished: a restart does not train on
+            run.checkpoint(Position(config.epochs))  # finished: a restart does not train on
             return
-        checkpoint(Position(epoch + 1))
+        run.checkpoint(Position(epoch + 1))
 
 
-def non_finite_reason(
-    s: Setup, what: str, best: checkpoints.Best | None, stopper: epochs.EarlyStopping
-) -> str:
-    """The failure reason for a nan/inf loss: what happened, the likely causes with this job's
-    values, and what is kept."""
-    config = s.config
-    if best is not None:
-        kept = (
-            f"{s.paths.model_dir} keeps the best model so far (epoch {best.epoch}, "
-            f"mIoU {best.scores['miou']:.4f})"
-        )
-    elif stopper.best >= 0:  # a rank other than the main one, which keeps the model
-        kept = f"the first host keeps the best model so far (mIoU {stopper.best:.4f})"
-    else:
-        kept = "no epoch had finished, so there is no model"
-    precision = str(s.precision.dtype).removeprefix("torch.")
-    return (
-        f"Training stopped: {what}. Likely causes: a learning_rate too high (this job: "
-        f"{config.learning_rate}), class_weights too large (this job: {config.class_weights}), "
-        f"or fp16 overflow (this job trains in {precision}; precision=bf16 or fp32 avoids it). "
-        f"Lower the one that applies and train again; {kept}."
+def fit_schedule(trainables: Trainables, epoch: int, steps: int, assumed: int) -> int:
+    """The batches per epoch the schedule assumes from here on: Pipe mode's num_training_samples
+    sized it, and when the stream was another length the rest is sized from the real count."""
+    if steps == assumed:
+        return assumed
+    log.warning(
+        "epoch %d had %d batches, not the %d the schedule assumed "
+        "(num_training_samples / batch size): the rest of the learning-rate "
+        "schedule is sized from the real count",
+        epoch,
+        steps,
+        assumed,
     )
+    resize_schedule(trainables.scheduler, epoch + 1, steps)
+    return steps
 
 
-def report(s: Setup, epoch: int, stats, scores, names, curves: TrainingCurves, rate: float) -> None:
-    for line in metric_lines(s.host, epoch, stats.loss, scores):
+def report(
+    host: str,
+    epoch: int,
+    stats: epochs.EpochStats,
+    scores: Scores,
+    names: tuple[str, ...],
+    curves: TrainingCurves,
+    rate: float,
+) -> None:
+    """The epoch's metric lines (stdout, for HPO and CloudWatch), its log line and curves."""
+    for line in metric_lines(host, epoch, stats.loss, scores):
         print(line, flush=True)
     per_class = ", ".join(
         f"{n} {'-' if v is None else f'{v:.3f}'}"

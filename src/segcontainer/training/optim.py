@@ -1,6 +1,8 @@
-"""The built-in's rmsprop update and the per-iteration learning-rate schedules.
+"""The optimizers and learning-rate schedules training steps, and the bundle of what it
+changes (Trainables: model, optimizer, scheduler, gradient scaler), which a checkpoint holds.
 
-Neither is available in torch in the form needed: torch.optim.RMSprop(centered=True) adds
+The built-in's rmsprop update and the per-iteration schedules are defined here because neither
+is available in torch in the form needed: torch.optim.RMSprop(centered=True) adds
 epsilon outside the square root and applies the current learning rate to its whole momentum
 buffer; torch's PolynomialLR and CosineAnnealingLR are recursive, so their length cannot be
 corrected mid-run (Pipe mode learns the real batch count only after an epoch).
@@ -10,8 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from segcontainer.config.hyperparameters import Config
 
 
 class MXNetRMSProp(torch.optim.Optimizer):
@@ -120,3 +126,64 @@ def resize_schedule(
     for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
     scheduler._last_lr = rates
+
+
+def build_optimizer(
+    config: Config, params: Iterable[nn.Parameter], device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """The built-in's optimizers: momentum and weight_decay apply to sgd and nag only;
+    gamma1 is rmsprop's squared-gradient decay and gamma2 its momentum. On a GPU, SGD and
+    Adam use their fused kernels (one launch for all parameters instead of one per tensor)."""
+    lr = config.learning_rate
+    name = config.optimizer
+    fused = device is not None and device.type == "cuda"
+    if name in ("sgd", "nag"):
+        return torch.optim.SGD(
+            params,
+            lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=name == "nag",
+            fused=fused or None,
+        )
+    if name == "adam":
+        return torch.optim.Adam(params, lr, fused=fused or None)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr)
+    if name == "rmsprop":  # MXNet's centered RMSProp, where gamma2 is defined (see optim.py)
+        return MXNetRMSProp(params, lr, gamma1=config.gamma1, gamma2=config.gamma2)
+    raise ValueError(f"unknown optimizer {name}")
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
+    """A scheduler stepped once per iteration: poly (power 0.9) and cosine decay smoothly over
+    the whole run; step multiplies by lr_scheduler_factor after each listed epoch. In closed
+    form, so Pipe mode can resize it once an epoch's real length is known."""
+    schedule = IterationSchedule(
+        config.lr_scheduler,
+        config.epochs,
+        iters_per_epoch,
+        config.lr_scheduler_step or (),
+        config.lr_scheduler_factor,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trainables:
+    """What training changes, which travels together: through the epoch loop, into every
+    checkpoint and back out of it on a resume."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    # What the training steps call: ``model`` wrapped for data parallelism and/or compiled
+    # (compile_model); None: ``model`` itself. Validation, checkpoints and model/ always use
+    # ``model``, whose weights the wrappers share.
+    step_model: nn.Module | None = None
+
+    @property
+    def stepped(self) -> nn.Module:
+        """The module the training steps call."""
+        return self.model if self.step_model is None else self.step_model

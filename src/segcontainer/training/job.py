@@ -1,0 +1,206 @@
+"""One training process's job: configuration and data in, the trained model and its exports
+out. Builds what the epoch loop (training.loop) works with: the device, the data every rank
+agrees on, the model and what trains it, the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from segcontainer import model_folder
+from segcontainer.config.environment import (
+    Paths,
+    read_hyperparameters,
+    read_input_data_config,
+    read_resource_config,
+)
+from segcontainer.config.hyperparameters import Config, describe, resolve
+from segcontainer.data.dataset import Parallel, Shard
+from segcontainer.data.loaders import TrainingData, prepare
+from segcontainer.errors import UserError
+from segcontainer.export import after_training as export_after_training
+from segcontainer.models import build_model
+from segcontainer.training import collectives, distributed, epochs, syncbn
+from segcontainer.training.distributed import SINGLE, Rank
+from segcontainer.training.incremental import start_from_model_channel
+from segcontainer.training.loop import Setup, fit
+from segcontainer.training.loss import Objective
+from segcontainer.training.optim import Trainables, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class StopFlag(Protocol):
+    """entry.StopSignal as the job sees it: asked at every batch, told when the loop runs
+    (outside it a SIGTERM stops at once)."""
+
+    in_loop: bool
+
+    def __call__(self) -> bool: ...
+
+
+def median_frequency_weights(pixels: np.ndarray) -> torch.Tensor:
+    """class_weights=auto: median frequency / class frequency; absent classes get 1."""
+    freq = pixels / max(pixels.sum(), 1)
+    present = freq > 0
+    weights = np.ones_like(freq, dtype=np.float64)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def data_parallel(channels: dict, rank: Rank, batch_size: int) -> Parallel:
+    """Which part of each channel this process takes. ShardedByS3Key: the host holds its own
+    part, shared among its processes only; FullyReplicated: every host holds it all."""
+
+    def shard(name: str) -> Shard:
+        config = channels.get(name)
+        by_key = config is not None and config.extra.get("S3DistributionType") == "ShardedByS3Key"
+        if by_key:
+            return Shard(rank.local_rank, rank.world.local_size)
+        return Shard(rank.rank, rank.size)
+
+    return Parallel(
+        shard("train"), shard("validation"), batch_size, rank.size, rank.world.local_size
+    )
+
+
+def compiled(model: torch.nn.Module, setting: str, device: torch.device):
+    """torch.compile for the training steps (auto: on a GPU, where it pays; on the CPU the
+    compile time outweighs the gain for short jobs), or None. Compilation happens at the
+    first step, whose time is logged; validation keeps the eager model (its image sizes vary)."""
+    if setting == "false" or (setting == "auto" and device.type != "cuda"):
+        log.info("compile_model=%s: training steps run eagerly", setting)
+        return None
+    log.info("compile_model=%s: the training steps run through torch.compile", setting)
+    return torch.compile(model)
+
+
+# Builds the model to train: (algorithm, backbone, num_classes, pretrained=, aux=) -> a module
+# with segcontainer's forward contract (logits in evaluation; (logits, aux logits) in training
+# when aux). models.build_model, or another builder (benchmarks/reference_train.py); a
+# module-level function, so that it reaches spawned training processes.
+ModelBuilder = Callable[..., torch.nn.Module]
+
+
+def run(
+    paths: Paths,
+    stop: StopFlag,
+    rank: Rank = SINGLE,
+    *,
+    model_builder: ModelBuilder = build_model,
+) -> None:
+    """One training process's job: read the configuration and the data, build what trains,
+    train every epoch, then (main process) export the best model."""
+    config = resolve(read_hyperparameters(paths))
+    host = read_resource_config(paths).current_host
+    channels = read_input_data_config(paths)
+    if rank.is_main:
+        log.info(
+            "segcontainer training on host %s with hyperparameters:\n%s", host, describe(config)
+        )
+    batch_size = distributed.per_process_batch(config.mini_batch_size, rank.world.local_size)
+    torch.manual_seed(config.seed)
+    device = choose_device(rank)
+    data = prepare(paths, config, channels, device, stop, data_parallel(channels, rank, batch_size))
+    data = agreed(data, rank, device)
+    precision = epochs.Precision.choose(config.precision, device)
+    log.info("device %s, precision %s", device, precision.dtype)
+    model, step_model = build_for_training(paths, config, rank, device, model_builder)
+    optimizer = build_optimizer(config, model.parameters(), device)
+    scheduler = build_scheduler(config, optimizer, data.iters_per_epoch)
+    objective = Objective(
+        class_weight=class_weight(config, data.pixels_per_class, device),
+        aux_weight=config.aux_loss_weight,
+    )
+    trainables = Trainables(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=precision.scaler,
+        step_model=compiled(step_model, config.compile_model, device) or step_model,
+    )
+    setup = Setup(
+        paths=paths,
+        config=config,
+        host=host,
+        record=model_folder.model_config(config, data.label_maps),
+        trainables=trainables,
+        precision=precision,
+        device=device,
+        data=data,
+        objective=objective,
+        batch_size=batch_size,
+        rank=rank,
+    )
+    stop.in_loop = True
+    fit(setup, stop)
+    stop.in_loop = False
+    if rank.is_main:  # model/ is rank 0's; a host's other processes share the folder
+        export_after_training(paths, config, data)
+
+
+def choose_device(rank: Rank) -> torch.device:
+    """This process's GPU (NCCL), the CPU (gloo), or alone: a GPU when there is one."""
+    if rank.world.backend == "nccl":
+        return torch.device("cuda", rank.local_rank)
+    if rank.distributed:
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def agreed(data: TrainingData, rank: Rank, device: torch.device) -> TrainingData:
+    """The data as every rank must see it: as many steps per epoch as the rank with the least
+    data, and the whole job's training histogram."""
+    steps = collectives.all_reduce_min(data.iters_per_epoch, device)
+    if steps != data.iters_per_epoch:  # ShardedByS3Key parts of unequal size
+        log.warning("training %d steps per epoch, as the host with the least data", steps)
+        data = data.limited(steps)
+    if data.pixels_per_class is not None and rank.distributed:
+        pixels = collectives.all_reduce_histogram(data.pixels_per_class, device)
+        data = replace(data, pixels_per_class=pixels)
+    return data
+
+
+def build_for_training(
+    paths: Paths, config: Config, rank: Rank, device: torch.device, model_builder: ModelBuilder
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model (pretrained, or the model channel's weights for incremental training) on
+    ``device``, and what the training steps call: the model wrapped for data parallelism."""
+    incremental = paths.channel("model").is_dir()
+    model = model_builder(
+        config.algorithm,
+        config.backbone,
+        config.num_classes,
+        pretrained=config.use_pretrained_model and not incremental,
+        aux=config.aux_loss_weight > 0,
+    )
+    start_from_model_channel(paths, config, model)
+    model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    # Data parallel: compile the DDP wrapper (torch.compile(DDP(model))), so DDP's graph
+    # splitting at gradient buckets keeps overlapping communication with the backward pass.
+    return model, collectives.wrap(model, device)
+
+
+def class_weight(
+    config: Config, pixels_per_class: np.ndarray | None, device: torch.device
+) -> torch.Tensor | None:
+    """The loss's class weights: class_weights=auto from the training histogram, the given
+    weights, or None (unweighted)."""
+    if config.class_weights == "auto":
+        if pixels_per_class is None:
+            raise UserError(
+                "class_weights=auto needs the training histogram, which Pipe mode "
+                "cannot give before training; give one weight per class instead."
+            )
+        return median_frequency_weights(pixels_per_class).to(device)
+    if isinstance(config.class_weights, tuple):
+        return torch.tensor(config.class_weights, dtype=torch.float32, device=device)
+    return None
