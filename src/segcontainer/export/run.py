@@ -264,20 +264,8 @@ def export_model(
                         os.replace(candidate, final)
                 except BaseException as exc:
                     candidate.unlink(missing_ok=True)
-                    if isinstance(exc, TrainingStopped) or stop_arrived() or caused_by_stop(exc):
-                        exports[name] = {"file": None, "error": "stopped by SIGTERM"}
-                        # the failure reason says where the stop landed
-                        raise TrainingStopped(f"stopped during the {name} export") from exc
-                    if not isinstance(exc, Exception):
-                        raise  # KeyboardInterrupt and the like
-                    exports[name] = {"file": None, "error": _reason(exc)}
-                    if explicit:
-                        raise UserError(
-                            f"The {name} export asked for by the export hyperparameter failed: "
-                            f"{_reason(exc)}. model.pt in {model_dir} is complete; leave {name} "
-                            "out of export, or add it later with `segcontainer export`."
-                        ) from exc
-                    log.warning("%s export failed (model.pt is complete): %s", name, _reason(exc))
+                    stopped = isinstance(exc, TrainingStopped) or stop_arrived()
+                    _record_failure(exports, name, exc, stopped, explicit, model_dir)
                     continue
                 entry["seconds"] = round(time.perf_counter() - start, 1)
                 exports[name] = entry
@@ -286,6 +274,33 @@ def export_model(
         if wanted:
             model_folder.update_info(model_dir, **{model_folder.EXPORTS_KEY: earlier | exports})
     return exports
+
+
+def _record_failure(
+    exports: dict[str, dict],
+    name: str,
+    exc: BaseException,
+    stopped: bool,
+    explicit: bool,
+    model_dir: Path,
+) -> None:
+    """Record format ``name``'s failure in ``exports``; raise TrainingStopped for a stop
+    (wherever it landed), UserError when the format was asked for explicitly, and anything
+    that is not an Exception (KeyboardInterrupt and the like) as it is."""
+    if stopped or caused_by_stop(exc):
+        exports[name] = {"file": None, "error": "stopped by SIGTERM"}
+        # the failure reason says where the stop landed
+        raise TrainingStopped(f"stopped during the {name} export") from exc
+    if not isinstance(exc, Exception):
+        raise exc
+    exports[name] = {"file": None, "error": _reason(exc)}
+    if explicit:
+        raise UserError(
+            f"The {name} export asked for by the export hyperparameter failed: "
+            f"{_reason(exc)}. model.pt in {model_dir} is complete; leave {name} "
+            "out of export, or add it later with `segcontainer export`."
+        ) from exc
+    log.warning("%s export failed (model.pt is complete): %s", name, _reason(exc))
 
 
 def _reason(exc: Exception) -> str:
