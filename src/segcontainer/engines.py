@@ -16,7 +16,7 @@ for it.
 
 ``choose_engine`` is the ``SEGCONTAINER_ENGINE`` policy (auto | torch | onnx | onnx-int8) over a
 model folder's files; ``model_folder.open_engine`` applies it and opens the engine, for
-``serve`` and any tool that must predict exactly as the endpoint does.
+``prediction.Predictor`` (serve, predict, evaluate).
 """
 
 from __future__ import annotations

@@ -43,17 +43,14 @@ class Variable:
 
     @property
     def documented_default(self) -> str:
-        """The default as the README's table states it (the start of its cell)."""
+        """The default as the README's table states it (the start of its cell): the computed
+        default's words, else the value (text in backticks), else "unset"."""
+        default = getattr(self, "default", None)  # each kind of variable types its default
         if self.shown_default is not None:
             return self.shown_default
-        default = getattr(self, "default", None)
-        return (
-            "unset"
-            if default is None
-            else f"`{default}`"
-            if isinstance(default, str)
-            else str(default)
-        )
+        if default is None:
+            return "unset"
+        return f"`{default}`" if isinstance(default, str) else str(default)
 
 
 @dataclass(frozen=True, kw_only=True)
