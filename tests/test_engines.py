@@ -18,7 +18,7 @@ from segcontainer import model_folder
 from segcontainer.engines import ENGINE_CHOICES
 from segcontainer.errors import UserError
 from segcontainer.model_folder import open_engine, select_engine
-from segcontainer.serving.predictor import Predictor
+from segcontainer.prediction import PredictionSettings, Predictor
 
 WITHHELD = {"file": None, "passed": False, "reason": "no try passed the check (agreement 0.97)"}
 
@@ -156,9 +156,11 @@ def test_engines_answer_alike_through_tiles_and_bands(exported_dir, monkeypatch)
     # and banded upsampling as PyTorch, and its PNG is the argmax of its probabilities.
     monkeypatch.setenv("SEGCONTAINER_TILE_SIZE", "32")
     image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), np.uint8))
-    eager = Predictor(exported_dir, torch.device("cpu"), "torch")
-    onnx = Predictor(exported_dir, torch.device("cpu"), "onnx", threads=1)
-    assert onnx.tile_size == 32 and onnx._model_input(image).shape[-1] > 32
+    cpu = torch.device("cpu")
+    eager = Predictor.open(exported_dir, PredictionSettings.from_env(engine="torch", device=cpu))
+    onnx_settings = PredictionSettings.from_env(engine="onnx", threads=1, device=cpu)
+    onnx = Predictor.open(exported_dir, onnx_settings)
+    assert onnx.tile_size == 32 and onnx.model_input(image).shape[-1] > 32
     expected = eager.probabilities(image)
     probabilities = onnx.probabilities(image)
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
@@ -166,11 +168,13 @@ def test_engines_answer_alike_through_tiles_and_bands(exported_dir, monkeypatch)
 
 
 def test_the_command_line_offers_exactly_the_engine_names() -> None:
-    """evaluate --engine's choices are engines.ENGINE_CHOICES (one list), looked up lazily."""
-    from segcontainer.tools.commands import EngineNames
+    """evaluate --engine's choices are SEGCONTAINER_ENGINE's, the one list engines uses too."""
+    from segcontainer.cli import parser
 
-    assert tuple(EngineNames()) == ENGINE_CHOICES
-    assert "onnx-int8" in EngineNames() and "tensorrt" not in EngineNames()
+    evaluate = parser()._subparsers._group_actions[0].choices["evaluate"]
+    (engine,) = [action for action in evaluate._actions if action.dest == "engine"]
+    assert tuple(engine.choices) == ENGINE_CHOICES
+    assert "onnx-int8" in engine.choices and "tensorrt" not in engine.choices
     # ...and building the command line's parser still loads no torch (a data tool starts fast)
     check = (
         "import sys; from segcontainer.cli import main\n"

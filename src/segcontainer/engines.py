@@ -16,7 +16,7 @@ for it.
 
 ``choose_engine`` is the ``SEGCONTAINER_ENGINE`` policy (auto | torch | onnx | onnx-int8) over a
 model folder's files; ``model_folder.open_engine`` applies it and opens the engine, for
-``serve`` and any tool that must predict exactly as the endpoint does.
+``prediction.Predictor`` (serve, predict, evaluate).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from segcontainer.config.variables import ENGINE
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.precision import autocast_dtype
 
-ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+ENGINE_CHOICES = ENGINE.choices  # auto | torch | onnx | onnx-int8 (SEGCONTAINER_ENGINE)
 
 
 class Engine(Protocol):
@@ -152,79 +153,112 @@ class EngineChoice:
     why: str  # for the start-up log
 
 
+@dataclass(frozen=True)
+class ModelExports:
+    """The export files a model folder may hold and model_info.json's records of them (None:
+    no record)."""
+
+    onnx_file: Path
+    int8_file: Path
+    int8_export: dict | None = None
+    onnx_export: dict | None = None
+
+    @property
+    def int8_passed(self) -> bool:
+        return self.int8_file.is_file() and (self.int8_export or {}).get("passed") is True
+
+    @property
+    def onnx_failed(self) -> bool:
+        # A file left by an interrupted or failed export (its record says so) is never served;
+        # no record at all (a file from before the records, or put there by hand) is trusted.
+        record = self.onnx_export
+        return bool(record) and (record.get("file") is None or "error" in record)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """How the engine was asked for, so that messages repeat the user's words."""
+
+    asked_as: str = ENGINE.name + "={}"  # "--engine {}" for a command's option
+    model: str | None = None  # the model as the user named it; None: name the files in full
+
+    def said(self, value: str) -> str:
+        return self.asked_as.format(value)
+
+    def file(self, file: Path) -> str:
+        return file.name if self.model else str(file)
+
+    @property
+    def holder(self) -> str:
+        return self.model or "the model"
+
+
 def choose_engine(
-    choice: str,
-    gpu: bool,
-    onnx_file: Path,
-    int8_file: Path,
-    int8_export: dict | None,
-    onnx_export: dict | None = None,
+    choice: str, gpu: bool, exports: ModelExports, request: EngineRequest = EngineRequest()
 ) -> EngineChoice:
-    """The engine ``SEGCONTAINER_ENGINE=choice`` gives for a model whose exports would be
-    ``onnx_file`` and ``int8_file`` (``int8_export``, ``onnx_export``: model_info.json's
-    records of those exports, None when there is none), on a GPU host or not.
+    """The engine ``SEGCONTAINER_ENGINE=choice`` gives for a model whose exports are
+    ``exports``, on a GPU host or not.
 
     auto: on a CPU host the int8 file when it exists and passed its check, else the fp32 ONNX
     file when it exists and its record does not say it failed, else PyTorch; on a GPU host
     PyTorch (ONNX Runtime runs on the CPU here). An explicit choice whose file is missing or
     recorded as failed (or int8 whose check did not pass) is a UserError naming the file and
     how to produce it."""
-    value = choice.strip().lower()
-    if value not in ENGINE_CHOICES:
-        raise UserError(
-            f"SEGCONTAINER_ENGINE={choice!r} is not valid: expected one of "
-            f"{', '.join(ENGINE_CHOICES)} (auto: int8, else ONNX, else PyTorch on a CPU host; "
-            "PyTorch on a GPU host)."
-        )
-    record = int8_export or {}
-    int8_passed = int8_file.is_file() and record.get("passed") is True
-    # A file left by an interrupted or failed export (its record says so) is never served;
-    # no record at all (a file from before the records, or put there by hand) is trusted.
-    onnx_failed = bool(onnx_export) and (onnx_export.get("file") is None or "error" in onnx_export)
-    onnx_usable = onnx_file.is_file() and not onnx_failed
+    value = ENGINE.check(choice)
     if value == "auto":
-        if gpu:
-            return EngineChoice("torch", None, "auto on a GPU host")
-        if int8_passed:
-            return EngineChoice("onnx-int8", int8_file, "auto: int8 file present, check passed")
-        if onnx_usable:
-            return EngineChoice("onnx", onnx_file, "auto: ONNX file present, no checked int8 file")
-        if onnx_file.is_file():
-            return EngineChoice("torch", None, "auto: the ONNX export is recorded as failed")
-        return EngineChoice("torch", None, "auto: no ONNX export in the model")
+        return _auto(gpu, exports)
     if value == "torch":
-        return EngineChoice("torch", None, "SEGCONTAINER_ENGINE=torch")
+        return EngineChoice("torch", None, request.said("torch"))
     if value == "onnx":
-        if onnx_file.is_file() and onnx_failed:
-            raise UserError(
-                f"SEGCONTAINER_ENGINE=onnx needs {onnx_file}, whose export is recorded as "
-                f"failed in model_info.json ({onnx_export.get('error') or 'no file'}). Export "
-                "it again with `segcontainer export MODEL --formats onnx`; or serve with "
-                "SEGCONTAINER_ENGINE=torch."
-            )
-        if not onnx_file.is_file():
-            raise UserError(
-                f"SEGCONTAINER_ENGINE=onnx needs {onnx_file}, which the model does not hold. "
-                "Produce it by training with export=onnx (part of the default, onnx,int8), or "
-                "add it to this model with `segcontainer export MODEL --formats onnx`; or "
-                "serve with SEGCONTAINER_ENGINE=torch."
-            )
-        return EngineChoice("onnx", onnx_file, "SEGCONTAINER_ENGINE=onnx")
-    if int8_passed:
-        return EngineChoice("onnx-int8", int8_file, "SEGCONTAINER_ENGINE=onnx-int8")
-    how = (
-        "Produce it by training with export=onnx,int8 (the default), or add it to this model "
-        "with `segcontainer export MODEL --formats onnx,int8 --calibration DIR` (DIR laid out "
-        "like the training channels)"
-    )
+        return _onnx(exports, request)
+    return _int8(exports, request)
+
+
+def _auto(gpu: bool, exports: ModelExports) -> EngineChoice:
+    if gpu:
+        return EngineChoice("torch", None, "auto on a GPU host")
+    if exports.int8_passed:
+        return EngineChoice("onnx-int8", exports.int8_file, "auto: int8 file present, check passed")
+    if not exports.onnx_file.is_file():
+        return EngineChoice("torch", None, "auto: no ONNX export in the model")
+    if exports.onnx_failed:
+        return EngineChoice("torch", None, "auto: the ONNX export is recorded as failed")
+    return EngineChoice("onnx", exports.onnx_file, "auto: ONNX file present, no checked int8 file")
+
+
+def _onnx(exports: ModelExports, request: EngineRequest) -> EngineChoice:
+    file = exports.onnx_file
+    asked, instead = request.said("onnx"), request.said("torch")
+    if file.is_file() and exports.onnx_failed:
+        raise UserError(
+            f"{asked} needs {request.file(file)}, whose export is recorded as failed in "
+            f"model_info.json ({exports.onnx_export.get('error') or 'no file'}). Export it "
+            f"again with `segcontainer export MODEL --formats onnx`; or use {instead}."
+        )
+    if not file.is_file():
+        raise UserError(
+            f"{asked} needs {request.file(file)}, which {request.holder} does not hold. "
+            "Produce it by training with export=onnx (part of the default, onnx,int8), or add "
+            f"it to this model with `segcontainer export MODEL --formats onnx`; or use {instead}."
+        )
+    return EngineChoice("onnx", file, asked)
+
+
+def _int8(exports: ModelExports, request: EngineRequest) -> EngineChoice:
+    file, asked = exports.int8_file, request.said("onnx-int8")
+    if exports.int8_passed:
+        return EngineChoice("onnx-int8", file, asked)
+    record = exports.int8_export or {}
     if record.get("passed") is False or record.get("error"):
         why = record.get("reason") or record.get("error")
         problem = f"which was withheld: the int8 export did not pass ({why})"
-    elif int8_file.is_file():
+    elif file.is_file():
         problem = "whose check is not recorded as passed in model_info.json"
     else:
-        problem = "which the model does not hold"
+        problem = f"which {request.holder} does not hold"
     raise UserError(
-        f"SEGCONTAINER_ENGINE=onnx-int8 needs {int8_file}, {problem}. {how}; or serve with "
-        "SEGCONTAINER_ENGINE=onnx or torch."
+        f"{asked} needs {request.file(file)}, {problem}. Produce it by training with "
+        "export=onnx,int8 (the default), or add it to this model with `segcontainer export "
+        "MODEL --formats onnx,int8 --calibration DIR` (DIR laid out like the training "
+        f"channels); or use {request.said('onnx')} or torch."
     )

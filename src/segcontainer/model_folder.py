@@ -11,11 +11,14 @@ itself. A folder from before the exports (no export files, no ``"exports"`` entr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import shutil
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,15 @@ from torch import nn
 from segcontainer import __version__
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.preprocess import MEAN, STD
-from segcontainer.engines import Engine, EngineChoice, OnnxEngine, TorchEngine, choose_engine
+from segcontainer.engines import (
+    Engine,
+    EngineChoice,
+    EngineRequest,
+    ModelExports,
+    OnnxEngine,
+    TorchEngine,
+    choose_engine,
+)
 from segcontainer.errors import UserError
 from segcontainer.files import write_atomically
 from segcontainer.models import AUX_PREFIX, build_model
@@ -168,34 +179,57 @@ def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     return model, record
 
 
-def select_engine(model_dir: Path, choice: str = "auto", gpu: bool = False) -> EngineChoice:
+def read_class_names(model_dir: Path, num_classes: int) -> list[str]:
+    """model_info.json's class names, else class_0, class_1, ..."""
+    return read_info(model_dir).get("class_names") or [f"class_{i}" for i in range(num_classes)]
+
+
+def select_engine(
+    model_dir: Path, choice: str = "auto", gpu: bool = False, request: EngineRequest | None = None
+) -> EngineChoice:
     """What ``SEGCONTAINER_ENGINE=choice`` serves from model_dir (engines.choose_engine);
     UserError for an unknown choice or an engine whose file is missing. Reads no weights, so
     ``serve`` checks it at start before any worker loads the model."""
     exports = read_info(model_dir).get(EXPORTS_KEY) or {}
     int8, onnx = exports.get("int8"), exports.get("onnx")
-    return choose_engine(
-        choice,
-        gpu,
+    files = ModelExports(
         model_dir / ONNX_FILE,
         model_dir / INT8_FILE,
-        int8 if isinstance(int8, dict) else None,
-        onnx if isinstance(onnx, dict) else None,
+        int8_export=int8 if isinstance(int8, dict) else None,
+        onnx_export=onnx if isinstance(onnx, dict) else None,
     )
+    return choose_engine(choice, gpu, files, request or EngineRequest())
 
 
 def open_engine(
-    model_dir: Path, choice: str = "auto", device: torch.device | None = None, threads: int = 0
+    model_dir: Path,
+    choice: str = "auto",
+    device: torch.device | None = None,
+    threads: int = 0,
+    request: EngineRequest | None = None,
 ) -> Engine:
     """The engine serving runs for model_dir: PyTorch on ``device`` (default: CUDA when
     present), or an ONNX Runtime session on the CPU with ``threads`` intra-op threads (0: one
     per physical core). An ONNX engine never loads model.pt."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = select_engine(model_dir, choice, gpu=device.type == "cuda")
+    chosen = select_engine(model_dir, choice, gpu=device.type == "cuda", request=request)
     if chosen.name == "torch":
         model, _ = load_model(model_dir)
         return TorchEngine(model, device, file=model_dir / WEIGHTS_FILE)
     return OnnxEngine(chosen.file, threads, chosen.name)
+
+
+@contextlib.contextmanager
+def opened(model: Path) -> Iterator[Path]:
+    """The folder of a model the user names: a model/ folder (used in place) or a model.tar.gz
+    (extracted with extract_model_tarball's checks into a temporary folder, removed after)."""
+    if model.is_dir():
+        yield model
+        return
+    if not model.is_file():
+        raise UserError(f"{model} does not exist: give a model/ folder or a model.tar.gz.")
+    with tempfile.TemporaryDirectory(prefix="segcontainer-model-") as scratch:
+        yield extract_model_tarball(model, Path(scratch) / "model")
 
 
 def pack_model(model_dir: Path, tarball: Path) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 from segcontainer import cli, model_folder
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.data.preprocess import model_input
+from segcontainer.data.channels import load_image
 from segcontainer.engines import OnnxEngine, TorchEngine
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import (
@@ -30,8 +30,9 @@ from segcontainer.export import (
     run,
 )
 from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
+from segcontainer.export.samples import ImageReader
 from segcontainer.models import build_model
-from segcontainer.serving.predictor import Predictor
+from segcontainer.prediction import Predictor
 from segcontainer.training.entry import main as train_main
 from tests.conftest import write_config
 
@@ -85,11 +86,14 @@ def test_bin_pooling_is_adaptive_average_pooling(size: tuple[int, int]) -> None:
         torch.testing.assert_close(formats.BinPooling(bins)(x), expected)
 
 
-def test_export_prepares_images_as_serving_does(trained_base: Path) -> None:
-    predictor = Predictor(trained_base / "model")
-    image = Image.new("RGB", (70, 30), (200, 30, 90))
-    expected = predictor._model_input(image)
-    torch.testing.assert_close(model_input(image, predictor.long_side), expected)
+def test_export_prepares_images_as_serving_does(trained_base: Path, tmp_path: Path) -> None:
+    predictor = Predictor.open(trained_base / "model")
+    file = tmp_path / "photo.png"
+    Image.new("RGB", (70, 30), (200, 30, 90)).save(file)
+    expected = predictor.model_input(load_image(file))
+    data = ExportData([file], [], None, predictor.long_side)
+    calibration = ImageReader(data, 1, "input").get_next()["input"]
+    torch.testing.assert_close(torch.from_numpy(calibration), expected)
 
 
 # --- int8: shipped only when checked, reported consistently ---------------------------------
@@ -159,7 +163,7 @@ def test_model_from_before_the_exports_still_loads(trained_base: Path, tmp_path:
     assert "exports" not in json.loads((old / model_folder.INFO_FILE).read_text())
     model, loaded = model_folder.load_model(old)
     assert "export" not in loaded and isinstance(model, nn.Module)
-    mask = Predictor(old).class_map(Image.new("RGB", (48, 40)))
+    mask = Predictor.open(old).class_map(Image.new("RGB", (48, 40)))
     assert mask.shape == (40, 48)
 
 

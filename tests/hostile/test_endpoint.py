@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.config.hyperparameters import resolve
+from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.data import preprocess
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
@@ -36,21 +37,9 @@ from segcontainer.serving.app import answer, create_app
 from segcontainer.serving.server import READY_FILE, nginx_config
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings
 from tests.serving_stack import Server, free_port, request
+from tests.support.serving import settings_for
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def settings_for(model_dir: Path, **changes) -> ServingSettings:
-    values = dict(
-        model_dir=model_dir,
-        port=free_port(),
-        workers=1,
-        timeout=60,
-        max_payload_mb=6,
-        default_accept="image/png",
-        torch_threads=1,
-    )
-    return ServingSettings(**{**values, **changes})
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -97,7 +86,10 @@ def test_pixel_limit_comes_from_the_environment(monkeypatch, tmp_path: Path) -> 
     with pytest.raises(codecs.RequestError, match="40x30 = 1,200 pixels, more than the 1,000"):
         codecs.decode_image(png_bytes(Image.new("RGB", (40, 30))), "image/png", 1000)
     monkeypatch.setenv("SEGCONTAINER_MAX_IMAGE_PIXELS", "lots")
-    with pytest.raises(ValueError, match="SEGCONTAINER_MAX_IMAGE_PIXELS='lots' is not valid"):
+    with pytest.raises(
+        EnvironmentVariableError,
+        match="SEGCONTAINER_MAX_IMAGE_PIXELS='lots' is not valid: expected an integer >= 1",
+    ):
         ServingSettings.from_env()
 
 
@@ -233,7 +225,7 @@ class Nginx:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.settings = settings_for(run_dir, timeout=2)
+        self.settings = settings_for(run_dir, timeout=2, port=free_port())
         self.port = self.settings.port
         socket_path = run_dir / "gunicorn.sock"
         self.upstream = socketserver.ThreadingUnixStreamServer(str(socket_path), StandIn)

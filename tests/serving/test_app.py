@@ -13,15 +13,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segcontainer.config.hyperparameters import resolve
+from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.inference import tile_starts, tiled_logits, upsampled_bands
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
+from segcontainer.prediction import PredictionSettings, Predictor
 from segcontainer.serving import app as app_module
 from segcontainer.serving.app import create_app
-from segcontainer.serving.predictor import Predictor
 from segcontainer.serving.server import nginx_config
 from segcontainer.serving.settings import ServingSettings
+from tests.support.serving import settings_for
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +41,6 @@ def model_dir(tmp_path_factory) -> Path:
         (),
     )
     return folder
-
-
-def settings_for(model_dir: Path, **changes) -> ServingSettings:
-    values = dict(
-        model_dir=model_dir,
-        port=8080,
-        workers=1,
-        timeout=60,
-        max_payload_mb=6,
-        default_accept="image/png",
-        torch_threads=1,
-    )
-    return ServingSettings(**{**values, **changes})
 
 
 def jpeg(size=(40, 30)) -> bytes:
@@ -129,11 +118,18 @@ def test_settings_from_environment(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")
     assert ServingSettings.from_env().max_body_bytes == 6 * 1024 * 1024  # real-time limit
     monkeypatch.setenv("MODEL_SERVER_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="MODEL_SERVER_TIMEOUT='soon' is not valid"):
+    with pytest.raises(
+        EnvironmentVariableError,
+        match="MODEL_SERVER_TIMEOUT='soon' is not valid: expected an integer >= 1",
+    ):
         ServingSettings.from_env()
     monkeypatch.setenv("MODEL_SERVER_TIMEOUT", "90")
     monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "text/csv")
-    with pytest.raises(ValueError, match="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"):
+    with pytest.raises(
+        EnvironmentVariableError,
+        match="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='text/csv' is not valid: expected one of "
+        "image/png, ",
+    ):
         ServingSettings.from_env()
 
 
@@ -166,16 +162,16 @@ def test_tile_starts_cover_every_pixel_and_end_flush(length, tile, stride) -> No
 
 
 def test_model_sees_the_image_at_the_training_scale(model_dir: Path) -> None:
-    predictor = Predictor(model_dir)
+    predictor = Predictor.open(model_dir, PredictionSettings.from_env())
     assert predictor.long_side == 64  # base_size
-    assert predictor._model_input(Image.new("RGB", (400, 300))).shape == (1, 3, 48, 64)
-    assert predictor._model_input(Image.new("RGB", (20, 40))).shape == (1, 3, 64, 32)
+    assert predictor.model_input(Image.new("RGB", (400, 300))).shape == (1, 3, 48, 64)
+    assert predictor.model_input(Image.new("RGB", (20, 40))).shape == (1, 3, 64, 32)
 
 
 def test_tiled_prediction_keeps_every_pixel_and_the_input_size(model_dir, monkeypatch) -> None:
     monkeypatch.setenv("SEGCONTAINER_INFERENCE_SIZE", "0")  # the image's own size
     monkeypatch.setenv("SEGCONTAINER_TILE_SIZE", "32")
-    predictor = Predictor(model_dir)
+    predictor = Predictor.open(model_dir, PredictionSettings.from_env())
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 100, 3), np.uint8))
     logits = predictor.logits(image)
     assert logits.shape == (3, 70, 100) and torch.isfinite(logits).all()
@@ -250,7 +246,7 @@ def test_each_worker_gets_its_own_gpu(monkeypatch) -> None:
 def test_serving_uses_bf16_only_where_the_gpu_computes_it(
     model_dir: Path, monkeypatch, capability, dtype
 ) -> None:
-    engine = Predictor(model_dir, torch.device("cpu")).engine
+    engine = Predictor.open(model_dir, PredictionSettings(device=torch.device("cpu"))).engine
     engine.device = torch.device("cuda", 0)  # only the choice is tested, on the CPU
     # V100 (7.0) and T4 (7.5) report bf16 as supported, but only emulate it
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from segcontainer import model_folder
 from segcontainer.cli import main as cli
-from segcontainer.tools import evaluate as evaluate_module
+from segcontainer.prediction import PredictionSettings, Predictor
 from segcontainer.tools.report import (
     CORRECT,
     FALSE_POSITIVE,
@@ -77,12 +77,24 @@ class Colours:
     one-hot logits, so every predicted pixel is known in advance."""
 
     name = "colours"
+    device = torch.device("cpu")
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         red = batch[:, 0] > 1.0
         blue = batch[:, 2] > 1.0
         classes = torch.where(red, 1, torch.where(blue, 2, 0))
         return torch.nn.functional.one_hot(classes, 3).permute(0, 3, 1, 2).float()
+
+    on_device = __call__
+
+
+def predict_with_colours(monkeypatch, record: dict, names: list[str]) -> None:
+    """evaluate's model opened as the Colours stand-in, through the endpoint's Predictor."""
+
+    def open_colours(model_dir: Path, settings: PredictionSettings) -> Predictor:
+        return Predictor(Colours(), record, names, settings)
+
+    monkeypatch.setattr(Predictor, "open", staticmethod(open_colours))
 
 
 RED, BLUE, GREY = (250, 0, 0), (0, 0, 250), (120, 120, 120)
@@ -108,9 +120,8 @@ def test_hand_computed_confusion_matrix(tmp_path: Path, monkeypatch) -> None:
     write_pair(data, "b", [[GREY] * 3, [GREY] * 3], [[0, 0, 0], [0, 0, 2]])
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model_info.json").write_text(json.dumps({"class_names": ["bg", "red", "blue"]}))
     record = {"num_classes": 3, "base_size": 3, "crop_size": 16, "label_maps": {}}
-    monkeypatch.setattr(evaluate_module, "open_model", lambda *args: (model, record, Colours()))
+    predict_with_colours(monkeypatch, record, ["bg", "red", "blue"])
     out = tmp_path / "report"
     assert cli(["evaluate", str(model), str(data), str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -148,9 +159,8 @@ def colours_model(tmp_path: Path, monkeypatch, names: list[str]) -> tuple[Path, 
     write_pair(data, "a", [[RED, RED, GREY], [BLUE, GREY, GREY]], [[1, 0, 1], [2, 255, 0]])
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model_info.json").write_text(json.dumps({"class_names": names}))
     record = {"num_classes": 3, "base_size": 3, "crop_size": 16, "label_maps": {}}
-    monkeypatch.setattr(evaluate_module, "open_model", lambda *args: (model, record, Colours()))
+    predict_with_colours(monkeypatch, record, names)
     return model, data
 
 

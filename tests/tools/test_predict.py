@@ -17,8 +17,9 @@ from segcontainer.cli import main as cli
 class StubPredictor:
     """Class 1 everywhere, without a model: these tests are about which files are written."""
 
-    def __init__(self, model_dir: Path, engine: str) -> None:
-        pass
+    @classmethod
+    def open(cls, model_dir: Path, settings: object) -> StubPredictor:
+        return cls()
 
     def class_map(self, image: Image.Image) -> np.ndarray:
         return np.ones(image.size[::-1], dtype=np.uint8)

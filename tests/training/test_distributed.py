@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from segcontainer.config import variables
 from segcontainer.config.environment import ResourceConfig
+from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.errors import UserError
 from segcontainer.training import collectives, distributed, launch
@@ -31,7 +33,7 @@ def free_port() -> int:
 
 
 def test_world_from_resourceconfig(monkeypatch) -> None:
-    monkeypatch.delenv(distributed.CPU_WORKERS_ENV, raising=False)
+    monkeypatch.delenv(variables.CPU_WORKERS.name, raising=False)
     resource = ResourceConfig("algo-1", ("algo-2", "algo-1"), "eth0")
     world = plan_world(resource, gpus=8)
     assert world.hosts == ("algo-1", "algo-2") and world.master == "algo-1"
@@ -43,25 +45,28 @@ def test_world_from_resourceconfig(monkeypatch) -> None:
 
 
 def test_cpu_workers_port_and_timeout_come_from_the_environment(monkeypatch) -> None:
-    monkeypatch.setenv(distributed.CPU_WORKERS_ENV, "2")
-    monkeypatch.setenv(distributed.PORT_ENV, "29999")
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7")
+    monkeypatch.setenv(variables.CPU_WORKERS.name, "2")
+    monkeypatch.setenv(variables.MASTER_PORT.name, "29999")
+    monkeypatch.setenv(variables.DIST_TIMEOUT_S.name, "7")
     world = plan_world(ResourceConfig(), gpus=1)
     assert (world.local_size, world.backend, world.master_port) == (2, "gloo", 29999)
     assert world.rendezvous_timeout == world.collective_timeout == 7
-    monkeypatch.setenv(distributed.CPU_WORKERS_ENV, "two")
-    with pytest.raises(UserError, match="SEGCONTAINER_CPU_WORKERS"):
+    monkeypatch.setenv(variables.CPU_WORKERS.name, "two")
+    with pytest.raises(
+        EnvironmentVariableError,
+        match="SEGCONTAINER_CPU_WORKERS='two' is not valid: expected an integer >= 0",
+    ):
         plan_world(ResourceConfig(), gpus=0)
 
 
 def test_one_gpu_or_none_is_one_process(monkeypatch) -> None:
-    monkeypatch.delenv(distributed.CPU_WORKERS_ENV, raising=False)
+    monkeypatch.delenv(variables.CPU_WORKERS.name, raising=False)
     assert plan_world(ResourceConfig(), gpus=0).size == 1
     assert plan_world(ResourceConfig(), gpus=1).size == 1
 
 
 def test_pipe_mode_keeps_one_reader_per_host(monkeypatch, caplog) -> None:
-    monkeypatch.delenv(distributed.CPU_WORKERS_ENV, raising=False)
+    monkeypatch.delenv(variables.CPU_WORKERS.name, raising=False)
     with caplog.at_level(logging.WARNING):
         world = plan_world(ResourceConfig(), gpus=4, pipe_mode=True)
     assert world.local_size == 1 and "FastFile" in caplog.text

@@ -15,7 +15,7 @@ from segcontainer.data.label_maps import identity_lut
 from segcontainer.data.loaders import prepare
 from segcontainer.metrics import ConfusionMatrix
 from segcontainer.model_folder import load_model
-from segcontainer.serving.predictor import Predictor
+from segcontainer.prediction import PredictionSettings, Predictor
 from segcontainer.tools.demo_data import synthetic_pair
 from segcontainer.training.epochs import Precision, evaluate
 from tests.conftest import write_config
@@ -42,7 +42,7 @@ def test_validation_miou_is_the_miou_of_the_endpoints_class_maps(
     # The same settings for the endpoint (whose defaults come from the model's own config)
     monkeypatch.setenv("SEGCONTAINER_INFERENCE_SIZE", "64")
     monkeypatch.setenv("SEGCONTAINER_TILE_SIZE", "48")
-    predictor = Predictor(trained_base / "model", cpu)
+    predictor = Predictor.open(trained_base / "model", PredictionSettings.from_env(device=cpu))
     assert (predictor.long_side, predictor.tile_size) == (64, 48)
     matrix = ConfusionMatrix(3)
     samples, _, _ = pair_samples(

@@ -8,15 +8,24 @@ Nothing is read or created at import time.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segcontainer.config import variables
 from segcontainer.errors import UserError
 
-DEFAULT_BASE_DIR = "/opt/ml"
-BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 INPUT_MODES = ("File", "FastFile", "Pipe")
+
+
+class _Below:
+    """A path of the layout: ``Paths.base`` joined with fixed parts (one line per path below,
+    instead of a property each)."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, paths: Paths, owner: type | None = None) -> Path:
+        return paths.base.joinpath(*self.parts)
 
 
 @dataclass(frozen=True)
@@ -25,56 +34,24 @@ class Paths:
 
     base: Path
 
+    config_dir = _Below("input", "config")
+    hyperparameters_file = _Below("input", "config", "hyperparameters.json")
+    input_data_config_file = _Below("input", "config", "inputdataconfig.json")
+    resource_config_file = _Below("input", "config", "resourceconfig.json")
+    data_dir = _Below("input", "data")
+    model_dir = _Below("model")
+    output_dir = _Below("output")
+    output_data_dir = _Below("output", "data")
+    failure_file = _Below("output", "failure")
+    success_file = _Below("output", "success")
+    checkpoints_dir = _Below("checkpoints")
+
     @classmethod
     def from_env(cls) -> Paths:
-        return cls(Path(os.environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR)))
-
-    @property
-    def config_dir(self) -> Path:
-        return self.base / "input" / "config"
-
-    @property
-    def hyperparameters_file(self) -> Path:
-        return self.config_dir / "hyperparameters.json"
-
-    @property
-    def input_data_config_file(self) -> Path:
-        return self.config_dir / "inputdataconfig.json"
-
-    @property
-    def resource_config_file(self) -> Path:
-        return self.config_dir / "resourceconfig.json"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.base / "input" / "data"
+        return cls(Path(variables.BASE_DIR.read()))
 
     def channel(self, name: str) -> Path:
         return self.data_dir / name
-
-    @property
-    def model_dir(self) -> Path:
-        return self.base / "model"
-
-    @property
-    def output_dir(self) -> Path:
-        return self.base / "output"
-
-    @property
-    def output_data_dir(self) -> Path:
-        return self.output_dir / "data"
-
-    @property
-    def failure_file(self) -> Path:
-        return self.output_dir / "failure"
-
-    @property
-    def success_file(self) -> Path:
-        return self.output_dir / "success"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.base / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -189,4 +166,4 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
 
 def running_under_sagemaker() -> bool:
     """SageMaker (and its local mode) set TRAINING_JOB_NAME; a plain docker run does not."""
-    return bool(os.environ.get("TRAINING_JOB_NAME"))
+    return bool(variables.TRAINING_JOB_NAME.read())

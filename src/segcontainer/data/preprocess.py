@@ -139,6 +139,7 @@ def tile_size(crop_size: int, requested: int | None = None) -> int:
 
 def model_input(image: Image.Image, long_side: int) -> torch.Tensor:
     """An RGB image as the model sees it at serve time: (1, 3, h, w) normalised float32 (the
-    export's calibration and checks prepare images through this, as the endpoint does)."""
+    one preparation of a single image: prediction.Predictor, the export's calibration and
+    checks; validation batches model_input_transform itself)."""
     tensor, _ = to_tensors(image, None)
     return model_input_transform(long_side)(tensor).as_subclass(torch.Tensor).unsqueeze(0)

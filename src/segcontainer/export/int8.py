@@ -22,8 +22,8 @@ from pathlib import Path
 
 import onnx
 import torch
-import torch.nn.functional as F
 
+from segcontainer import inference
 from segcontainer.data.label_maps import IGNORE_INDEX
 from segcontainer.engines import Engine, OnnxEngine
 from segcontainer.export.samples import ExportData, ImageReader, validation_pairs
@@ -84,10 +84,8 @@ class Int8Result:
 
 
 def _labels_at(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Class ids at the label's size, upsampled as serving upsamples (bilinear)."""
-    if tuple(logits.shape[-2:]) != size:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return logits[0].argmax(0).to(torch.uint8)
+    """Class ids at the label's size, upsampled as serving upsamples (inference.class_map)."""
+    return inference.class_map(logits[0], *size)
 
 
 class Reference:

@@ -24,13 +24,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from flask import Flask, Response, jsonify, request
 from PIL import Image
 
+from segcontainer.prediction import Predictor
 from segcontainer.serving import codecs
-from segcontainer.serving.predictor import Predictor, warm_up
 from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, probability_answer
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings, worker_device
 
@@ -38,6 +39,14 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1  # SageMaker retries a 503; a prediction takes about this long
 POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
 SEND_BYTES = 1 << 20  # a bytearray answer is sent in slices of this size
+
+
+def warm_up(predictor: Predictor) -> None:
+    """One forward pass at start-up, so the first request does not pay for lazy set-up. A
+    square image is the largest model input (or tile) a request can bring, so the worker
+    reserves its forward-pass memory here, once, and requests add only their own data."""
+    side = predictor.long_side or 256
+    predictor.class_map(Image.new("RGB", (side, side)))
 
 
 class ModelSlot:
@@ -77,7 +86,7 @@ class ModelSlot:
         model_dir = settings.model_dir
         try:
             start = time.monotonic()
-            predictor = Predictor(model_dir, device, settings.engine, settings.cpu_threads)
+            predictor = Predictor.open(model_dir, replace(settings.prediction, device=device))
             warm_up(predictor)
             self.predictor = predictor
             engine = predictor.engine
@@ -115,21 +124,33 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["segcontainer_model"] = slot
+    routes = Routes(slot, settings)
+    app.get("/ping")(routes.ping)
+    app.get("/execution-parameters")(routes.execution_parameters)
+    app.post("/invocations")(routes.invocations)
+    app.register_error_handler(413, routes.too_large)
+    app.register_error_handler(Exception, unexpected)
+    return app
 
-    @app.get("/ping")
-    def ping() -> Response:
-        if slot.predictor is not None:
+
+class Routes:
+    """The endpoint's answers, over one worker's model slot and settings."""
+
+    def __init__(self, slot: ModelSlot, settings: ServingSettings):
+        self.slot, self.settings = slot, settings
+
+    def ping(self) -> Response:
+        if self.slot.predictor is not None:
             return Response(status=200)
-        if slot.error is None:
+        if self.slot.error is None:
             return jsonify(status="loading", error="the model is loading; retry shortly"), 503
         return jsonify(status="failed", error="loading the model failed; see the log"), 503
 
-    @app.get("/execution-parameters")
-    def execution_parameters() -> Response:
-        return jsonify(settings.execution_parameters())
+    def execution_parameters(self) -> Response:
+        return jsonify(self.settings.execution_parameters())
 
-    @app.post("/invocations")
-    def invocations() -> Response:
+    def invocations(self) -> Response:
+        slot, settings = self.slot, self.settings
         predictor = slot.predictor
         if predictor is None:
             drain_body()
@@ -162,19 +183,16 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
         finally:
             slot.leave()
 
-    @app.errorhandler(413)
-    def too_large(_error) -> tuple[Response, int]:
-        limit = (settings.max_body_bytes or 0) // (1024 * 1024)
+    def too_large(self, _error) -> tuple[Response, int]:
+        limit = (self.settings.max_body_bytes or 0) // (1024 * 1024)
         return jsonify(error=f"request body larger than {limit} MB"), 413
 
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Response, int]:
-        if hasattr(error, "code") and hasattr(error, "description"):  # werkzeug HTTP errors
-            return jsonify(error=error.description), error.code
-        log.exception("unexpected error in /invocations")
-        return jsonify(error=f"internal error: {type(error).__name__}"), 500
 
-    return app
+def unexpected(error: Exception) -> tuple[Response, int]:
+    if hasattr(error, "code") and hasattr(error, "description"):  # werkzeug HTTP errors
+        return jsonify(error=error.description), error.code
+    log.exception("unexpected error in /invocations")
+    return jsonify(error=f"internal error: {type(error).__name__}"), 500
 
 
 def busy(message: str) -> tuple[Response, int, dict]:

@@ -18,6 +18,7 @@ import re
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segcontainer.config import variables
 from segcontainer.data.palette import mask_image
 from segcontainer.data.preprocess import to_rgb
 
@@ -27,7 +28,7 @@ PROBABILITY_TYPES = ("application/x-recordio-protobuf", "application/x-protobuf"
 ACCEPT_TYPES = (PNG, *PROBABILITY_TYPES, JSON)
 CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
-MAX_PIXELS_ENV = "SEGCONTAINER_MAX_IMAGE_PIXELS"  # read in settings.py
+MAX_PIXELS_ENV = variables.MAX_IMAGE_PIXELS.name  # read in settings.py
 
 
 class RequestError(Exception):

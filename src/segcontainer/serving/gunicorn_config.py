@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from segcontainer.serving.settings import WORKER_GPU_ENV
+from segcontainer.config import variables
 
-GPU_COUNT_ENV = "SEGCONTAINER_GPU_COUNT"  # set by serve (counted there, not in the master)
-READY_FILE_ENV = "SEGCONTAINER_READY_FILE"  # set by serve: nginx proxies once this file exists
+GPU_COUNT_ENV = variables.GPU_COUNT.name  # set by serve (counted there, not in the master)
+READY_FILE_ENV = variables.READY_FILE.name  # set by serve: nginx proxies once this file exists
 
 
 def gpu_for_new_worker(taken: Iterable[int | None], gpus: int) -> int | None:
@@ -32,7 +32,7 @@ def gpu_for_new_worker(taken: Iterable[int | None], gpus: int) -> int | None:
 
 
 def pre_fork(server, worker) -> None:
-    gpus = int(os.environ.get(GPU_COUNT_ENV) or 0)
+    gpus = variables.GPU_COUNT.read()
     taken = [getattr(w, "segcontainer_gpu", None) for w in server.WORKERS.values()]
     worker.segcontainer_gpu = gpu_for_new_worker(taken, gpus)
 
@@ -40,14 +40,14 @@ def pre_fork(server, worker) -> None:
 def post_fork(server, worker) -> None:
     gpu = getattr(worker, "segcontainer_gpu", None)
     if gpu is not None:
-        os.environ[WORKER_GPU_ENV] = str(gpu)
+        os.environ[variables.WORKER_GPU.name] = str(gpu)
         server.log.info("worker %d uses cuda:%d", worker.pid, gpu)
 
 
 def post_worker_init(worker) -> None:
     """The worker has loaded the app and is about to accept: nginx may now connect (before
     this it answers 503 itself, rather than queueing requests on a worker still importing)."""
-    ready = os.environ.get(READY_FILE_ENV)
+    ready = variables.READY_FILE.read()
     if ready:
         with open(ready, "a"):
             pass

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from segcontainer import logs
+from segcontainer.engines import EngineChoice
 from segcontainer.errors import UserError
 from segcontainer.model_folder import WEIGHTS_FILE, read_record, select_engine
 from segcontainer.serving.gunicorn_config import GPU_COUNT_ENV, READY_FILE_ENV
@@ -113,17 +114,13 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
     return nginx_process, gunicorn
 
 
-def main() -> int:
-    logs.configure()
-    try:
-        settings = ServingSettings.from_env()
-        # A damaged record, an unknown engine or a missing export stops serve here, with the
-        # fix in the log, rather than leaving every worker failing its /ping.
-        read_record(settings.model_dir, f"The model in {settings.model_dir}")
-        engine = select_engine(settings.model_dir, settings.engine, gpu=gpu_count() > 0)
-    except (ValueError, UserError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
+def check_at_start() -> tuple[ServingSettings, EngineChoice]:
+    """The settings and the engine, checked before any worker starts: a bad variable, a
+    damaged record, an unknown engine or a missing export stops serve here (UserError, the fix
+    in its message), rather than leaving every worker failing its /ping."""
+    settings = ServingSettings.from_env()
+    read_record(settings.model_dir, f"The model in {settings.model_dir}")
+    engine = select_engine(settings.model_dir, settings.prediction.engine, gpu=gpu_count() > 0)
     threads = settings.torch_threads if engine.name == "torch" else settings.cpu_threads
     log.info(
         "engine %s (%s), file %s, %d intra-op threads in each of %d workers",
@@ -141,8 +138,12 @@ def main() -> int:
         settings.timeout,
         "none" if settings.max_body_bytes is None else body_limit(settings),
     )
-    run_dir = Path(tempfile.mkdtemp(prefix="segcontainer-serve-"))
-    nginx, gunicorn = start(settings, run_dir)
+    return settings, engine
+
+
+def supervise(nginx: subprocess.Popen, gunicorn: subprocess.Popen) -> bool:
+    """Wait until SIGTERM/SIGINT (both stopped gracefully) or until one of them dies (the
+    other is stopped); True when it was a failure."""
     stopping = False
 
     def stop(signum, frame) -> None:
@@ -155,20 +156,32 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    while nginx.poll() is None and gunicorn.poll() is None:
+        time.sleep(0.2)
+    failed = not stopping
+    if failed:
+        dead = "nginx" if nginx.poll() is not None else "gunicorn"
+        log.error("%s exited unexpectedly; stopping the server", dead)
+        stop(signal.SIGTERM, None)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in (nginx, gunicorn):
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return failed
+
+
+def main() -> int:
+    logs.configure()
     try:
-        while nginx.poll() is None and gunicorn.poll() is None:
-            time.sleep(0.2)
-        failed = not stopping
-        if failed:
-            dead = "nginx" if nginx.poll() is not None else "gunicorn"
-            log.error("%s exited unexpectedly; stopping the server", dead)
-            stop(signal.SIGTERM, None)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in (nginx, gunicorn):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+        settings, _ = check_at_start()
+    except UserError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    run_dir = Path(tempfile.mkdtemp(prefix="segcontainer-serve-"))
+    try:
+        nginx, gunicorn = start(settings, run_dir)
+        return 1 if supervise(nginx, gunicorn) else 0
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return 1 if failed else 0

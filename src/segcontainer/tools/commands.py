@@ -7,27 +7,13 @@ new row. The tools are imported when run, so ``--help`` stays quick."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from segcontainer.config import variables
 from segcontainer.tools.splits import SplitOptions
-
-
-class EngineNames:
-    """``engines.ENGINE_CHOICES`` as argparse's ``choices``, imported only when argparse checks
-    a value or prints the error or help that lists them: engines imports torch, which the CLI
-    does not load just to build its parser."""
-
-    def __iter__(self) -> Iterator[str]:
-        from segcontainer.engines import ENGINE_CHOICES
-
-        return iter(ENGINE_CHOICES)
-
-    def __contains__(self, value: object) -> bool:
-        return value in tuple(self)
-
 
 GROUNDTRUTH_EXAMPLE = """example:
   segcontainer groundtruth s3://bucket/my-job/manifests/output/output.manifest data/
@@ -223,8 +209,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default="auto",
-        choices=EngineNames(),
-        metavar="ENGINE",  # a metavar of choices would be built, importing torch, at start-up
+        choices=variables.ENGINE.choices,  # one list: SEGCONTAINER_ENGINE's (no torch import)
         help="how the model runs: auto (default: what serve runs on this host, as "
         "SEGCONTAINER_ENGINE=auto), torch (as training's validation: reproduces "
         "validation:mIOU), or an exported onnx / onnx-int8 file",

@@ -27,7 +27,6 @@ OUT receives metrics.json, confusion_matrix.png, overlays/<image>.jpg and report
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,18 +34,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segcontainer import inference, model_folder
+from segcontainer import model_folder
 from segcontainer.data import check
 from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import label_map_lut
-from segcontainer.data.preprocess import model_input, tile_size
-from segcontainer.engines import ENGINE_CHOICES, Engine, OnnxEngine, TorchEngine
+from segcontainer.engines import EngineRequest
 from segcontainer.errors import UserError
 from segcontainer.metrics import ConfusionMatrix, Scores, class_rates
-from segcontainer.serving.settings import env_int
+from segcontainer.prediction import PredictionSettings, Predictor
 from segcontainer.tools import report
 
-ENGINES = ENGINE_CHOICES  # auto | torch | onnx | onnx-int8, as SEGCONTAINER_ENGINE for serve
 OVERLAY_DIR = "overlays"
 
 
@@ -155,31 +152,6 @@ def channel_pair(data: Path) -> tuple[Path, Path]:
     )
 
 
-def open_model(model: Path, scratch: Path, engine: str) -> tuple[Path, dict, Engine]:
-    """The model folder (a tarball is extracted into ``scratch``), its hyperparams.json and
-    the engine that runs it."""
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}.")
-    model_dir = model_folder.extract_model_tarball(model, scratch) if model.is_file() else model
-    if not model_dir.is_dir():
-        raise UserError(f"{model} does not exist: give a model/ folder or a model.tar.gz.")
-    if engine == "auto":  # what `serve` would run on this host (model_folder.select_engine)
-        gpu = torch.cuda.is_available()
-        engine = model_folder.select_engine(model_dir, "auto", gpu=gpu).name
-    if engine == "torch":
-        network, record = model_folder.load_model(model_dir)
-        return model_dir, record, TorchEngine(network)
-    record = model_folder.read_record(model_dir, f"The model in {model}")
-    file = model_dir / (model_folder.ONNX_FILE if engine == "onnx" else model_folder.INT8_FILE)
-    if not file.is_file():
-        raise UserError(
-            f"--engine {engine} needs {file.name}, which {model} does not hold. Add it with "
-            "`segcontainer export MODEL --formats onnx,int8 --calibration DATA` (the int8 file "
-            "is kept only when it passes its check), or use --engine torch."
-        )
-    return model_dir, record, OnnxEngine(file)
-
-
 def _samples(images: Path, masks: Path, lut: np.ndarray, num_classes: int) -> list[Sample]:
     """The pairs, checked as training checks them (every problem named, files included)."""
     samples, lonely_images, lonely_masks = pair_samples(images, masks)
@@ -215,29 +187,11 @@ def _class_table(matrix: torch.Tensor, names: list[str]) -> list[dict]:
     ]
 
 
-@dataclass(frozen=True)
-class Setting:
-    long_side: int  # the long side the model sees (the endpoint's base_size)
-    tile: int  # larger model inputs are predicted in tiles of this size
-
-
-def endpoint_setting(record: dict) -> Setting:
-    """The endpoint's resize and tile size (serving/predictor.py): the model's base_size and
-    2 x crop_size unless SEGCONTAINER_INFERENCE_SIZE / SEGCONTAINER_TILE_SIZE say otherwise."""
-    try:
-        long_side = env_int(("SEGCONTAINER_INFERENCE_SIZE",), record["base_size"])
-        requested = env_int(("SEGCONTAINER_TILE_SIZE",), 0) or None
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
-    return Setting(long_side, tile_size(record["crop_size"], requested))
-
-
 def _score_image(
-    runner: Engine,
+    predictor: Predictor,
     sample: Sample,
     name: str,
     lut: np.ndarray,
-    setting: Setting,
     total: ConfusionMatrix,
     out: Path,
     background: int | None,
@@ -246,9 +200,7 @@ def _score_image(
     entry of metrics.json's per_image."""
     image = load_image(sample.image)
     truth = torch.from_numpy(load_mask(sample.mask, lut))
-    inputs = model_input(image, setting.long_side)
-    logits = inference.tiled_logits(runner, inputs, setting.tile)[0]
-    prediction = inference.class_map(logits, *truth.shape)
+    prediction = torch.from_numpy(predictor.class_map(image))
     total.update(truth, prediction)
     single = ConfusionMatrix(total.num_classes)
     single.update(truth, prediction)
@@ -276,35 +228,33 @@ def evaluate(
             f"{out} already holds files; write to a new OUT folder (or empty it), so the "
             "report shows this run's images only."
         )
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir, record, runner = open_model(model, Path(scratch), engine)
-        info = model_folder.read_info(model_dir)
-        num_classes = record["num_classes"]
-        names = list(info.get("class_names") or [f"class_{i}" for i in range(num_classes)])
+    with model_folder.opened(model) as model_dir:
+        # The endpoint's resize and tiles (SEGCONTAINER_INFERENCE_SIZE, SEGCONTAINER_TILE_SIZE)
+        # with the engine --engine names.
+        request = EngineRequest(asked_as="--engine {}", model=str(model))
+        settings = PredictionSettings.from_env(engine=engine, request=request)
+        predictor = Predictor.open(model_dir, settings)
+        num_classes, names = predictor.num_classes, list(predictor.class_names)
         marked = choose_background(background, names)
-        spec = record.get("label_maps", {}).get("validation", {"scale": 1})
+        spec = predictor.record.get("label_maps", {}).get("validation", {"scale": 1})
         lut = label_map_lut(spec, f"the validation label map of {model}")
         samples = _samples(images_dir, masks_dir, lut, num_classes)
-        setting = endpoint_setting(record)
         total = ConfusionMatrix(num_classes)
         per_image = []
         (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
         for sample in tqdm(samples, desc="evaluate", unit="image"):
             name = sample.image.relative_to(images_dir).with_suffix("").as_posix()
-            with torch.inference_mode():
-                per_image.append(
-                    _score_image(runner, sample, name, lut, setting, total, out, marked.id)
-                )
+            per_image.append(_score_image(predictor, sample, name, lut, total, out, marked.id))
     matrix = total.matrix
     scores = Scores.from_matrix(matrix)
     per_image.sort(key=lambda item: (item["mIOU"], item["pixel_accuracy"], item["name"]))
     metrics = {
         "model": str(model),
         "data": str(images_dir),
-        "engine": runner.name,
-        "engine_note": engine_note(runner.name, engine),
+        "engine": predictor.engine.name,
+        "engine_note": engine_note(predictor.engine.name, engine),
         "background": asdict(marked),
-        "inference": {"long_side": setting.long_side, "tile_size": setting.tile},
+        "inference": {"long_side": predictor.long_side, "tile_size": predictor.tile_size},
         "images": len(samples),
         "labelled_pixels": int(matrix.sum()),
         "mIOU": scores.miou,

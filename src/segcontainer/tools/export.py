@@ -12,7 +12,6 @@ label map applies). A model.tar.gz is rewritten with the new files.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from segcontainer import model_folder
@@ -41,12 +40,7 @@ def export_command(model: Path, formats_text: str, calibration: Path | None) -> 
             "validation_annotation/ to check it on (as the training channels). Or export "
             "--formats onnx only."
         )
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = model
-        if model.is_file():
-            model_dir = model_folder.extract_model_tarball(model, Path(scratch) / "model")
-        if not (model_dir / model_folder.WEIGHTS_FILE).is_file():
-            raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
+    with model_folder.opened(model) as model_dir:
         record = model_folder.read_record(model_dir, f"The model in {model}")
         label_map = record.get("label_maps", {}).get("validation", {"scale": 1})
         data = (

@@ -11,19 +11,17 @@ one base name are refused before anything is written.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from segcontainer import model_folder
 from segcontainer.data.channels import load_image, visible_files
 from segcontainer.data.palette import mask_image
+from segcontainer.engines import EngineRequest
 from segcontainer.errors import UserError
-from segcontainer.model_folder import WEIGHTS_FILE, extract_model_tarball
-from segcontainer.serving.predictor import Predictor
-from segcontainer.serving.settings import ENGINE_ENV
+from segcontainer.prediction import PredictionSettings, Predictor
 
 OVERLAY_ALPHA = 0.5
 
@@ -76,13 +74,9 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
         raise UserError(f"{inputs} holds no images.")
     planned = output_names(files, with_overlay)
     check_outputs(inputs, outputs, planned)
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = model
-        if model.is_file():
-            model_dir = extract_model_tarball(model, Path(scratch))
-        if not (model_dir / WEIGHTS_FILE).is_file():
-            raise UserError(f"{model} is neither a model folder nor a model.tar.gz from train.")
-        predictor = Predictor(model_dir, engine=os.environ.get(ENGINE_ENV) or "auto")
+    with model_folder.opened(model) as model_dir:
+        settings = PredictionSettings.from_env(request=EngineRequest(model=str(model)))
+        predictor = Predictor.open(model_dir, settings)
         outputs.mkdir(parents=True, exist_ok=True)
         failed = 0
         for file in tqdm(files, desc="predict", unit="image"):

@@ -22,36 +22,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from segcontainer.config import variables
 from segcontainer.config.environment import ResourceConfig
 from segcontainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MASTER_PORT = 29500  # torch's customary port; the README names it for security groups
-PORT_ENV = "SEGCONTAINER_MASTER_PORT"  # override (tests run several jobs on one machine)
-CPU_WORKERS_ENV = "SEGCONTAINER_CPU_WORKERS"  # N gloo CPU workers per host: the testable path
+MASTER_PORT = variables.MASTER_PORT.default  # torch's customary port (SEGCONTAINER_MASTER_PORT)
 # Hosts of a SageMaker job start within a minute or two of each other (each downloads its data
 # first); five minutes covers that with margin and still fails well before any MaxRuntime.
 RENDEZVOUS_TIMEOUT_S = 300.0
 # Longest time a rank waits in one collective for its peers. Between collectives rank 0 alone
 # saves the model and a checkpoint (seconds); five minutes also covers a slow checkpoint sync.
 COLLECTIVE_TIMEOUT_S = 300.0
-TIMEOUT_ENV = "SEGCONTAINER_DIST_TIMEOUT_S"  # both timeouts at once (tests use a few seconds)
 FAILED_KEY = "segcontainer/failed/{rank}"
 JOINED_KEY = "segcontainer/joined/{rank}"
-
-
-def _env_int(name: str, default: int, low: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise UserError(f"The environment variable {name}={raw!r} must be an integer >= {low}.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -92,7 +77,7 @@ def plan_world(resource: ResourceConfig, gpus: int, pipe_mode: bool = False) -> 
             f"resourceconfig.json names current_host {resource.current_host!r}, which is not "
             f"among its hosts {list(resource.hosts)}; every host must be listed."
         )
-    cpu_workers = _env_int(CPU_WORKERS_ENV, 0, 0)
+    cpu_workers = variables.CPU_WORKERS.read()
     local_size = cpu_workers or max(gpus, 1)
     if pipe_mode and local_size > 1:
         # A FIFO has one reader: a second process would receive interleaved halves of records.
@@ -103,13 +88,13 @@ def plan_world(resource: ResourceConfig, gpus: int, pipe_mode: bool = False) -> 
             local_size,
         )
         local_size = 1
-    timeout = float(_env_int(TIMEOUT_ENV, 0, 1) or 0)
+    timeout = float(variables.DIST_TIMEOUT_S.read() or 0)  # SEGCONTAINER_DIST_TIMEOUT_S
     return World(
         hosts,
         hosts.index(resource.current_host),
         local_size,
         "nccl" if gpus and not cpu_workers else "gloo",
-        _env_int(PORT_ENV, MASTER_PORT, 1),
+        variables.MASTER_PORT.read(),
         resource.network_interface_name,
         timeout or RENDEZVOUS_TIMEOUT_S,
         timeout or COLLECTIVE_TIMEOUT_S,
