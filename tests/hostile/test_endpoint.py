@@ -33,7 +33,8 @@ from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.serving import codecs
-from segcontainer.serving.app import answer, create_app
+from segcontainer.serving.answers import answer
+from segcontainer.serving.app import create_app
 from segcontainer.serving.server import READY_FILE, nginx_config
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings
 from tests.serving_stack import Server, free_port, request

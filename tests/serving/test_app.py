@@ -270,3 +270,19 @@ def test_tiles_average_to_the_untiled_logits() -> None:
         tiled = tiled_logits(forward, inputs, 32)
         assert len(calls) > 1 and all(h <= 32 and w <= 32 for h, w in calls)
         assert torch.allclose(tiled, model(inputs), atol=1e-6)
+
+
+def test_a_response_format_is_one_entry_of_the_answers_table(monkeypatch) -> None:
+    """A new Accept type added to serving.answers.ANSWERS is negotiated and answered with no
+    other change (the newcomer's 'add a response format' in the README)."""
+    from segcontainer.serving import answers
+
+    def sizes(predictor, image) -> bytes:
+        return f"{image.size[0]}x{image.size[1]}".encode()
+
+    monkeypatch.setitem(answers.ANSWERS, "text/plain", sizes)
+    assert answers.choose_accept("text/plain;q=1, image/png", "image/png") == "text/plain"
+    assert answers.answer(None, Image.new("RGB", (7, 5)), "text/plain") == b"7x5"
+    with pytest.raises(answers.RequestError) as refused:
+        answers.choose_accept("text/csv", "image/png")
+    assert refused.value.status == 406 and "image/png" in str(refused.value)

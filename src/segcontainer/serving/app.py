@@ -18,7 +18,6 @@ or that has waited past the timeout is dropped before it is computed.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -31,8 +30,7 @@ from flask import Flask, Response, jsonify, request
 from PIL import Image
 
 from segcontainer.prediction import Predictor
-from segcontainer.serving import codecs
-from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, probability_answer
+from segcontainer.serving import answers, codecs
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings, worker_device
 
 log = logging.getLogger(__name__)
@@ -163,7 +161,7 @@ class Routes:
             )
         try:
             deadline = time.monotonic() + settings.timeout  # nginx answers 504 by then
-            accept = codecs.choose_accept(request.headers.get("Accept"), settings.default_accept)
+            accept = answers.choose_accept(request.headers.get("Accept"), settings.default_accept)
             body = request.get_data(cache=False)
             gone = client_gone_check(request.environ)
             if not slot.wait_turn(gone, deadline):
@@ -175,7 +173,7 @@ class Routes:
             try:  # decoding and encoding use the cores too: all inside the lock
                 image = codecs.decode_image(body, request.content_type, settings.max_image_pixels)
                 del body
-                return response(answer(predictor, image, accept), accept)
+                return response(answers.answer(predictor, image, accept), accept)
             finally:
                 slot.busy.release()
         except codecs.RequestError as exc:
@@ -235,29 +233,3 @@ def response(body: bytes | bytearray, mimetype: str) -> Response:
     reply = Response(slices, status=200, mimetype=mimetype)
     reply.headers["Content-Length"] = str(len(body))
     return reply
-
-
-def answer(predictor: Predictor, image, accept: str) -> bytes | bytearray:
-    """The response body for ``accept``; a probability answer too large for one RecordIO
-    record is refused (413) before anything is computed."""
-    if accept in codecs.PROBABILITY_TYPES:
-        width, height = image.size
-        size = answer_bytes(predictor.num_classes, height, width)
-        if size > RECORD_LIMIT:
-            side = math.isqrt((RECORD_LIMIT - answer_bytes(0, 0, 0)) // (4 * predictor.num_classes))
-            raise codecs.RequestError(
-                413,
-                f"the probability answer for this {width}x{height} image would be "
-                f"{size / 2**20:.0f} MiB ({predictor.num_classes} classes x {height} x {width} "
-                f"x 4 bytes), more than the {RECORD_LIMIT / 2**20:.0f} MiB one RecordIO record "
-                f"can hold. Ask for Accept: image/png or application/json (class ids), or send "
-                f"a smaller image (at most {side}x{side} pixels, or the same pixel count, with "
-                f"{predictor.num_classes} classes).",
-            )
-        # The predictor writes into the answer itself: one copy of the probabilities.
-        body, values = probability_answer(predictor.num_classes, height, width)
-        predictor.probabilities(image, out=values)
-        return body
-    if accept == codecs.JSON:
-        return codecs.encode_json(predictor.class_map(image), predictor.class_names)
-    return codecs.encode_png(predictor.class_map(image))

@@ -24,8 +24,6 @@ from segcontainer.data.preprocess import to_rgb
 
 PNG = "image/png"
 JSON = "application/json"
-PROBABILITY_TYPES = ("application/x-recordio-protobuf", "application/x-protobuf")
-ACCEPT_TYPES = (PNG, *PROBABILITY_TYPES, JSON)
 CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 MAX_PIXELS_ENV = variables.MAX_IMAGE_PIXELS.name  # read in settings.py
@@ -103,21 +101,6 @@ def _without_reprs(error: Exception) -> str:
     """The error's message without Python object reprs ("<_io.BytesIO object at 0x7f…>"),
     which mean nothing to the client."""
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error)).strip() or type(error).__name__
-
-
-def choose_accept(header: str | None, default: str) -> str:
-    """The response type: the first supported type listed in Accept; */* or none -> default."""
-    listed = [_media_type(part) for part in (header or "").split(",") if part.strip()]
-    if not listed:
-        return default
-    for media in listed:
-        if media in ACCEPT_TYPES:
-            return media
-        if media in ("*/*", "image/*"):
-            return default if media == "*/*" else PNG
-    raise RequestError(
-        406, f"Accept '{header}' is not supported; use one of {', '.join(ACCEPT_TYPES)}"
-    )
 
 
 def encode_png(class_map: np.ndarray) -> bytes:

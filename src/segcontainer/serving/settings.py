@@ -10,7 +10,7 @@ from pathlib import Path
 from segcontainer.config import variables
 from segcontainer.config.environment import Paths
 from segcontainer.prediction import PredictionSettings
-from segcontainer.serving.codecs import ACCEPT_TYPES
+from segcontainer.serving.answers import ACCEPT_TYPES
 
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 # Per worker: one request predicts, at most this many wait (more get 503 with Retry-After), and
