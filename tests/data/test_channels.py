@@ -314,3 +314,23 @@ def test_dataset_returns_float_image_and_uint8_mask_tensors(tmp_path: Path) -> N
         assert mask.dtype == torch.uint8
         assert mask.shape == (height, width)
         assert np.array_equal(mask.numpy(), _mask_values()[:height, :width])
+
+
+def test_an_input_format_is_one_entry_of_the_file_formats(tmp_path: Path, monkeypatch) -> None:
+    """data.splits.FILE_FORMATS is tried in order, the folders last: a new File-mode input
+    format is one finder there (the README's 'add an input format'), seen by training, the
+    data check, the exports and the tools alike through find_split."""
+    from segcontainer.config.environment import Paths
+    from segcontainer.data import splits
+    from segcontainer.data.channels import FoundSamples, Sample
+
+    paths = Paths(tmp_path)
+    with pytest.raises(UserError, match="Channel 'train' is missing"):
+        splits.find_split(paths, "train")  # no format has it: the folders name what is missing
+    sample = Sample(tmp_path / "a.tif", tmp_path / "a.png")
+
+    def tif_list(paths: Paths, split: str) -> FoundSamples | None:
+        return FoundSamples([sample]) if split == "train" else None
+
+    monkeypatch.setattr(splits, "FILE_FORMATS", (tif_list, *splits.FILE_FORMATS))
+    assert splits.find_split(paths, "train").samples == [sample]
