@@ -170,7 +170,7 @@ def save_at(folder: Path, epoch: int, iteration: int = 0, record: dict = RECORD)
         folder,
         state,
         record=record,
-        position=Position(epoch, iteration, 1.5, iteration),
+        position=Position(epoch, iteration, 1.5),
         early_stopping={"best": 0.5, "stale_epochs": 1},
         curves=[{"epoch": 0}],
         best=Best(epoch=0, scores=SCORES, weights={"linear.weight": torch.full((2, 3), 7.0)}),
@@ -181,7 +181,7 @@ def test_resume_restores_everything(tmp_path: Path) -> None:
     save_at(tmp_path, 2, 3)
     state = objects(lr=0.7)
     resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=state)
-    assert resumed.position == Position(2, 3, 1.5, 3)
+    assert resumed.position == Position(2, 3, 1.5)
     assert resumed.early_stopping == {"best": 0.5, "stale_epochs": 1}
     assert resumed.curves == [{"epoch": 0}]
     assert resumed.best.epoch == 0 and resumed.best.scores == SCORES
@@ -189,6 +189,16 @@ def test_resume_restores_everything(tmp_path: Path) -> None:
     assert torch.all(state.model.linear.weight == 2.03)
     assert state.optimizer.param_groups[0]["lr"] == 0.1 and state.scheduler.last_epoch == 1
     assert state.scheduler.milestones == {2: 1, 4: 1}
+
+
+def test_a_checkpoint_of_an_earlier_release_still_resumes(tmp_path: Path) -> None:
+    """Earlier releases' checkpoints also hold position["steps"] (never used): they resume."""
+    path = save_at(tmp_path, 2, 3)
+    state = torch.load(path, weights_only=True)
+    state["position"]["steps"] = 3
+    torch.save(state, path)
+    resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=objects())
+    assert resumed.position == Position(2, 3, 1.5)
 
 
 def test_truncated_or_corrupt_newest_checkpoint_is_skipped(tmp_path: Path, caplog) -> None:
@@ -228,7 +238,7 @@ def test_pruning_leaves_another_jobs_checkpoints_alone(tmp_path: Path, caplog) -
     assert "checkpoint-e0011-i000000.pt is left alone" in caplog.text
     assert "written with other epochs" in caplog.text
     resumed = checkpoints.resume(tmp_path, record=RECORD, trainables=objects())
-    assert resumed.position == Position(4, 0, 1.5, 0)
+    assert resumed.position == Position(4, 0, 1.5)
 
 
 def test_no_checkpoint_means_a_fresh_start(tmp_path: Path) -> None:

@@ -49,7 +49,6 @@ class Position:
     epoch: int = 0
     iteration: int = 0
     loss_sum: float = 0.0
-    steps: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,7 +287,8 @@ def _checked(state: dict, trainables: Trainables) -> Progress:
     if not {"best", "stale_epochs"} <= early_stopping.keys():
         raise Misfit("its early-stopping state is incomplete")
     return Progress(
-        position=Position(**state["position"]),
+        # Version-2 checkpoints of earlier releases also hold "steps" (never used): left out.
+        position=Position(**{k: v for k, v in state["position"].items() if k != "steps"}),
         early_stopping=early_stopping,
         curves=state["curves"],
         best=best,
