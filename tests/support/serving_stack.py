@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
+from segcontainer.tools.demo_data import synthetic_pair
 from tests.conftest import REPO, subprocess_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.network import free_port
 
 
 def request(
@@ -39,6 +37,14 @@ def request(
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
+
+
+def image_bytes(fmt: str, size=(60, 44), mode: str = "RGB") -> bytes:
+    """A synthetic scene of the demo task (seeded: the same bytes each call), encoded as fmt."""
+    image, _ = synthetic_pair(np.random.default_rng(7), size)
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 class Server:
@@ -66,6 +72,11 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"/ping never answered 200: {self.log()}")
+
+    def full_log(self) -> str:
+        """All of serve's log so far (nginx's, gunicorn's and the app's lines)."""
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text()
 
     def log(self) -> str:
         self.log_file.flush()
@@ -124,3 +135,11 @@ def reset_peak_memory(pid: int) -> int:
     the model's loading and warm-up reached before."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     return memory_kib(pid, "VmRSS")
+
+
+def invoke(server: Server, body: bytes, content_type: str, accept: str | None = None):
+    """POST /invocations: (status, headers, body)."""
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    return request(server.port, "/invocations", body, headers)

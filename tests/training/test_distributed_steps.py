@@ -21,7 +21,7 @@ from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.models import build_model
 from segcontainer.training import collectives, distributed, engine, launch, syncbn
 from segcontainer.training.distributed import Rank, World
-from tests.training.test_distributed import free_port
+from tests.support.network import free_port
 
 SAMPLES, GLOBAL_BATCH, SEED = 8, 4, 5
 
