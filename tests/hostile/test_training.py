@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from segcontainer.errors import UserError
-from segcontainer.training import checkpoints, engine
+from segcontainer.training import checkpoints, epochs
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.entry import main
 from tests.conftest import write_config
@@ -248,7 +248,7 @@ def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small
 def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, monkeypatch):
     write_config(base_dir, epochs="3")
     evaluated = []
-    real_loss, real_evaluate = engine.segmentation_loss, engine.evaluate
+    real_loss, real_evaluate = epochs.segmentation_loss, epochs.evaluate
 
     def loss(*args, **kwargs):  # nan once the first epoch was validated
         return real_loss(*args, **kwargs) * (float("nan") if evaluated else 1.0)
@@ -257,8 +257,8 @@ def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, 
         evaluated.append(True)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "segmentation_loss", loss)
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(epochs, "segmentation_loss", loss)
+    monkeypatch.setattr(epochs, "evaluate", evaluate)
     assert main() == 1
     reason = failure_reason(base_dir)
     assert "became nan or inf in 2 of batches 1-2 of epoch 1" in reason
@@ -288,9 +288,9 @@ def train(loader, scaler_enabled: bool) -> torch.nn.Module:
     model = torch.nn.Conv2d(3, 2, 1)
     optimizer = torch.optim.SGD(model.parameters(), 0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    precision = engine.Precision(torch.float32, torch.device("cpu"))
+    precision = epochs.Precision(torch.float32, torch.device("cpu"))
     precision.scaler = torch.amp.GradScaler("cpu", enabled=scaler_enabled)  # fp16's scaler
-    engine.train_one_epoch(
+    epochs.train_one_epoch(
         model, loader, optimizer, scheduler, precision, torch.device("cpu"), epoch=0
     )
     return model
@@ -302,27 +302,27 @@ def test_steps_the_gradient_scaler_skips_are_not_failures() -> None:
 
 
 def test_with_the_scaler_a_loss_that_is_never_finite_fails() -> None:
-    with pytest.raises(engine.NonFiniteLoss, match="the gradient scaler skipped every one"):
+    with pytest.raises(epochs.NonFiniteLoss, match="the gradient scaler skipped every one"):
         train(batches(True, True), scaler_enabled=True)
 
 
 def test_without_the_scaler_one_nan_loss_fails() -> None:
     # batch 2's step put nan into the weights, so batch 3's loss is nan too
-    with pytest.raises(engine.NonFiniteLoss, match="in 2 of batches 1-3 of epoch 0"):
+    with pytest.raises(epochs.NonFiniteLoss, match="in 2 of batches 1-3 of epoch 0"):
         train(batches(False, True, False), scaler_enabled=False)
 
 
 def test_the_loss_is_checked_every_few_steps_not_only_at_the_epochs_end(monkeypatch) -> None:
-    monkeypatch.setattr(engine, "LOSS_CHECK_STEPS", 2)
+    monkeypatch.setattr(epochs, "LOSS_CHECK_STEPS", 2)
     loader = batches(False, True, False, False, False)
     trained = []
-    original = engine.LossGuard.add
+    original = epochs.LossGuard.add
 
     def add(self, loss):
         trained.append(1)
         return original(self, loss)
 
-    monkeypatch.setattr(engine.LossGuard, "add", add)
-    with pytest.raises(engine.NonFiniteLoss, match="in 1 of batches 1-2 of epoch 0"):
+    monkeypatch.setattr(epochs.LossGuard, "add", add)
+    with pytest.raises(epochs.NonFiniteLoss, match="in 1 of batches 1-2 of epoch 0"):
         train(loader, scaler_enabled=False)
     assert len(trained) == 2  # stopped at the check after batch 2, not after all 5

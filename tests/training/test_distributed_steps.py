@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.models import build_model
-from segcontainer.training import collectives, distributed, engine, launch, syncbn
+from segcontainer.training import collectives, distributed, epochs, launch, syncbn
 from segcontainer.training.distributed import Rank, World
 from tests.support.network import free_port
 
@@ -52,9 +52,9 @@ def train(shard: Shard, batch: int) -> nn.Module:
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     sampler = EpochSampler(SAMPLES, SEED, shard)
     loader = DataLoader(Synthetic(), batch, sampler=sampler, drop_last=True)
-    precision = engine.Precision.choose("fp32", device)
+    precision = epochs.Precision.choose("fp32", device)
     sampler.set_epoch(1)  # two steps (the second after DDP rebuilt its buckets)
-    engine.train_one_epoch(wrapped, loader, optimizer, scheduler, precision, device, 1)
+    epochs.train_one_epoch(wrapped, loader, optimizer, scheduler, precision, device, 1)
     return model
 
 
