@@ -40,15 +40,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jobs import CAMVID, REPO, device_line, lay_out, run_train  # noqa: E402
-
-sys.path.insert(0, str(REPO))
-
+from jobs import CAMVID, device_line, lay_out, run_train  # noqa: E402
 from serve_latency import invoke, load  # noqa: E402
+from stack import Server, memory_kib, request  # noqa: E402
 
 from segcontainer.errors import UserError  # noqa: E402
 from segcontainer.model_folder import select_engine  # noqa: E402
-from tests.serving_stack import Server, memory_kib, request  # noqa: E402
 
 CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
 NAMES = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50", "psp": "PSP-ResNet50"}

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,17 +24,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+from stack import Server, memory_kib, request
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from segcontainer.config.hyperparameters import resolve  # noqa: E402
-from segcontainer.metrics import Scores  # noqa: E402
-from segcontainer.model_folder import model_config, save_model  # noqa: E402
-from segcontainer.models import build_model  # noqa: E402
-from segcontainer.precision import autocast_dtype  # noqa: E402
-from segcontainer.serving.settings import ServingSettings  # noqa: E402
-from tests.serving_stack import Server, memory_kib, request  # noqa: E402
+from segcontainer.config.hyperparameters import resolve
+from segcontainer.metrics import Scores
+from segcontainer.model_folder import model_config, save_model
+from segcontainer.models import build_model
+from segcontainer.precision import autocast_dtype
+from segcontainer.serving.settings import ServingSettings
 
 
 def make_model(base: Path, algorithm: str, num_classes: int) -> torch.nn.Module:

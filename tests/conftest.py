@@ -57,7 +57,7 @@ def small_dataset(base_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A container root whose model/ and output/model.tar.gz were written by `train` (one
-    quick epoch), shared by the serving and incremental-training tests."""
+    quick epoch), shared by the serving, evaluate and incremental-training tests."""
     import subprocess
 
     base = tmp_path_factory.mktemp("trained") / "algo-1-s3rv3"
@@ -75,24 +75,48 @@ def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_model(trained_base: Path, tmp_path_factory: pytest.TempPathFactory):
-    """trained_base's model.tar.gz (made without exports) after `segcontainer export` added
-    onnx, int8 and torchscript, calibrated on trained_base's channels: (tarball, its log)."""
+def trained_job(tmp_path_factory: pytest.TempPathFactory):
+    """The suite's one real ResNet-50 training, made once and read by many: the end-to-end
+    fcn/resnet-50 job (4 epochs of 16 images, the default workers and export onnx,int8, as a
+    plain `docker run`). Its assertions are in tests/training/test_e2e.py; its model and
+    exports also serve the export, engine, evaluate and serving tests (exported_model)."""
+    from tests.support.training import run_learnable_job
+
+    root = tmp_path_factory.mktemp("e2e")
+    return run_learnable_job(root, algorithm="fcn", backbone="resnet-50", under_sagemaker=False)
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
+    """trained_job's model.tar.gz (training exported onnx and int8) after `segcontainer export`
+    added torchscript: an ExportedModel (the tarball, both logs, the job's data)."""
     import shutil
     import subprocess
 
+    from tests.support.exports import ExportedModel
+
     tarball = tmp_path_factory.mktemp("exported") / "model.tar.gz"
-    shutil.copy(trained_base / "output" / "model.tar.gz", tarball)
+    shutil.copy(trained_job.base / "output" / "model.tar.gz", tarball)
     result = subprocess.run(
         [sys.executable, "-m", "segcontainer.cli", "export", str(tarball)]
-        + ["--formats", "onnx,int8,torchscript", "--calibration", str(trained_base / "input/data")],
-        env=subprocess_env(trained_base),
+        + ["--formats", "torchscript"],
+        env=subprocess_env(trained_job.base),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return tarball, result.stdout + result.stderr
+    log = trained_job.stdout + trained_job.stderr + result.stdout + result.stderr
+    return ExportedModel(tarball, log, trained_job.data)
+
+
+@pytest.fixture(scope="session")
+def exported_dir(exported_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """exported_model's tarball unpacked once (430 MB: seconds each time): read it, never
+    write into it (copy it first)."""
+    from segcontainer.model_folder import extract_model_tarball
+
+    return extract_model_tarball(exported_model.tarball, tmp_path_factory.mktemp("unpacked"))
 
 
 def write_config(base: Path, **overrides: str) -> None:

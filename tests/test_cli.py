@@ -116,7 +116,7 @@ def test_without_sagemaker_commands_run_as_written(tmp_path: Path) -> None:
     """README's "Without SageMaker" block, run by bash in a checkout whose .venv is this
     test's environment, from a shell where python3 is not the venv's: activation, symlinked
     channels, validate with the config, train, serve, one prediction, SIGTERM."""
-    from tests.serving_stack import free_port
+    from tests.support.network import free_port
 
     assert sys.prefix != sys.base_prefix, "run the tests from the venv of the README's set-up"
     lines = readme_commands("### Without SageMaker")

@@ -123,12 +123,6 @@ def test_errors_name_the_file_and_the_fix(tmp_path, choice, int8, message) -> No
         assert "`segcontainer export MODEL --formats onnx" in text
 
 
-@pytest.fixture(scope="module")
-def exported_dir(exported_model, tmp_path_factory) -> Path:
-    tarball, _ = exported_model
-    return model_folder.extract_model_tarball(tarball, tmp_path_factory.mktemp("engines"))
-
-
 def test_open_engine_runs_each_file(exported_dir: Path) -> None:
     cpu = torch.device("cpu")
     eager = open_engine(exported_dir, "torch", cpu)

@@ -15,7 +15,7 @@ from segcontainer.metrics import (
     class_rates,
     metric_lines,
 )
-from tests.conftest import REPO
+from tests.support.training import readme_metric_regexes
 
 
 def test_perfect_prediction() -> None:
@@ -63,13 +63,6 @@ def test_update_ignores_255_and_accumulates_over_batches() -> None:
     expected = torch.tensor([[2, 0, 0], [0, 0, 2], [0, 2, 2]])
     assert torch.equal(matrix.matrix, expected)
     assert matrix.scores().pixel_accuracy == pytest.approx(4 / 8)
-
-
-def readme_metric_regexes() -> dict[str, str]:
-    """The metric_definitions exactly as the README gives them to users."""
-    text = (REPO / "README.md").read_text()
-    found = dict(re.findall(r'"Name":\s*"([^"]+)",\s*"Regex":\s*r?"([^"]+)"', text))
-    return {name: regex.replace("\\\\", "\\") for name, regex in found.items()}
 
 
 def test_readme_gives_the_three_metric_definitions_the_code_uses() -> None:

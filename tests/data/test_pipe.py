@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from segcontainer import cli
 from segcontainer.config.environment import Paths, read_hyperparameters, read_input_data_config
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data import pipe
@@ -259,34 +260,15 @@ def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: 
     assert rates[0] > rates[1] > rates[2]  # each epoch's first-step rate (poly ends at 0 after)
 
 
-def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path) -> None:
+def test_recordio_tool_writes_the_manifest_stream(tmp_path: Path, small_dataset: Path, capsys):
+    # In-process (cli.main): the tool's output and exit status are the subject, not a process.
     out = tmp_path / "train.rec"
-    result = subprocess.run(
-        [
-            "segcontainer",
-            "recordio",
-            "write",
-            str(out),
-            "--images",
-            str(small_dataset / "train"),
-            "--masks",
-            str(small_dataset / "train_annotation"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=subprocess_env(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr
-    assert "wrote 8 image/annotation pairs (16 records)" in result.stdout
-    listing = subprocess.run(
-        ["segcontainer", "recordio", "list", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=subprocess_env(tmp_path),
-    )
-    lines = listing.stdout.splitlines()
+    images, masks = small_dataset / "train", small_dataset / "train_annotation"
+    command = ["recordio", "write", str(out), "--images", str(images), "--masks", str(masks)]
+    assert cli.main(command) == 0
+    assert "wrote 8 image/annotation pairs (16 records)" in capsys.readouterr().out
+    assert cli.main(["recordio", "list", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 16
     assert "image" in lines[0] and "JPEG RGB 48x40" in lines[0]
     assert "annotation" in lines[1] and "PNG P 48x40" in lines[1]

@@ -8,7 +8,6 @@ import logging
 import shutil
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from PIL import Image
 from torch import nn
 
 from segcontainer import cli, model_folder
-from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.channels import load_image
 from segcontainer.engines import OnnxEngine, TorchEngine
@@ -26,7 +24,6 @@ from segcontainer.export import (
     after_training,
     export_model,
     formats,
-    from_channels,
     run,
 )
 from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
@@ -35,18 +32,13 @@ from segcontainer.models import build_model
 from segcontainer.prediction import Predictor
 from segcontainer.training.entry import main as train_main
 from tests.conftest import write_config
+from tests.support.exports import finished_job, use_default_export
 
 SIZES = [(1, 3, 48, 40), (2, 3, 33, 57)]  # two sizes (and batches): height and width are dynamic
 
 
 def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
-
-
-@pytest.fixture(scope="module")
-def exported_dir(exported_model, tmp_path_factory) -> Path:
-    tarball, _ = exported_model
-    return model_folder.extract_model_tarball(tarball, tmp_path_factory.mktemp("unpacked"))
 
 
 # --- ONNX and TorchScript match eager at any size -------------------------------------------
@@ -100,7 +92,7 @@ def test_export_prepares_images_as_serving_does(trained_base: Path, tmp_path: Pa
 
 
 def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir: Path) -> None:
-    _, log = exported_model
+    log = exported_model.log  # training's (onnx, int8), then the export command's
     info = json.loads((exported_dir / model_folder.INFO_FILE).read_text())
     int8 = info["exports"]["int8"]
     shipped = (exported_dir / "model.int8.onnx").is_file()
@@ -129,18 +121,21 @@ def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir:
         assert f"{name} export took" in log
 
 
-# --- segcontainer export on a model.tar.gz made without exports -----------------------------
+# --- segcontainer export on a model.tar.gz made without the format ---------------------------
 
 
-def test_export_command_adds_the_files_to_a_tarball(trained_base, exported_model) -> None:
-    tarball, log = exported_model
-    with tarfile.open(trained_base / "output" / "model.tar.gz") as original:
-        assert not any(n.endswith((".onnx", ".ts")) for n in original.getnames())
-    with tarfile.open(tarball) as archive:
+def test_export_command_adds_the_files_to_a_tarball(trained_job, exported_model) -> None:
+    # exported_model is trained_job's model.tar.gz (onnx and int8 from training) after
+    # `segcontainer export --formats torchscript`: the file is added, the others kept.
+    with tarfile.open(trained_job.base / "output" / "model.tar.gz") as original:
+        before = set(original.getnames())
+    assert "model.onnx" in before and not any(n.endswith(".ts") for n in before)
+    with tarfile.open(exported_model.tarball) as archive:
         names = set(archive.getnames())
+    assert before | {"model.ts"} == names
     assert {"model.pt", "hyperparams.json", "model_info.json", "model.onnx", "model.ts"} <= names
     assert not any(n.endswith((".jpg", ".png")) for n in names), "no images travel"
-    assert "rewrote" in log
+    assert "rewrote" in exported_model.log
 
 
 def test_export_command_int8_needs_calibration(trained_base: Path, tmp_path: Path, capsys) -> None:
@@ -239,28 +234,6 @@ def test_explicit_int8_without_training_images_fails(trained_base, tmp_path) -> 
 
 def unreadable_images(*args, **kwargs) -> None:
     raise OSError("cannot identify image file 'frame_007.jpg'")
-
-
-def use_default_export(base_dir: Path) -> None:
-    given = base_dir / "input" / "config" / "hyperparameters.json"
-    hyperparameters = json.loads(given.read_text())
-    hyperparameters.pop("export")
-    given.write_text(json.dumps(hyperparameters))
-
-
-def finished_job(trained_base: Path, tmp_path: Path, export: str | None):
-    """What after_training gets at the end of a job: paths whose model/ holds a trained
-    model, the config (export given or left at its default) and the job's data."""
-    paths = Paths(tmp_path)
-    shutil.copytree(trained_base / "model", paths.model_dir)
-    given = {"num_classes": "3", "base_size": "48"} | ({"export": export} if export else {})
-    channels = from_channels(trained_base / "input" / "data", {"scale": 1}, 48)
-    data = SimpleNamespace(  # the TrainingData fields the exports read
-        train_samples=tuple(SimpleNamespace(image=image) for image in channels.calibration),
-        validation_samples=tuple(channels.validation),
-        validation_lut=channels.validation_lut,
-    )
-    return paths, resolve(given), data
 
 
 @pytest.mark.parametrize("export", [None, "onnx,int8"])

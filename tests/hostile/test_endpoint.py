@@ -37,8 +37,9 @@ from segcontainer.serving.answers import answer
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import READY_FILE, nginx_config
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings
-from tests.serving_stack import Server, free_port, request
+from tests.support.network import free_port
 from tests.support.serving import settings_for
+from tests.support.serving_stack import Server, request
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -17,7 +17,7 @@ from segcontainer.export import after_training, export_model, formats, from_chan
 from segcontainer.training.entry import StopSignal
 from segcontainer.training.entry import main as train_main
 from tests.conftest import write_config
-from tests.export.test_export import finished_job, use_default_export
+from tests.support.exports import finished_job, use_default_export
 
 
 @pytest.fixture
@@ -68,12 +68,10 @@ def test_sigterm_while_model_onnx_is_checked_stops_the_job(
 
 
 def test_a_stop_a_library_swallowed_still_stops(
-    trained_base, exported_model, tmp_path, monkeypatch, job_sigterm_handler
+    trained_base, exported_dir, tmp_path, monkeypatch, job_sigterm_handler
 ) -> None:
     # torch.onnx.export catches Exception around its capture strategies: a TrainingStopped
     # raised in there can vanish, and the export then completes.
-    tarball, _ = exported_model
-    exported = model_folder.extract_model_tarball(tarball, tmp_path / "exported")
     paths, config, data = finished_job(trained_base, tmp_path / "job", None)
 
     def export_swallowing_the_stop(model, file: Path, example) -> None:
@@ -81,7 +79,9 @@ def test_a_stop_a_library_swallowed_still_stops(
             signal.raise_signal(signal.SIGTERM)
         except TrainingStopped:
             pass  # as a library's `except Exception` would
-        shutil.copy(exported / model_folder.ONNX_FILE, file)  # the same model's export
+        # An export of trained_job's model, not trained_base's: the stop must be noticed
+        # before any check compares it with the eager model.
+        shutil.copy(exported_dir / model_folder.ONNX_FILE, file)
 
     monkeypatch.setattr(formats, "to_onnx", export_swallowing_the_stop)
     with pytest.raises(TrainingStopped, match="stopped during the onnx export"):

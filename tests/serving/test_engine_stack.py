@@ -1,25 +1,33 @@
-"""The real stack (`serve`: nginx + gunicorn + flask) with each engine: a model folder from
-before the exports (auto = PyTorch), ONNX fp32, and auto on the exported model.tar.gz (int8
-when its check passed). Every content type, errors, tiling; the PNG is the argmax of the
-probabilities that engine returns. One server per engine."""
+"""Each engine behind the endpoint: a model folder from before the exports (auto = PyTorch),
+ONNX fp32, and auto on the exported model.tar.gz (int8 when its check passed). Every content
+type, errors, tiling; the PNG is the argmax of the probabilities that engine returns.
+
+The auto-exported model runs in the real stack (`serve`: nginx + gunicorn + flask); the other
+two in-process (serve's start-up, then the flask app gunicorn's worker would load), as the
+stack adds nothing per engine that the real one does not show."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segcontainer import model_folder
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.serving import server as serve_module
+from segcontainer.serving.app import create_app
 from segcontainer.serving.settings import ServingSettings
-from tests.serving.test_stack import image_bytes, invoke
-from tests.serving_stack import Server
+from tests.support.serving_stack import Server, image_bytes, invoke
 
 ENGINES = {
     # name: (the model folder, SEGCONTAINER_ENGINE or None for the default)
@@ -27,6 +35,7 @@ ENGINES = {
     "onnx": ("exported", "onnx"),
     "auto-exported": ("exported", None),
 }
+REAL_STACK = "auto-exported"
 
 
 def old_model(trained_base: Path, destination: Path) -> None:
@@ -40,31 +49,90 @@ def old_model(trained_base: Path, destination: Path) -> None:
     assert not list(destination.glob("*.onnx"))
 
 
+Invoke = Callable[..., tuple[int, dict, bytes]]  # (body, content type, accept=None)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One engine behind the endpoint: the engine serve should choose, a way to POST
+    /invocations, and the start-up log (serve's line and the worker's)."""
+
+    engine: str
+    invoke: Invoke
+    start_log: Callable[[], str]
+
+
 @pytest.fixture(scope="module", params=list(ENGINES))
-def engine_server(request, trained_base, exported_model, tmp_path_factory):
+def served(request, trained_base, exported_dir, tmp_path_factory) -> Iterator[Served]:
     folder, engine = ENGINES[request.param]
     base = tmp_path_factory.mktemp("engine") / "algo-1-e9g1n"
     if folder == "old":
         old_model(trained_base, base / "model")
     else:
-        tarball, _ = exported_model
-        model_folder.extract_model_tarball(tarball, base / "model")
+        base.mkdir()
+        (base / "model").symlink_to(exported_dir)  # serve only reads it
     expected = {"before-exports": "torch", "onnx": "onnx"}.get(request.param)
     if expected is None:
         passed = (base / "model" / model_folder.INT8_FILE).is_file()
         expected = "onnx-int8" if passed else "onnx"
-    # Tiles smaller than the model input (48 px): every engine runs the tiled path.
+    # Tiles smaller than the model input (48 or 64 px): every engine runs the tiled path.
     env = {"SEGCONTAINER_TILE_SIZE": "32"} | ({"SEGCONTAINER_ENGINE": engine} if engine else {})
-    server = Server(base, **env)
-    server.wait_ready()
-    yield server, expected
-    server.stop()
+    if request.param == REAL_STACK:
+        server = Server(base, **env)
+        server.wait_ready()
+        yield Served(expected, lambda *args: invoke(server, *args), server.full_log)
+        server.stop()
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAGEMAKER_BASE_DIR", str(base))
+        patch.delenv("SEGCONTAINER_ENGINE", raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        log, client = start_in_process()
+        yield Served(expected, client_invoke(client), lambda: log)
 
 
-def test_start_log_names_engine_threads_and_file(engine_server) -> None:
-    server, engine = engine_server
-    server.log_file.flush()
-    log = Path(server.log_file.name).read_text()  # all of it: /ping retries follow the start
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def start_in_process():
+    """What serve logs at start (with stand-ins for nginx and gunicorn, which "exit" at once),
+    then the flask app a worker loads: (the log, a test client)."""
+    exited = SimpleNamespace(poll=lambda: 0, wait=lambda timeout=None: 0, kill=lambda: None)
+    root, lines, threads = logging.getLogger(), Lines(), torch.get_num_threads()
+    level = root.level
+    root.addHandler(lines)
+    root.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(serve_module, "start", lambda settings, run_dir: (exited, exited))
+            patch.setattr(serve_module.signal, "signal", lambda *args: None)  # pytest's stay
+            assert serve_module.main() == 1  # its stand-ins exited: serve stopped
+        app = create_app(ServingSettings.from_env(), load_in_background=False)
+    finally:
+        root.removeHandler(lines)
+        root.setLevel(level)
+        torch.set_num_threads(threads)  # the app sets its worker's share
+    return "\n".join(lines.lines), app.test_client()
+
+
+def client_invoke(client) -> Invoke:
+    def post(body: bytes, content_type: str, accept: str | None = None):
+        headers = {"Accept": accept} if accept is not None else {}
+        answer = client.post("/invocations", data=body, content_type=content_type, headers=headers)
+        return answer.status_code, dict(answer.headers), answer.get_data()
+
+    return post
+
+
+def test_start_log_names_engine_threads_and_file(served: Served) -> None:
+    engine, log = served.engine, served.start_log()
     file = "model.pt" if engine == "torch" else f"model{'.int8' if 'int8' in engine else ''}.onnx"
     settings = ServingSettings.from_env()  # this host's workers and their share of the cores
     threads = settings.torch_threads if engine == "torch" else settings.cpu_threads
@@ -74,20 +142,20 @@ def test_start_log_names_engine_threads_and_file(engine_server) -> None:
 
 
 @pytest.mark.parametrize(("content_type", "fmt"), [("image/jpeg", "JPEG"), ("image/png", "PNG")])
-def test_png_protobuf_and_json_agree(engine_server, content_type: str, fmt: str) -> None:
-    server, _ = engine_server
-    body = image_bytes(fmt, size=(90, 70))  # 48 x 37 at model scale: tiled in 32-px windows
-    status, headers, png = invoke(server, body, content_type, "image/png")
+def test_png_protobuf_and_json_agree(served, content_type: str, fmt: str) -> None:
+    invoke = served.invoke
+    body = image_bytes(fmt, size=(90, 70))  # 48 x 37 or 64 x 50 at model scale: 32-px tiles
+    status, headers, png = invoke(body, content_type, "image/png")
     assert status == 200 and headers["Content-Type"] == "image/png"
     mask = Image.open(io.BytesIO(png))
     assert mask.mode == "P" and mask.size == (90, 70)
-    status, headers, record = invoke(server, body, content_type, "application/x-recordio-protobuf")
+    status, headers, record = invoke(body, content_type, "application/x-recordio-protobuf")
     assert status == 200 and headers["Content-Type"] == "application/x-recordio-protobuf"
     probabilities = decode_recordio_protobuf(record)
     assert probabilities.shape == (3, 70, 90)
     assert np.allclose(probabilities.sum(0), 1, atol=1e-5)
     assert np.array_equal(np.array(mask), probabilities.argmax(0))
-    status, headers, summary = invoke(server, body, content_type, "application/json")
+    status, headers, summary = invoke(body, content_type, "application/json")
     assert status == 200 and headers["Content-Type"] == "application/json"
     pixels = [c["pixels"] for c in json.loads(summary)["classes"]]
     assert pixels == np.bincount(np.array(mask).ravel(), minlength=3).tolist()
@@ -102,9 +170,8 @@ def test_png_protobuf_and_json_agree(engine_server, content_type: str, fmt: str)
         (b"\x00" * 100, "application/x-image", "image/png", 400),
     ],
 )
-def test_error_statuses(engine_server, body, content_type, accept, status) -> None:
-    server, _ = engine_server
-    answer = invoke(server, body, content_type, accept)
+def test_error_statuses(served, body, content_type, accept, status) -> None:
+    answer = served.invoke(body, content_type, accept)
     assert answer[0] == status and json.loads(answer[2])["error"]
 
 

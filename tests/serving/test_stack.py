@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import tarfile
 import threading
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from segcontainer import cli
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.palette import PALETTE
@@ -24,8 +24,14 @@ from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import synthetic_pair
-from tests.conftest import subprocess_env
-from tests.serving_stack import Server, memory_kib, request, reset_peak_memory
+from tests.support.serving_stack import (
+    Server,
+    image_bytes,
+    invoke,
+    memory_kib,
+    request,
+    reset_peak_memory,
+)
 
 PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
 
@@ -36,20 +42,6 @@ def server(trained_base: Path):
     server.wait_ready()
     yield server
     server.stop()
-
-
-def image_bytes(fmt: str, size=(60, 44), mode: str = "RGB") -> bytes:
-    image, _ = synthetic_pair(np.random.default_rng(7), size)
-    buffer = io.BytesIO()
-    image.convert(mode).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def invoke(server: Server, body: bytes, content_type: str, accept: str | None = None):
-    headers = {"Content-Type": content_type}
-    if accept is not None:
-        headers["Accept"] = accept
-    return request(server.port, "/invocations", body, headers)
 
 
 def assert_good_request_works(server: Server) -> None:
@@ -230,7 +222,9 @@ def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
     assert_good_request_works(server)
 
 
-def test_ping_answers_within_2_s_while_a_long_prediction_runs(trained_base: Path) -> None:
+def test_ping_answers_within_2_s_while_a_long_prediction_runs_then_sigterm_stops_it(
+    trained_base: Path,
+) -> None:
     # The model sees 512x512 in one piece: seconds per request on 2 cores, in production code.
     server = Server(
         trained_base,
@@ -257,11 +251,20 @@ def test_ping_answers_within_2_s_while_a_long_prediction_runs(trained_base: Path
         assert json.loads(body)["MaxPayloadInMB"] == 0
         status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
         assert status == 400 and "Pillow can read" in json.loads(body)["error"]
+        # SIGTERM stops nginx and gunicorn (and its workers); serve exits 0
+        workers = server.worker_pids()
+        assert server.stop(timeout=60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+        with pytest.raises(OSError):
+            request(server.port, "/ping", timeout=2)
     finally:
         server.stop()
 
 
-def test_predict_command_writes_masks_and_overlays(trained_base: Path, tmp_path: Path) -> None:
+# `segcontainer predict` runs in-process (cli.main): its exit status is main's return value.
+
+
+def test_predict_command_writes_masks_and_overlays(trained_base: Path, tmp_path: Path, capsys):
     model_tar = trained_base / "output" / "model.tar.gz"
     images = tmp_path / "images"
     images.mkdir()
@@ -269,45 +272,23 @@ def test_predict_command_writes_masks_and_overlays(trained_base: Path, tmp_path:
         synthetic_pair(np.random.default_rng(1), size)[0].save(images / f"{name}.jpg")
     (images / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "out"
-    result = subprocess.run(
-        ["segcontainer", "predict", str(model_tar), str(images), str(out), "--overlay"],
-        env=subprocess_env(trained_base),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1, result.stderr  # one file could not be read
-    assert "skipped broken.jpg" in result.stdout + result.stderr
+    code = cli.main(["predict", str(model_tar), str(images), str(out), "--overlay"])
+    output = capsys.readouterr()
+    assert code == 1, output.err  # one file could not be read
+    assert "skipped broken.jpg" in output.out + output.err
     for name, size in (("a", (64, 48)), ("b", (33, 71))):
         mask = Image.open(out / f"{name}.png")
         assert mask.mode == "P" and mask.size == size
         assert Image.open(out / f"{name}_overlay.jpg").size == size
 
 
-def test_unsafe_model_tarball_is_refused(trained_base: Path, tmp_path: Path) -> None:
+def test_unsafe_model_tarball_is_refused(trained_base: Path, tmp_path: Path, capsys) -> None:
     evil = tmp_path / "evil.tar.gz"
     with tarfile.open(evil, "w:gz") as archive:
         archive.add(trained_base / "model" / "hyperparams.json", arcname="../escape.json")
-    result = subprocess.run(
-        ["segcontainer", "predict", str(evil), str(tmp_path), str(tmp_path / "out")],
-        env=subprocess_env(trained_base),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert "unsafe member" in result.stderr
+    assert cli.main(["predict", str(evil), str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "unsafe member" in capsys.readouterr().err
     assert not (tmp_path.parent / "escape.json").exists()
-
-
-def test_sigterm_stops_nginx_and_gunicorn(trained_base: Path) -> None:
-    server = Server(trained_base)
-    server.wait_ready()
-    workers = server.worker_pids()
-    assert server.stop(timeout=60) == 0
-    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
-    with pytest.raises(OSError):
-        request(server.port, "/ping", timeout=2)
 
 
 def test_serve_exits_non_zero_when_gunicorn_dies(trained_base: Path) -> None:

@@ -256,14 +256,13 @@ def test_errors_name_the_file(trained_base: Path, tmp_path: Path, capsys) -> Non
 
 
 def test_onnx_engines_score_as_the_export_checks_them(
-    exported_model, trained_base: Path, tmp_path: Path, capsys
+    exported_model, exported_dir, tmp_path, capsys
 ) -> None:
     """--engine onnx / onnx-int8 run the exported files: their mIoU on the validation images
     the export checked int8 on is the one that check recorded for fp32 and for int8."""
-    tarball, _ = exported_model
-    model = model_folder.extract_model_tarball(tarball, tmp_path / "model")
+    model = exported_dir
     int8 = model_folder.read_info(model)["exports"]["int8"]
-    data = str(trained_base / "input" / "data")  # exported_model's --calibration
+    data = str(exported_model.data)  # the data the export checked on
     assert cli(["evaluate", str(model), data, str(tmp_path / "onnx"), "--engine", "onnx"]) == 0
     metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
     assert metrics["engine"] == "onnx"
@@ -277,16 +276,14 @@ def test_onnx_engines_score_as_the_export_checks_them(
         assert code == 1 and "needs model.int8.onnx" in capsys.readouterr().err
 
 
-def test_default_engine_is_the_one_serve_runs(exported_model, trained_base: Path, tmp_path):
+def test_default_engine_is_the_one_serve_runs(exported_model, exported_dir, tmp_path):
     """Without --engine, evaluate runs what `serve` runs on this host (SEGCONTAINER_ENGINE
     auto): the checked int8 file, else model.onnx, on a CPU host; PyTorch for a model without
     exports (test_numbers_match_the_trainers_validation_metrics)."""
-    tarball, _ = exported_model
-    data = str(trained_base / "input" / "data")
+    tarball, data = exported_model.tarball, str(exported_model.data)
     assert cli(["evaluate", str(tarball), data, str(tmp_path / "auto")]) == 0
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
-    model = model_folder.extract_model_tarball(tarball, tmp_path / "model")
-    int8_passed = model_folder.read_info(model)["exports"]["int8"]["passed"]
+    int8_passed = model_folder.read_info(exported_dir)["exports"]["int8"]["passed"]
     assert metrics["engine"] == ("onnx-int8" if int8_passed else "onnx")
     # The report says which engine made the numbers and how to get training's.
     note = metrics["engine_note"]

@@ -20,16 +20,9 @@ from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.errors import UserError
 from segcontainer.training import collectives, distributed, launch
 from segcontainer.training.distributed import Rank, World, per_process_batch, plan_world
+from tests.support.network import free_port
 
 LOOPBACK = ("127.0.0.1", "localhost")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_world_from_resourceconfig(monkeypatch) -> None:

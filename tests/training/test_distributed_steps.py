@@ -22,7 +22,7 @@ from segcontainer.models import build_model
 from segcontainer.training import collectives, distributed, epochs, launch, syncbn
 from segcontainer.training.distributed import Rank, World
 from segcontainer.training.optim import Trainables
-from tests.training.test_distributed import free_port
+from tests.support.network import free_port
 
 SAMPLES, GLOBAL_BATCH, SEED = 8, 4, 5
 

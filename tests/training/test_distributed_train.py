@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,17 +18,12 @@ import pytest
 from segcontainer.model_folder import load_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
 from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
-from tests.training.test_e2e import validation_miou
+from tests.support.network import free_port
+from tests.support.training import validation_miou
 
 HOSTS = ("127.0.0.1", "localhost")  # both resolve to this machine; sorted, 127.0.0.1 is master
 METRIC = re.compile(r"#quality_metric: host=(\S+), epoch=(\d+), validation mIOU <score>=(\S+)")
 SETTINGS = {**FAST_HYPERPARAMETERS, "syncbn": "True", "seed": "3"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def host_base(root: Path, host: str, **settings: str) -> Path:

@@ -8,8 +8,6 @@ learnable synthetic task, and the trained model must beat what an untrained one 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -17,85 +15,52 @@ import pytest
 import torch
 from PIL import Image
 
-from segcontainer.config.hyperparameters import resolve
-from segcontainer.data.channels import pair_samples
-from segcontainer.data.label_maps import identity_lut
-from segcontainer.data.loaders import build_validation_loader
 from segcontainer.model_folder import load_model
 from segcontainer.models import build_model
-from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from segcontainer.training.epochs import Precision, evaluate
-from tests.conftest import subprocess_env, train_command
-from tests.test_metrics import readme_metric_regexes
+from tests.support.training import (
+    Job,
+    parse_metrics,
+    run_learnable_job,
+    validation_miou,
+)
 
-HOST = "algo-1-x7k2q"
 MODEL_FILES = {"model.pt", "hyperparams.json", "model_info.json"}
-LEARNABLE = {
-    "use_pretrained_model": "False",
-    "num_classes": "3",
-    "num_training_samples": "16",
-    "epochs": "4",
-    "base_size": "64",
-    "crop_size": "48",
-    "mini_batch_size": "4",
-    "validation_mini_batch_size": "4",
-    "optimizer": "adam",
-    "learning_rate": "0.001",
-}
 
 
-def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNABLE) -> float:
-    """One process's mIoU at the scale of the job's ``settings`` (base_size, crop_size)."""
-    samples, _, _ = pair_samples(data / "validation", data / "validation_annotation")
-    loader = build_validation_loader(samples, identity_lut(), resolve(settings))
-    cpu = torch.device("cpu")
-    return evaluate(model, loader, 3, Precision.choose("fp32", cpu), cpu).miou
+def test_train_end_to_end_fcn_resnet50(trained_job: Job) -> None:
+    """The suite's one real ResNet-50 training (tests/conftest.py's trained_job, whose model
+    and exports the export, engine and serving tests also use): fcn, default workers, the
+    default export (onnx,int8), outside SageMaker."""
+    check_job(trained_job, "fcn", "resnet-50", under_sagemaker=False, default_export=True)
 
 
-def parse_metrics(stdout: str) -> dict[str, list[tuple[int, float]]]:
-    """(epoch, value) per metric, found with the README's metric_definitions regexes."""
-    found: dict[str, list[tuple[int, float]]] = {}
-    for name, regex in readme_metric_regexes().items():
-        for line in stdout.splitlines():
-            if match := re.search(regex, line):
-                epoch = int(re.search(r"epoch=(\d+)", line).group(1))
-                assert f"host={HOST}," in line
-                found.setdefault(name, []).append((epoch, float(match.group(1))))
-    return found
-
-
-@pytest.mark.parametrize(
+@pytest.mark.slow  # the other architectures, ResNet-101 and the SageMaker layout: a minute or
+@pytest.mark.parametrize(  # more each on 2 cores, so they run with the slow checks (.ci/run)
     ("algorithm", "backbone", "under_sagemaker"),
-    [
-        ("fcn", "resnet-50", False),
-        # The other architectures, ResNet-101 and the SageMaker layout: a minute or more each
-        # on 2 cores, so they run with the slow checks (.ci/run runs both).
-        pytest.param("psp", "resnet-50", False, marks=pytest.mark.slow),
-        pytest.param("deeplab", "resnet-50", False, marks=pytest.mark.slow),
-        pytest.param("fcn", "resnet-101", True, marks=pytest.mark.slow),
-    ],
+    [("psp", "resnet-50", False), ("deeplab", "resnet-50", False), ("fcn", "resnet-101", True)],
 )
 def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_sagemaker: bool):
-    base = tmp_path / HOST
-    data = base / "input" / "data"
-    make_dataset(data, train=16, validation=4, size=(64, 48), seed=1)
-    hyperparameters = {**LEARNABLE, "algorithm": algorithm, "backbone": backbone}
-    if algorithm != "fcn":
-        hyperparameters["workers"] = "0"  # the fcn runs cover the default worker processes
     # The default export (onnx,int8) costs about a minute: the fcn/resnet-50 run covers it.
-    default_export = (algorithm, backbone) == ("fcn", "resnet-50")
-    if not default_export:
-        hyperparameters["export"] = "none"
-    write_local_mode_config(base, hyperparameters, host=HOST)
+    settings = {"export": "none"} | ({"workers": "0"} if algorithm != "fcn" else {})
+    job = run_learnable_job(
+        tmp_path,
+        algorithm=algorithm,
+        backbone=backbone,
+        under_sagemaker=under_sagemaker,
+        **settings,  # the fcn runs cover the default worker processes
+    )
+    check_job(job, algorithm, backbone, under_sagemaker=under_sagemaker, default_export=False)
+
+
+def check_job(
+    job: Job, algorithm: str, backbone: str, *, under_sagemaker: bool, default_export: bool
+) -> None:
+    base, data = job.base, job.data
     assert json.loads((base / "input/config/hyperparameters.json").read_text())[
         "_tuning_objective_metric"
     ]
-    env = subprocess_env(base, docker_run=not under_sagemaker)
-    result = subprocess.run(train_command(), env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
     # three metric lines per epoch, parsed with the README's regexes
-    metrics = parse_metrics(result.stdout)
+    metrics = parse_metrics(job.stdout)
     epochs = list(range(4))
     for name in ("train:loss", "validation:mIOU", "validation:pixel_accuracy"):
         assert [epoch for epoch, _ in metrics[name]] == epochs, name

@@ -10,6 +10,7 @@ predecessor left free.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 
@@ -51,3 +52,17 @@ def post_worker_init(worker) -> None:
     if ready:
         with open(ready, "a"):
             pass
+
+
+def worker_exit(server, worker) -> None:
+    """The worker is about to exit: skip the interpreter's last collections of the model's and
+    torch's objects (about a second on 2 cores, and nothing is left to collect), so that a
+    SIGTERM'd serve is gone sooner. In-flight requests have finished by now (graceful stop).
+    gunicorn also calls this in the master for a worker already gone: nothing to do there."""
+    if os.getpid() == worker.pid:
+        gc.freeze()
+
+
+def on_exit(server) -> None:
+    """The master is about to exit (its workers are gone): as worker_exit."""
+    gc.freeze()

@@ -1,4 +1,9 @@
-"""Helpers to run the real `serve` stack (nginx + gunicorn + flask) on a free loopback port."""
+"""The benchmarks' handle on the real `serve` stack (nginx + gunicorn + flask): start it on a
+free loopback port against a model folder, send requests, read its workers' memory.
+
+The benchmarks' own copy, kept to what they measure: the tests have a fuller harness in
+tests/support/serving_stack.py, and benchmarks do not import tests.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO, subprocess_env
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -21,19 +27,12 @@ def free_port() -> int:
 
 
 def request(
-    port: int,
-    path: str,
-    body: bytes | None = None,
-    headers: dict | None = None,
-    timeout: float = 120,
+    port: int, path: str, body: bytes | None = None, headers: dict | None = None, timeout=120
 ) -> tuple[int, dict, bytes]:
     """(status, headers, body) of one HTTP request to the server on the loopback port."""
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=body,
-        headers=headers or {},
-        method="POST" if body is not None else "GET",
-    )
+    method = "POST" if body is not None else "GET"
+    url = f"http://127.0.0.1:{port}{path}"
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -42,14 +41,19 @@ def request(
 
 
 class Server:
-    """`./serve` as SageMaker starts it, with SAGEMAKER_BASE_DIR pointing at a trained model."""
+    """`./serve` as SageMaker starts it, with SAGEMAKER_BASE_DIR set to ``base`` (whose
+    model/ it serves); ``env`` adds serving variables. Its log goes to base/serve-PORT.log."""
 
     def __init__(self, base: Path, **env: str):
         self.port = free_port()
         self.log_file = open(base / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        environment = {k: v for k, v in os.environ.items() if k != "TRAINING_JOB_NAME"}
+        environment.update(SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_BIND_TO_PORT=str(self.port))
+        # serve's `#!/usr/bin/env python3` must find this interpreter's environment.
+        environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.process = subprocess.Popen(
             [str(REPO / "serve")],
-            env=subprocess_env(base, SAGEMAKER_BIND_TO_PORT=str(self.port), **env),
+            env={**environment, **env},
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
         )
@@ -58,26 +62,19 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log()}")
+                raise RuntimeError(f"serve exited with {self.process.returncode}")
             try:
                 if request(self.port, "/ping", timeout=2)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"/ping never answered 200: {self.log()}")
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text()[-4000:]
-
-    def gunicorn_master(self) -> int:
-        [master] = [pid for pid in _children(self.process.pid) if "gunicorn" in _cmdline(pid)]
-        return master
+        raise RuntimeError(f"/ping never answered 200; see {self.log_file.name}")
 
     def worker_pids(self) -> list[int]:
         """gunicorn's workers: the children of the gunicorn master that `serve` started."""
-        return _children(self.gunicorn_master())
+        [master] = [pid for pid in _children(self.process.pid) if b"gunicorn" in _cmdline(pid)]
+        return _children(master)
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
@@ -92,35 +89,26 @@ class Server:
 
 def _children(pid: int) -> list[int]:
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
     return found
 
 
-def _cmdline(pid: int) -> str:
+def _cmdline(pid: int) -> bytes:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return ""
+        return b""
 
 
-def memory_kib(pid: int, field: str = "VmHWM") -> int:
-    """A /proc/<pid>/status memory figure in KiB (VmHWM: peak resident set size)."""
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A /proc/<pid>/status memory figure in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def reset_peak_memory(pid: int) -> int:
-    """Reset the process's peak resident set size (VmHWM) to its current one, which it returns
-    in KiB: a later VmHWM minus this is what the work in between added at its peak, whatever
-    the model's loading and warm-up reached before."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return memory_kib(pid, "VmRSS")

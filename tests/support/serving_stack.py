@@ -1,0 +1,145 @@
+"""Helpers to run the real `serve` stack (nginx + gunicorn + flask) on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from segcontainer.tools.demo_data import synthetic_pair
+from tests.conftest import REPO, subprocess_env
+from tests.support.network import free_port
+
+
+def request(
+    port: int,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 120,
+) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one HTTP request to the server on the loopback port."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        headers=headers or {},
+        method="POST" if body is not None else "GET",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def image_bytes(fmt: str, size=(60, 44), mode: str = "RGB") -> bytes:
+    """A synthetic scene of the demo task (seeded: the same bytes each call), encoded as fmt."""
+    image, _ = synthetic_pair(np.random.default_rng(7), size)
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+class Server:
+    """`./serve` as SageMaker starts it, with SAGEMAKER_BASE_DIR pointing at a trained model."""
+
+    def __init__(self, base: Path, **env: str):
+        self.port = free_port()
+        self.log_file = open(base / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(REPO / "serve")],
+            env=subprocess_env(base, SAGEMAKER_BIND_TO_PORT=str(self.port), **env),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log()}")
+            try:
+                if request(self.port, "/ping", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"/ping never answered 200: {self.log()}")
+
+    def full_log(self) -> str:
+        """All of serve's log so far (nginx's, gunicorn's and the app's lines)."""
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text()
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text()[-4000:]
+
+    def gunicorn_master(self) -> int:
+        [master] = [pid for pid in _children(self.process.pid) if "gunicorn" in _cmdline(pid)]
+        return master
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: the children of the gunicorn master that `serve` started."""
+        return _children(self.gunicorn_master())
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.log_file.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def memory_kib(pid: int, field: str = "VmHWM") -> int:
+    """A /proc/<pid>/status memory figure in KiB (VmHWM: peak resident set size)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_memory(pid: int) -> int:
+    """Reset the process's peak resident set size (VmHWM) to its current one, which it returns
+    in KiB: a later VmHWM minus this is what the work in between added at its peak, whatever
+    the model's loading and warm-up reached before."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return memory_kib(pid, "VmRSS")
+
+
+def invoke(server: Server, body: bytes, content_type: str, accept: str | None = None):
+    """POST /invocations: (status, headers, body)."""
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    return request(server.port, "/invocations", body, headers)
