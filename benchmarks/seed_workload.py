@@ -66,7 +66,7 @@ def main() -> None:
         iters,
         warmup,
         device,
-        device.type == "cuda",
+        "auto",  # the trainer's precision policy
     )
     images = args.epochs * (args.images // args.batch) * args.batch
     ceiling_seconds = images / ceiling

@@ -75,8 +75,9 @@ def main() -> None:
             if builder is not None:
                 torch.manual_seed(0)
                 model = builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+                # the trainer's precision=auto, as the job it is compared with
                 reference, reference_peak = measure(
-                    model, args.batch, args.crop, iters, warmup, device, gpu
+                    model, args.batch, args.crop, iters, warmup, device, "auto"
                 )
                 del model
             pipeline = log_lines(job.log, "input pipeline")
