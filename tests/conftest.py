@@ -42,6 +42,15 @@ def base_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """write_config's backbone for in-process trainings whose subject is not ResNet-50: the
+    tiny test encoder (tests/support/models.py), registered in this process for the test."""
+    from tests.support.models import register_tiny_encoder
+
+    return {"backbone": register_tiny_encoder(monkeypatch)}
+
+
+@pytest.fixture
 def paths(base_dir: Path) -> Paths:
     return Paths(base_dir)
 

@@ -21,7 +21,7 @@ def write_manifest(path: Path, lines: list[dict]) -> Path:
     return path
 
 
-def test_training_from_a_ground_truth_manifest(base_dir: Path, small_dataset: Path) -> None:
+def test_training_from_a_ground_truth_manifest(base_dir: Path, small_dataset: Path, tiny) -> None:
     data = small_dataset
     raw = base_dir / "raw"  # the labelling job's files, outside the channel
     shutil.move(data / "train", raw / "images")
@@ -36,7 +36,7 @@ def test_training_from_a_ground_truth_manifest(base_dir: Path, small_dataset: Pa
         for image in sorted((raw / "images").iterdir())
     ]
     write_manifest(data / "train" / "output.manifest", lines)
-    write_config(base_dir)
+    write_config(base_dir, **tiny)
     assert main() == 0
     assert (base_dir / "model" / "model.pt").exists()
 

@@ -119,12 +119,12 @@ def plain_channel_files(base: Path, epochs: int) -> None:
             (data / f"{split}_annotation_{epoch}").write_bytes(b"".join(frame(m) for _, m in items))
 
 
-def test_plain_channels_in_pipe_mode(base_dir: Path) -> None:
+def test_plain_channels_in_pipe_mode(base_dir: Path, tiny) -> None:
     channels = {
         name: PIPE_CHANNEL
         for name in ("train", "train_annotation", "validation", "validation_annotation")
     }
-    configure(base_dir, channels, epochs="2")
+    configure(base_dir, channels, epochs="2", **tiny)
     plain_channel_files(base_dir, 2)
     assert main() == 0
     assert (base_dir / "model" / "model.pt").exists()
@@ -241,14 +241,14 @@ def test_sigterm_while_waiting_for_a_training_fifo_stops_the_job(base_dir: Path,
     assert (base_dir / "checkpoints" / "checkpoint-e0000-i000000.pt").exists()
 
 
-def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: Path, capsys):
+def test_stream_longer_than_num_training_samples_resizes_the_schedule(base_dir: Path, capsys, tiny):
     """num_training_samples=4 (one batch an epoch) but 8 pairs streamed (two): the rest of the
     poly schedule is sized from the real count, so it does not sit at 0 after epoch 0."""
     channels = {
         name: PIPE_CHANNEL
         for name in ("train", "train_annotation", "validation", "validation_annotation")
     }
-    configure(base_dir, channels, epochs="3", num_training_samples="4")
+    configure(base_dir, channels, epochs="3", num_training_samples="4", **tiny)
     plain_channel_files(base_dir, 3)
     assert main() == 0
     out = capsys.readouterr().out

@@ -195,9 +195,9 @@ def broken_exporter(*args, **kwargs) -> None:
 
 
 def test_default_export_failure_warns_and_training_succeeds(
-    base_dir, small_dataset, monkeypatch, capsys
+    base_dir, small_dataset, monkeypatch, capsys, tiny
 ) -> None:
-    write_config(base_dir)
+    write_config(base_dir, **tiny)
     use_default_export(base_dir)  # the default: onnx,int8
     monkeypatch.setattr(formats, "to_onnx", broken_exporter)
     assert train_main() == 0
@@ -211,8 +211,8 @@ def test_default_export_failure_warns_and_training_succeeds(
     assert (base_dir / "output" / "success").exists()
 
 
-def test_explicit_export_failure_fails_the_job(base_dir, small_dataset, monkeypatch) -> None:
-    write_config(base_dir, export="torchscript")
+def test_explicit_export_failure_fails_the_job(base_dir, small_dataset, monkeypatch, tiny) -> None:
+    write_config(base_dir, **tiny, export="torchscript")
     monkeypatch.setattr(formats, "to_torchscript", broken_exporter)
     assert train_main() == 1
     reason = (base_dir / "output" / "failure").read_text().partition("\n\n")[0]

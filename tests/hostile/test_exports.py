@@ -130,9 +130,9 @@ def test_int8_is_never_quantised_from_a_failed_onnx_export(trained_base, tmp_pat
 
 @pytest.mark.slow  # a short training run (about 20 s on 2 cores)
 def test_the_job_exits_143_when_stopped_during_the_onnx_check(
-    base_dir, small_dataset, monkeypatch
+    base_dir, small_dataset, monkeypatch, tiny
 ) -> None:
-    write_config(base_dir)
+    write_config(base_dir, **tiny)
     use_default_export(base_dir)  # the default export: before, int8 ran and the job succeeded
     real_session = onnxruntime.InferenceSession
 

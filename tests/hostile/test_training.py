@@ -31,9 +31,9 @@ def model_weights(base: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # two trainings
 def test_rerun_with_another_learning_rate_trains_anew_and_leaves_the_old_checkpoint(
-    base_dir: Path, small_dataset, capsys
+    base_dir: Path, small_dataset, capsys, tiny
 ) -> None:
-    write_config(base_dir, learning_rate="0.001")
+    write_config(base_dir, **tiny, learning_rate="0.001")
     assert main() == 0
     first = model_weights(base_dir)
     [old] = (base_dir / "checkpoints").iterdir()
@@ -42,7 +42,7 @@ def test_rerun_with_another_learning_rate_trains_anew_and_leaves_the_old_checkpo
     (base_dir / "output" / "failure").write_text("an earlier failure\n\n")
     capsys.readouterr()
 
-    write_config(base_dir, learning_rate="0.01")
+    write_config(base_dir, **tiny, learning_rate="0.01")
     assert main() == 0
     out = capsys.readouterr().out
     assert "resuming from" not in out and "epoch=0, train loss" in out  # it trained
@@ -210,9 +210,9 @@ def failure_reason(base: Path) -> str:
     return (base / "output" / "failure").read_text().split("\n\n")[0]
 
 
-def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small_dataset):
+def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small_dataset, tiny):
     """class_weights=1e38 overflow the loss to nan at the first step (before: exit 0)."""
-    write_config(base_dir, class_weights="1e38,1e38,1e38")
+    write_config(base_dir, **tiny, class_weights="1e38,1e38,1e38")
     assert main() == 1
     reason = failure_reason(base_dir)
     assert "the training loss became nan or inf in 2 of batches 1-2 of epoch 0" in reason
@@ -223,8 +223,8 @@ def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small
 
 
 @pytest.mark.slow  # two epochs and a validation
-def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, monkeypatch):
-    write_config(base_dir, epochs="3")
+def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, monkeypatch, tiny):
+    write_config(base_dir, **tiny, epochs="3")
     evaluated = []
     real_loss, real_evaluate = loss.segmentation_loss, epochs.evaluate
 

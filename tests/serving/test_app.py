@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +24,30 @@ from segcontainer.serving import app as app_module
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import nginx_config
 from segcontainer.serving.settings import ServingSettings
+from tests.support.models import register_tiny_encoder
 from tests.support.serving import settings_for
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    config = resolve({"num_classes": "3", "base_size": "64", "crop_size": "32"})
-    torch.manual_seed(0)
-    model = build_model("fcn", "resnet-50", 3)
-    save_model(
-        folder,
-        model,
-        model_config(config, {"train": {"scale": 1}}),
-        0,
-        Scores(0.5, 0.5, (0.5, 0.5, 0.5)),
-        (),
-    )
-    return folder
+def model_dir(tmp_path_factory) -> Iterator[Path]:
+    """An fcn on the tiny test encoder (registered while this module's tests run): the subject
+    is the app around the model, not ResNet-50's arithmetic."""
+    with pytest.MonkeyPatch.context() as patch:
+        backbone = register_tiny_encoder(patch)
+        folder = tmp_path_factory.mktemp("model")
+        given = {"num_classes": "3", "base_size": "64", "crop_size": "32", "backbone": backbone}
+        config = resolve({**given, "use_pretrained_model": "False"})
+        torch.manual_seed(0)
+        model = build_model("fcn", backbone, 3)
+        save_model(
+            folder,
+            model,
+            model_config(config, {"train": {"scale": 1}}),
+            0,
+            Scores(0.5, 0.5, (0.5, 0.5, 0.5)),
+            (),
+        )
+        yield folder
 
 
 def jpeg(size=(40, 30)) -> bytes:

@@ -22,13 +22,15 @@ from segcontainer.training.entry import StopSignal, main
 from segcontainer.training.optim import Trainables
 from tests.conftest import SAGEMAKER_JOB, write_config
 from tests.support.checkpoints import save_checkpoint, trainables
+from tests.support.models import TINY_ENCODER, register_tiny_encoder
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}
 
 
 def prepare(base: Path) -> None:
     make_dataset(base / "input" / "data", train=16, validation=4, size=(48, 40))
-    write_config(base, **RESUME_SETTINGS)
+    # The tiny test encoder: what is tested is the checkpointing, not ResNet-50's arithmetic.
+    write_config(base, backbone=TINY_ENCODER, **RESUME_SETTINGS)
 
 
 def final_weights(base: Path) -> dict[str, torch.Tensor]:
@@ -42,6 +44,7 @@ def straight(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("straight") / "algo-1-aaaaa"
     prepare(base)
     with pytest.MonkeyPatch.context() as patch:
+        register_tiny_encoder(patch)
         run_in_process(patch, base, 0)
     return base
 
@@ -74,6 +77,7 @@ def sigterm_before_batch(monkeypatch, after: Path, batch: int) -> None:
 def test_sigterm_then_spot_restart_resumes_bit_for_bit(
     straight: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
+    register_tiny_encoder(monkeypatch)
     interrupted = tmp_path / "interrupted" / "algo-1-bbbbb"
     prepare(interrupted)
     checkpoints_dir = interrupted / "checkpoints"
@@ -124,6 +128,7 @@ def assert_same_model_folder(expected: Path, actual: Path) -> None:
 def test_restart_of_a_finished_job_still_ends_with_its_model(straight: Path, tmp_path, monkeypatch):
     """Spot restart after the last checkpoint: nothing left to train, model/ and output/ empty;
     the job ends with exit 0 and the best model in model/."""
+    register_tiny_encoder(monkeypatch)
     base = tmp_path / "algo-1-ccccc"
     shutil.copytree(straight, base)
     shutil.rmtree(base / "model")

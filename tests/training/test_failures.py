@@ -175,7 +175,7 @@ def test_pipe_mode_without_recordio_wrapping_is_refused(base_dir, small_dataset)
     assert "RecordWrapperType='RecordIO'" in reason
 
 
-def test_label_map_scale_is_applied(base_dir, small_dataset) -> None:
+def test_label_map_scale_is_applied(base_dir, small_dataset, tiny) -> None:
     """Masks written as 0/3/6 train as 0/1/2 with {"scale": 3}; without it they fail."""
     for split, count in (("train", 8), ("validation", 4)):
         for index in range(count):
@@ -183,7 +183,7 @@ def test_label_map_scale_is_applied(base_dir, small_dataset) -> None:
             Image.fromarray((values * 3).astype(np.uint8), "L").save(
                 mask_path(base_dir, index, split)
             )
-    write_config(base_dir, epochs="1")
+    write_config(base_dir, **tiny, epochs="1")
     assert "outside 0..2" in failure_after_training(base_dir)
     label_maps = base_dir / "input" / "data" / "label_map"
     label_maps.mkdir()
@@ -194,7 +194,7 @@ def test_label_map_scale_is_applied(base_dir, small_dataset) -> None:
     assert saved["label_maps"] == {"train": {"scale": "3"}, "validation": {"scale": "3"}}
 
 
-def test_label_map_map_form_is_applied(base_dir, small_dataset) -> None:
+def test_label_map_map_form_is_applied(base_dir, small_dataset, tiny) -> None:
     """{"map": {label: pixel}}: masks holding 10/20/30 train as classes 0/1/2."""
     for split, count in (("train", 8), ("validation", 4)):
         for index in range(count):
@@ -207,7 +207,7 @@ def test_label_map_map_form_is_applied(base_dir, small_dataset) -> None:
     mapping = {"map": {"0": 10, "1": 20, "2": 30}}
     for split in ("train", "validation"):
         (label_maps / f"{split}_label_map.json").write_text(json.dumps(mapping))
-    write_config(base_dir, epochs="1")
+    write_config(base_dir, **tiny, epochs="1")
     assert main() == 0
     saved = json.loads((base_dir / "model" / "hyperparams.json").read_text())
     assert saved["label_maps"]["validation"] == mapping
