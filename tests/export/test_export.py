@@ -28,8 +28,10 @@ from segcontainer.export import (
 )
 from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
 from segcontainer.export.samples import ImageReader
+from segcontainer.metrics import Scores
 from segcontainer.models import build_model
 from segcontainer.prediction import Predictor
+from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training.entry import main as train_main
 from tests.conftest import write_config
 from tests.support.exports import finished_job, use_default_export
@@ -276,3 +278,37 @@ def test_config_tells_given_hyperparameters_from_defaults() -> None:
     assert resolve({"num_classes": "3"}).given == {"num_classes"}
     config = resolve({"num_classes": "3", "export": "onnx,int8"})
     assert "export" in config.given and config.export == resolve({"num_classes": "3"}).export
+
+
+def test_export_command_calibrates_int8_on_a_tarball_made_without_exports(
+    tiny, tmp_path: Path, capsys
+) -> None:
+    """`segcontainer export model.tar.gz --calibration DIR` (the default formats, onnx and
+    int8) on a model trained without exports: both are written, checked and recorded in the
+    tarball, int8 calibrated on DIR's images (a tiny-encoder model: the subject is the command)."""
+    data = tmp_path / "data"
+    make_dataset(data, train=8, validation=4, size=(48, 40))
+    config = resolve(
+        {"num_classes": "3", "base_size": "48", "use_pretrained_model": "False", **tiny}
+    )
+    torch.manual_seed(0)
+    model = build_model("fcn", config.backbone, 3)
+    folder = tmp_path / "model"
+    record = model_folder.model_config(config, {"train": {"scale": 1}})
+    model_folder.save_model(folder, model, record, 0, Scores(0.5, 0.5, (0.5,) * 3), ())
+    tarball = tmp_path / "model.tar.gz"
+    model_folder.pack_model(folder, tarball)
+
+    code = cli.main(["export", str(tarball), "--calibration", str(data)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+        info = json.load(archive.extractfile(model_folder.INFO_FILE))
+    assert "model.onnx" in names
+    int8 = info["exports"]["int8"]
+    assert ("model.int8.onnx" in names) == int8["passed"]  # shipped only once its check passed
+    assert int8["check_images"] == 4  # validation/'s 4 pairs
+    if int8["passed"]:
+        assert int8["calibration"]["images"] == 8  # train/'s 8 images
+    assert "calibration on 8 training images" in err and "rewrote" in err
