@@ -97,17 +97,19 @@ def trained_job(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
-    """trained_job's model.tar.gz (training exported onnx and int8) after `segcontainer export`
-    added torchscript: an ExportedModel (the tarball, both logs, the job's data)."""
-    import shutil
+    """trained_job's model.tar.gz (training exported onnx and int8), and that tarball unpacked
+    once with `segcontainer export FOLDER --formats torchscript` adding model.ts: an
+    ExportedModel (the tarball, the folder, both logs, the job's data). The folder saves
+    re-packing 430 MB; the export command on a tarball is tested on a tiny model."""
     import subprocess
 
+    from segcontainer.model_folder import extract_model_tarball
     from tests.support.exports import ExportedModel
 
-    tarball = tmp_path_factory.mktemp("exported") / "model.tar.gz"
-    shutil.copy(trained_job.base / "output" / "model.tar.gz", tarball)
+    tarball = trained_job.base / "output" / "model.tar.gz"
+    folder = extract_model_tarball(tarball, tmp_path_factory.mktemp("unpacked"))
     result = subprocess.run(
-        [sys.executable, "-m", "segcontainer.cli", "export", str(tarball)]
+        [sys.executable, "-m", "segcontainer.cli", "export", str(folder)]
         + ["--formats", "torchscript"],
         env=subprocess_env(trained_job.base),
         capture_output=True,
@@ -116,16 +118,14 @@ def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = trained_job.stdout + trained_job.stderr + result.stdout + result.stderr
-    return ExportedModel(tarball, log, trained_job.data)
+    return ExportedModel(tarball, folder, log, trained_job.data)
 
 
 @pytest.fixture(scope="session")
-def exported_dir(exported_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """exported_model's tarball unpacked once (430 MB: seconds each time): read it, never
-    write into it (copy it first)."""
-    from segcontainer.model_folder import extract_model_tarball
-
-    return extract_model_tarball(exported_model.tarball, tmp_path_factory.mktemp("unpacked"))
+def exported_dir(exported_model) -> Path:
+    """exported_model's folder (model.pt, model.onnx, model.int8.onnx when its check passed,
+    model.ts): read it, never write into it (copy it first)."""
+    return exported_model.folder
 
 
 def write_config(base: Path, **overrides: str) -> None:

@@ -126,18 +126,18 @@ def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir:
 # --- segcontainer export on a model.tar.gz made without the format ---------------------------
 
 
-def test_export_command_adds_the_files_to_a_tarball(trained_job, exported_model) -> None:
-    # exported_model is trained_job's model.tar.gz (onnx and int8 from training) after
-    # `segcontainer export --formats torchscript`: the file is added, the others kept.
-    with tarfile.open(trained_job.base / "output" / "model.tar.gz") as original:
+def test_export_command_adds_the_file_to_a_model_folder(exported_model) -> None:
+    # exported_model's folder is trained_job's model.tar.gz (onnx and int8 from training),
+    # unpacked, after `segcontainer export FOLDER --formats torchscript`: the file is added, the
+    # others kept. (On a tarball: test_export_command_calibrates_int8_on_a_tarball_...)
+    with tarfile.open(exported_model.tarball) as original:
         before = set(original.getnames())
     assert "model.onnx" in before and not any(n.endswith(".ts") for n in before)
-    with tarfile.open(exported_model.tarball) as archive:
-        names = set(archive.getnames())
+    names = {path.name for path in exported_model.folder.iterdir()}
     assert before | {"model.ts"} == names
     assert {"model.pt", "hyperparams.json", "model_info.json", "model.onnx", "model.ts"} <= names
-    assert not any(n.endswith((".jpg", ".png")) for n in names), "no images travel"
-    assert "rewrote" in exported_model.log
+    info = json.loads((exported_model.folder / model_folder.INFO_FILE).read_text())
+    assert {"onnx", "torchscript"} <= set(info["exports"])  # training's entries kept
 
 
 def test_export_command_int8_needs_calibration(trained_base: Path, tmp_path: Path, capsys) -> None:
@@ -299,13 +299,17 @@ def test_export_command_calibrates_int8_on_a_tarball_made_without_exports(
     tarball = tmp_path / "model.tar.gz"
     model_folder.pack_model(folder, tarball)
 
+    with tarfile.open(tarball) as archive:
+        before = set(archive.getnames())
     code = cli.main(["export", str(tarball), "--calibration", str(data)])
     err = capsys.readouterr().err
     assert code == 0, err
     with tarfile.open(tarball) as archive:
         names = set(archive.getnames())
         info = json.load(archive.extractfile(model_folder.INFO_FILE))
-    assert "model.onnx" in names
+    assert "model.onnx" in names and "model.onnx" not in before
+    assert before | {"model.onnx", "model.int8.onnx"} >= names >= before | {"model.onnx"}
+    assert not any(n.endswith((".jpg", ".png")) for n in names), "no images travel"
     int8 = info["exports"]["int8"]
     assert ("model.int8.onnx" in names) == int8["passed"]  # shipped only once its check passed
     assert int8["check_images"] == 4  # validation/'s 4 pairs

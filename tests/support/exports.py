@@ -16,11 +16,13 @@ from segcontainer.export import from_channels
 
 @dataclass(frozen=True)
 class ExportedModel:
-    """A model.tar.gz holding model.onnx, model.int8.onnx (when its check passed) and model.ts,
-    the log that made them (training's default export, then `segcontainer export`), and the
-    data its checks ran on (validation/) and int8 calibrated on (train/)."""
+    """A trained job's model.tar.gz holding model.onnx and model.int8.onnx (when its check
+    passed); the folder it unpacks to, where `segcontainer export` added model.ts; the log
+    that made them (training's default export, then the export command's); and the data its
+    checks ran on (validation/) and int8 calibrated on (train/)."""
 
     tarball: Path
+    folder: Path
     log: str
     data: Path
 
