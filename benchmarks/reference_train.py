@@ -12,6 +12,7 @@ import sys
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet50
 
+from segcontainer.config.hyperparameters import Config
 from segcontainer.training import entry
 
 
@@ -32,17 +33,16 @@ class TorchvisionDeepLab(torch.nn.Module):
         return out["out"]
 
 
-def build(
-    algorithm: str, backbone: str, num_classes: int, pretrained: bool = False, aux: bool = False
-) -> torch.nn.Module:
+def build(config: Config, pretrained: bool) -> torch.nn.Module:
     """A ``training.job.ModelBuilder``: torchvision's model whatever the algorithm asked for."""
+    aux = config.aux_loss_weight > 0
     logging.getLogger("segcontainer").info(
         "reference model: torchvision deeplabv3_resnet50(aux_loss=%s) in place of %s/%s",
         aux,
-        algorithm,
-        backbone,
+        config.algorithm,
+        config.backbone,
     )
-    return TorchvisionDeepLab(num_classes, aux)
+    return TorchvisionDeepLab(config.num_classes, aux)
 
 
 if __name__ == "__main__":

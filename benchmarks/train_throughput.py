@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torchvision.models import segmentation as tv
 
 from segcontainer.models import ENCODERS, HEADS, build_model
-from segcontainer.training.epochs import Precision
+from segcontainer.precision import Precision
 
 NUM_CLASSES = 11  # CamVid's, the data set the accuracy runs use
 # (algorithm, backbone) -> torchvision builder of the same architecture (no aux head)

@@ -18,7 +18,9 @@ from segcontainer import model_folder
 from segcontainer.engines import ENGINE_CHOICES
 from segcontainer.errors import UserError
 from segcontainer.model_folder import open_engine, select_engine
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.prediction import PredictionSettings
+from segcontainer.tasks.segmentation.model import rebuild
+from segcontainer.tasks.segmentation.prediction import Predictor
 
 WITHHELD = {"file": None, "passed": False, "reason": "no try passed the check (agreement 0.97)"}
 
@@ -125,15 +127,15 @@ def test_errors_name_the_file_and_the_fix(tmp_path, choice, int8, message) -> No
 
 def test_open_engine_runs_each_file(exported_dir: Path) -> None:
     cpu = torch.device("cpu")
-    eager = open_engine(exported_dir, "torch", cpu)
+    eager = open_engine(exported_dir, "torch", cpu, rebuild=rebuild)
     assert (eager.name, eager.file.name, eager.device) == ("torch", "model.pt", cpu)
     batch = torch.randn(1, 3, 40, 48)
     expected = eager(batch)
-    onnx = open_engine(exported_dir, "onnx", cpu, threads=1)
+    onnx = open_engine(exported_dir, "onnx", cpu, threads=1, rebuild=rebuild)
     assert (onnx.name, onnx.file.name, onnx.threads) == ("onnx", "model.onnx", 1)
     torch.testing.assert_close(onnx(batch), expected, atol=1e-4, rtol=1e-4)
     if (exported_dir / model_folder.INT8_FILE).is_file():
-        int8 = open_engine(exported_dir, "auto", cpu, threads=1)
+        int8 = open_engine(exported_dir, "auto", cpu, threads=1, rebuild=rebuild)
         assert (int8.name, int8.file.name) == ("onnx-int8", "model.int8.onnx")
         assert int8(batch).shape == expected.shape
 
@@ -142,7 +144,8 @@ def test_onnx_engine_never_loads_the_pytorch_weights(exported_dir, tmp_path) -> 
     folder = tmp_path / "model"
     shutil.copytree(exported_dir, folder)
     (folder / model_folder.WEIGHTS_FILE).unlink()
-    assert open_engine(folder, "onnx").name == "onnx"  # worker memory: no second model
+    # worker memory: no second model
+    assert open_engine(folder, "onnx", rebuild=rebuild).name == "onnx"
 
 
 def test_engines_answer_alike_through_tiles_and_bands(exported_dir, monkeypatch) -> None:

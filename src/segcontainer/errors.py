@@ -28,3 +28,12 @@ class TrainingStopped(Exception):
         super().__init__(message)
         self.iteration = iteration
         self.loss_sum = loss_sum
+
+
+class RequestError(Exception):
+    """A bad /invocations request: ``status`` is the HTTP status to answer with, the message
+    what the client should change."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

@@ -18,7 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,7 @@ from segcontainer.engines import (
 )
 from segcontainer.errors import UserError
 from segcontainer.files import write_atomically
-from segcontainer.models import AUX_PREFIX, build_model
+from segcontainer.models import AUX_PREFIX
 
 if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
     from segcontainer.metrics import Scores
@@ -170,10 +170,14 @@ def read_record(folder: Path, origin: str) -> dict:
     return record
 
 
-def load_model(model_dir: Path) -> tuple[nn.Module, dict]:
-    """Rebuild the trained model from model/ (the same builder training used)."""
+# hyperparams.json -> the untrained model, as training built it (the task's rebuild_model)
+Rebuild = Callable[[dict], nn.Module]
+
+
+def load_model(model_dir: Path, rebuild: Rebuild) -> tuple[nn.Module, dict]:
+    """Rebuild the trained model from model/ (``rebuild``: the task's own builder)."""
     record = read_record(model_dir, f"The model in {model_dir}")
-    model = build_model(record["algorithm"], record["backbone"], record["num_classes"])
+    model = rebuild(record)
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model, record
@@ -207,6 +211,8 @@ def open_engine(
     device: torch.device | None = None,
     threads: int = 0,
     request: EngineRequest | None = None,
+    *,
+    rebuild: Rebuild,
 ) -> Engine:
     """The engine serving runs for model_dir: PyTorch on ``device`` (default: CUDA when
     present), or an ONNX Runtime session on the CPU with ``threads`` intra-op threads (0: one
@@ -214,7 +220,7 @@ def open_engine(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = select_engine(model_dir, choice, gpu=device.type == "cuda", request=request)
     if chosen.name == "torch":
-        model, _ = load_model(model_dir)
+        model, _ = load_model(model_dir, rebuild)
         return TorchEngine(model, device, file=model_dir / WEIGHTS_FILE)
     return OnnxEngine(chosen.file, threads, chosen.name)
 

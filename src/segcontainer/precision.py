@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,3 +47,26 @@ def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype
             "is emulated and slow; precision=auto would use fp16 here"
         )
     return torch.bfloat16
+
+
+@dataclass
+class Precision:
+    """Mixed precision as one autocast context plus a scaler that disables itself."""
+
+    dtype: torch.dtype
+    device: torch.device
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    @classmethod
+    def choose(cls, requested: str, device: torch.device) -> Precision:
+        """The ``precision`` hyperparameter on ``device``, by segcontainer.precision's policy
+        (fp16 gets the gradient scaler)."""
+        return cls(autocast_dtype(device, requested) or torch.float32, device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)

@@ -1,28 +1,16 @@
-"""How a trained model answers for one image: the endpoint, ``segcontainer predict`` and
-``segcontainer evaluate`` all predict through ``Predictor``, built from one
-``PredictionSettings``.
-
-The procedure (resize to the training ``base_size``, tiles, banded upsampling back to the
-input's size) is ``segcontainer.inference`` over ``data.preprocess.model_input``, which
-training's validation shares (batched on its device), so ``validation:mIOU`` measures these
-answers. Memory beyond the model input grows only with the answer itself (a uint8 mask, or the
-float32 probabilities the client asked for) and a band of rows.
+"""What runs a trained model and at which scale: ``PredictionSettings``, one object for the
+endpoint, ``segcontainer predict`` and ``segcontainer evaluate``, whatever the task. Each task's
+predictor (``tasks.task.Predictor``) is opened from a model folder with these settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from segcontainer import inference
 from segcontainer.config import variables
-from segcontainer.data.preprocess import model_input, tile_size
-from segcontainer.engines import Engine, EngineRequest
-from segcontainer.model_folder import open_engine, read_class_names, read_record
+from segcontainer.engines import EngineRequest
 
 
 @dataclass(frozen=True)
@@ -55,68 +43,3 @@ class PredictionSettings:
             inference_size=variables.INFERENCE_SIZE.read(),
             tile_size=variables.TILE_SIZE.read() or None,  # 0: the default too
         )
-
-
-class Predictor:
-    """One model's answers for one RGB image: ``class_map`` and ``probabilities``.
-
-    ``engine``: any ``engines.Engine`` (``open`` opens the one the settings choose: PyTorch
-    on ``device``, or ONNX Runtime on the CPU); every engine goes through the same resizing,
-    tiling and banded upsampling."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        record: dict,
-        class_names: list[str],
-        settings: PredictionSettings = PredictionSettings(),
-    ):
-        self.engine = engine
-        self.device = engine.device
-        self.record = record  # hyperparams.json
-        self.num_classes: int = record["num_classes"]
-        self.class_names = class_names
-        size = settings.inference_size
-        self.long_side: int = record["base_size"] if size is None else size
-        self.tile_size = tile_size(record["crop_size"], settings.tile_size)
-
-    @classmethod
-    def open(
-        cls, model_dir: Path, settings: PredictionSettings = PredictionSettings()
-    ) -> Predictor:
-        """The predictor for a model folder (``model_folder.opened`` for a tarball too)."""
-        origin = settings.request.model or model_dir
-        record = read_record(model_dir, f"The model in {origin}")
-        engine = open_engine(
-            model_dir, settings.engine, settings.device, settings.threads, settings.request
-        )
-        return cls(engine, record, read_class_names(model_dir, record["num_classes"]), settings)
-
-    def model_input(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, h, w): the image as the model sees it (data.preprocess.model_input)."""
-        return model_input(image, self.long_side)
-
-    @torch.inference_mode()
-    def logits(self, image: Image.Image) -> torch.Tensor:
-        """(C, h, w) logits at model scale on the engine's device, tiled when larger than
-        tile_size."""
-        inputs = self.model_input(image).to(self.device)
-        return inference.tiled_logits(self.engine.on_device, inputs, self.tile_size)[0]
-
-    @torch.inference_mode()
-    def class_map(self, image: Image.Image) -> np.ndarray:
-        """(H, W) uint8 class ids at the input's size."""
-        width, height = image.size
-        return inference.class_map(self.logits(image), height, width).cpu().numpy()
-
-    @torch.inference_mode()
-    def probabilities(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        """(C, H, W) float32 softmax probabilities at the input's size, written into ``out``
-        when given (the answer's own buffer: protobuf_record.probability_answer)."""
-        width, height = image.size
-        logits = self.logits(image)
-        if out is None:
-            out = np.empty((self.num_classes, height, width), dtype=np.float32)
-        for rows, band in inference.upsampled_bands(logits, height, width):
-            out[:, rows] = band.softmax(0).cpu().numpy()
-        return out

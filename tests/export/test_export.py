@@ -30,7 +30,8 @@ from segcontainer.export.int8 import MAX_MIOU_DROP, MIN_AGREEMENT
 from segcontainer.export.samples import ImageReader
 from segcontainer.metrics import Scores
 from segcontainer.models import build_model
-from segcontainer.prediction import Predictor
+from segcontainer.tasks import load_model
+from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training.entry import main as train_main
 from tests.conftest import write_config
@@ -61,7 +62,7 @@ def test_onnx_export_matches_eager_at_two_sizes(algorithm: str, tmp_path: Path) 
 
 
 def test_trained_fcn_exports_match_eager_at_two_sizes(exported_dir: Path) -> None:
-    model, _ = model_folder.load_model(exported_dir)
+    model, _ = load_model(exported_dir)
     eager = TorchEngine(model, torch.device("cpu"))
     with pytest.warns(FutureWarning):  # torch.jit.load is deprecated, not gone
         scripted = torch.jit.load(str(exported_dir / "model.ts"))
@@ -158,7 +159,7 @@ def test_model_from_before_the_exports_still_loads(trained_base: Path, tmp_path:
     record.pop("export")
     (old / model_folder.CONFIG_FILE).write_text(json.dumps(record))
     assert "exports" not in json.loads((old / model_folder.INFO_FILE).read_text())
-    model, loaded = model_folder.load_model(old)
+    model, loaded = load_model(old)
     assert "export" not in loaded and isinstance(model, nn.Module)
     mask = Predictor.open(old).class_map(Image.new("RGB", (48, 40)))
     assert mask.shape == (40, 48)

@@ -29,14 +29,15 @@ from PIL import Image
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.data import preprocess
+from segcontainer.errors import RequestError
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.serving import codecs
-from segcontainer.serving.answers import answer
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import READY_FILE, nginx_config
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings
+from segcontainer.tasks.segmentation.answers import ANSWERS
 from tests.support.network import free_port
 from tests.support.serving import settings_for
 from tests.support.serving_stack import Server, request
@@ -85,7 +86,7 @@ def test_pixel_limit_comes_from_the_environment(monkeypatch, tmp_path: Path) -> 
     assert ServingSettings.from_env().max_image_pixels == 40_000_000
     monkeypatch.setenv("SEGCONTAINER_MAX_IMAGE_PIXELS", "1000")
     assert ServingSettings.from_env().max_image_pixels == 1000
-    with pytest.raises(codecs.RequestError, match="40x30 = 1,200 pixels, more than the 1,000"):
+    with pytest.raises(RequestError, match="40x30 = 1,200 pixels, more than the 1,000"):
         codecs.decode_image(png_bytes(Image.new("RGB", (40, 30))), "image/png", 1000)
     monkeypatch.setenv("SEGCONTAINER_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(
@@ -152,7 +153,7 @@ def test_protobuf_answer_is_built_without_copies_of_it() -> None:
     size = 4 * 21 * 300 * 400  # 10 MB of probabilities
     tracemalloc.start()
     try:
-        body = answer(ProbabilityStub(), image, "application/x-recordio-protobuf")
+        body = ANSWERS["application/x-recordio-protobuf"](ProbabilityStub(), image)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

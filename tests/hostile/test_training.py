@@ -15,7 +15,11 @@ import pytest
 import torch
 
 from segcontainer.errors import UserError
-from segcontainer.training import checkpoints, epochs, loss
+from segcontainer.precision import Precision
+from segcontainer.tasks import TASKS
+from segcontainer.tasks.segmentation import SEGMENTATION, loss, validation
+from segcontainer.tasks.segmentation.loss import Objective
+from segcontainer.training import checkpoints, epochs
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.entry import main
 from segcontainer.training.optim import Trainables
@@ -226,7 +230,7 @@ def test_a_nan_loss_fails_the_job_naming_the_likely_causes(base_dir: Path, small
 def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, monkeypatch, tiny):
     write_config(base_dir, **tiny, epochs="3")
     evaluated = []
-    real_loss, real_evaluate = loss.segmentation_loss, epochs.evaluate
+    real_loss, real_evaluate = loss.segmentation_loss, validation.evaluate
 
     def nan_loss(*args, **kwargs):  # nan once the first epoch was validated
         return real_loss(*args, **kwargs) * (float("nan") if evaluated else 1.0)
@@ -236,7 +240,8 @@ def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, 
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loss, "segmentation_loss", nan_loss)
-    monkeypatch.setattr(epochs, "evaluate", evaluate)
+    # the job validates through its task: the registry hands it this task
+    monkeypatch.setitem(TASKS, SEGMENTATION.name, replace(SEGMENTATION, validate=evaluate))
     assert main() == 1
     reason = failure_reason(base_dir)
     assert "became nan or inf in 2 of batches 1-2 of epoch 1" in reason
@@ -269,8 +274,10 @@ def train(loader, scaler_enabled: bool) -> torch.nn.Module:
         scaler=torch.amp.GradScaler("cpu", enabled=scaler_enabled),  # fp16's scaler
     )
     cpu = torch.device("cpu")
-    precision = epochs.Precision(torch.float32, cpu)
-    epochs.train_one_epoch(state, loader, precision=precision, device=cpu, epoch=0)
+    precision = Precision(torch.float32, cpu)
+    epochs.train_one_epoch(
+        state, loader, precision=precision, device=cpu, epoch=0, objective=Objective()
+    )
     return model
 
 

@@ -19,11 +19,12 @@ from segcontainer.inference import tile_starts, tiled_logits, upsampled_bands
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.prediction import PredictionSettings
 from segcontainer.serving import app as app_module
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import nginx_config
 from segcontainer.serving.settings import ServingSettings
+from segcontainer.tasks.segmentation.prediction import Predictor
 from tests.support.models import register_tiny_encoder
 from tests.support.serving import settings_for
 
@@ -279,17 +280,26 @@ def test_tiles_average_to_the_untiled_logits() -> None:
         assert torch.allclose(tiled, model(inputs), atol=1e-6)
 
 
-def test_a_response_format_is_one_entry_of_the_answers_table(monkeypatch) -> None:
-    """A new Accept type added to serving.answers.ANSWERS is negotiated and answered with no
-    other change (the newcomer's 'add a response format' in the README)."""
-    from segcontainer.serving import answers
+def test_a_response_format_is_one_entry_of_the_answers_table(model_dir, monkeypatch) -> None:
+    """A new Accept type added to the task's answers table (tasks/segmentation/answers.py
+    ANSWERS) is negotiated and answered by the endpoint with no other change (the newcomer's
+    'add a response format' in the README)."""
+    from segcontainer.tasks.segmentation import answers
 
     def sizes(predictor, image) -> bytes:
         return f"{image.size[0]}x{image.size[1]}".encode()
 
     monkeypatch.setitem(answers.ANSWERS, "text/plain", sizes)
-    assert answers.choose_accept("text/plain;q=1, image/png", "image/png") == "text/plain"
-    assert answers.answer(None, Image.new("RGB", (7, 5)), "text/plain") == b"7x5"
-    with pytest.raises(answers.RequestError) as refused:
-        answers.choose_accept("text/csv", "image/png")
-    assert refused.value.status == 406 and "image/png" in str(refused.value)
+    client = create_app(settings_for(model_dir), load_in_background=False).test_client()
+    body = jpeg((7, 5))
+    answer = client.post(
+        "/invocations",
+        data=body,
+        content_type="image/jpeg",
+        headers={"Accept": "text/plain;q=1, image/png"},
+    )
+    assert (answer.status_code, answer.data, answer.mimetype) == (200, b"7x5", "text/plain")
+    refused = client.post(
+        "/invocations", data=body, content_type="image/jpeg", headers={"Accept": "text/csv"}
+    )
+    assert refused.status_code == 406 and "text/plain" in refused.get_json()["error"]

@@ -14,8 +14,9 @@ from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.channels import pair_samples
 from segcontainer.data.label_maps import identity_lut
 from segcontainer.data.loaders import build_validation_loader
+from segcontainer.precision import Precision
+from segcontainer.tasks.segmentation.validation import evaluate
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from segcontainer.training.epochs import Precision, evaluate
 from tests.conftest import REPO, subprocess_env, train_command
 
 HOST = "algo-1-x7k2q"

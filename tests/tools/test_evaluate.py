@@ -15,7 +15,8 @@ from PIL import Image
 
 from segcontainer import model_folder
 from segcontainer.cli import main as cli
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.prediction import PredictionSettings
+from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tools.report import (
     CORRECT,
     FALSE_POSITIVE,

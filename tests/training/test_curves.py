@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from segcontainer.precision import Precision
+from segcontainer.tasks.segmentation.loss import Objective
 from segcontainer.training import epochs
 from segcontainer.training.curves import TrainingCurves
 from tests.support.checkpoints import trainables
@@ -64,7 +66,7 @@ def first_step_line(model: nn.Module, caplog) -> str:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     batches = [(torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2, 8, 8)))]
-    precision = epochs.Precision.choose("fp32", device)
+    precision = Precision.choose("fp32", device)
     with caplog.at_level(logging.INFO, logger=epochs.log.name):
         epochs.train_one_epoch(
             trainables(model, optimizer, scheduler),
@@ -72,6 +74,7 @@ def first_step_line(model: nn.Module, caplog) -> str:
             precision=precision,
             device=device,
             epoch=0,
+            objective=Objective(),
             time_first_step=True,
         )
     (line,) = [r.getMessage() for r in caplog.records if "first training step" in r.getMessage()]

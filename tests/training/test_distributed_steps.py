@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from segcontainer.data.dataset import EpochSampler, Shard
 from segcontainer.models import build_model
+from segcontainer.precision import Precision
+from segcontainer.tasks.segmentation.loss import Objective
 from segcontainer.training import collectives, distributed, epochs, launch, syncbn
 from segcontainer.training.distributed import Rank, World
 from segcontainer.training.optim import Trainables
@@ -53,7 +55,7 @@ def train(shard: Shard, batch: int) -> nn.Module:
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     sampler = EpochSampler(SAMPLES, SEED, shard)
     loader = DataLoader(Synthetic(), batch, sampler=sampler, drop_last=True)
-    precision = epochs.Precision.choose("fp32", device)
+    precision = Precision.choose("fp32", device)
     state = Trainables(
         model=model,
         optimizer=optimizer,
@@ -62,7 +64,9 @@ def train(shard: Shard, batch: int) -> nn.Module:
         step_model=wrapped,
     )
     sampler.set_epoch(1)  # two steps (the second after DDP rebuilt its buckets)
-    epochs.train_one_epoch(state, loader, precision=precision, device=device, epoch=1)
+    epochs.train_one_epoch(
+        state, loader, precision=precision, device=device, epoch=1, objective=Objective()
+    )
     return model
 
 

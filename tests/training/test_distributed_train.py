@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from segcontainer.model_folder import load_model
+from segcontainer.tasks import load_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
 from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
 from tests.support.network import free_port

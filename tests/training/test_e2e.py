@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segcontainer.model_folder import load_model
 from segcontainer.models import build_model
+from segcontainer.tasks import load_model
 from tests.support.training import (
     Job,
     parse_metrics,
@@ -83,6 +83,7 @@ def check_job(
     assert (record["algorithm"], record["backbone"]) == (algorithm, backbone)
     assert (record["num_classes"], record["crop_size"], record["base_size"]) == (3, 48, 64)
     assert record["label_maps"] == {"train": {"scale": 1}, "validation": {"scale": 1}}
+    assert record["task"] == "semantic-segmentation"  # serve and the tools read it
     assert record["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert info["best_epoch"] == best_epoch
     assert info["validation_mIOU"] == pytest.approx(mious[best_epoch], abs=1e-4)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.training.epochs import EarlyStopping, Precision
-from segcontainer.training.loss import segmentation_loss
+from segcontainer.precision import Precision
+from segcontainer.tasks.segmentation.loss import segmentation_loss
+from segcontainer.training.epochs import EarlyStopping
 from segcontainer.training.optim import build_optimizer, build_scheduler, resize_schedule
 
 ITERS_PER_EPOCH = 5
@@ -284,7 +285,7 @@ def test_progress_is_quiet_within_the_interval(caplog) -> None:
 def test_auto_class_weights_are_median_frequency_balancing() -> None:
     import numpy as np
 
-    from segcontainer.training.job import median_frequency_weights
+    from segcontainer.tasks.segmentation.loss import median_frequency_weights
 
     weights = median_frequency_weights(np.array([100, 300, 0, 600]))
     # frequencies 0.1, 0.3, -, 0.6; median of the present ones 0.3; absent class gets 1

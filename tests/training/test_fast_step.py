@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.training.epochs import Precision, train_one_epoch
+from segcontainer.precision import Precision
+from segcontainer.tasks.segmentation.loss import Objective, segmentation_loss
+from segcontainer.training.epochs import train_one_epoch
 from segcontainer.training.job import compiled
-from segcontainer.training.loss import Objective, segmentation_loss
 from tests.support.checkpoints import trainables
 
 CPU = torch.device("cpu")

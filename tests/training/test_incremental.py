@@ -18,12 +18,12 @@ from segcontainer.errors import UserError
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import (
     extract_model_tarball,
-    load_model,
     model_config,
     pack_model,
     save_model,
 )
 from segcontainer.models import build_model
+from segcontainer.tasks import load_model
 from segcontainer.training.incremental import start_from_model_channel
 from tests.conftest import subprocess_env, train_command
 

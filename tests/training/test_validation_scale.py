@@ -14,10 +14,12 @@ from segcontainer.data.channels import load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import identity_lut
 from segcontainer.data.loaders import prepare
 from segcontainer.metrics import ConfusionMatrix
-from segcontainer.model_folder import load_model
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.precision import Precision
+from segcontainer.prediction import PredictionSettings
+from segcontainer.tasks import load_model
+from segcontainer.tasks.segmentation.prediction import Predictor
+from segcontainer.tasks.segmentation.validation import evaluate
 from segcontainer.tools.demo_data import synthetic_pair
-from segcontainer.training.epochs import Precision, evaluate
 from tests.conftest import write_config
 
 

@@ -79,7 +79,7 @@ class Integer(Variable):
 
 @dataclass(frozen=True, kw_only=True)
 class Choice(Variable):
-    default: str
+    default: str | None
     choices: tuple[str, ...] = ()  # empty: the reader passes them (another module owns them)
     note: str = ""  # added to the allowed values in messages: what the choices mean
 
@@ -95,7 +95,7 @@ class Choice(Variable):
             raise EnvironmentVariableError(self.name, value, self.allowed(choices))
         return chosen
 
-    def read(self, choices: Sequence[str] = ()) -> str:
+    def read(self, choices: Sequence[str] = ()) -> str | None:
         found = self.raw()
         return self.default if found is None else self.check(found[1], choices)
 
@@ -170,9 +170,10 @@ MAX_PAYLOAD_IN_MB = Integer(
 )
 DEFAULT_INVOCATIONS_ACCEPT = Choice(
     name="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
-    default="image/png",
-    reason="the answer's type when a request's Accept is missing or */* (serving/codecs.py "
-    "owns the choices)",
+    default=None,  # the model's task's default answer
+    reason="the answer's type when a request's Accept is missing or */* (each task's answers "
+    "table owns the choices)",
+    shown_default="the task's: `image/png` for segmentation",
 )
 INFERENCE_SIZE = Integer(
     name="SEGCONTAINER_INFERENCE_SIZE",

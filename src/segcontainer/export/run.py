@@ -28,6 +28,7 @@ from segcontainer.engines import Engine, OnnxEngine, TorchEngine
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import formats, int8
 from segcontainer.export.samples import ExportData, spread, validation_pairs
+from segcontainer.tasks import load_model
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def export_model(
     Each file is written under a hidden candidate name and takes its final name only once
     its check passed. UserError when an ``explicit`` format fails; TrainingStopped when
     SIGTERM arrived, wherever it landed."""
-    model, record = model_folder.load_model(model_dir)
+    model, record = load_model(model_dir)
     checks: list[list[torch.Tensor]] = []
 
     def inputs() -> list[torch.Tensor]:

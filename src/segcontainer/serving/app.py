@@ -22,16 +22,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
 from flask import Flask, Response, jsonify, request
 from PIL import Image
 
-from segcontainer.prediction import Predictor
-from segcontainer.serving import answers, codecs
+from segcontainer.errors import RequestError, UserError
+from segcontainer.serving import codecs
 from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings, worker_device
+from segcontainer.tasks import task_of_model
+from segcontainer.tasks.task import Answer, Predictor, Task
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1  # SageMaker retries a 503; a prediction takes about this long
@@ -39,19 +41,14 @@ POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is 
 SEND_BYTES = 1 << 20  # a bytearray answer is sent in slices of this size
 
 
-def warm_up(predictor: Predictor) -> None:
-    """One forward pass at start-up, so the first request does not pay for lazy set-up. A
-    square image is the largest model input (or tile) a request can bring, so the worker
-    reserves its forward-pass memory here, once, and requests add only their own data."""
-    side = predictor.long_side or 256
-    predictor.class_map(Image.new("RGB", (side, side)))
-
-
 class ModelSlot:
-    """Holds the predictor once loaded; remembers why loading failed."""
+    """Holds the predictor once loaded, with its task's answers; remembers why loading
+    failed."""
 
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
+        self.answers: Mapping[str, Answer] = {}  # the model's task's, by Accept type
+        self.default_accept = ""  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, else the task's
         self.error: str | None = None
         self.busy = threading.Lock()  # one prediction at a time per worker
         self._count = threading.Lock()
@@ -84,8 +81,11 @@ class ModelSlot:
         model_dir = settings.model_dir
         try:
             start = time.monotonic()
-            predictor = Predictor.open(model_dir, replace(settings.prediction, device=device))
-            warm_up(predictor)
+            task = task_of_model(model_dir)
+            self.answers = task.answers
+            self.default_accept = chosen_default(settings.default_accept, task)
+            predictor = task.open_predictor(model_dir, replace(settings.prediction, device=device))
+            predictor.warm_up()
             self.predictor = predictor
             engine = predictor.engine
             log.info(
@@ -131,6 +131,19 @@ def create_app(settings: ServingSettings | None = None, load_in_background: bool
     return app
 
 
+def chosen_default(configured: str | None, task: Task) -> str:
+    """The answer type for Accept */* or none: SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT when set
+    (one the model's task answers), else the task's default."""
+    if configured is None:
+        return task.default_accept
+    if configured not in task.answers:
+        raise UserError(
+            f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={configured} is not an answer of a "
+            f"{task.name} model: use one of {', '.join(task.answers)}, or unset it."
+        )
+    return configured
+
+
 class Routes:
     """The endpoint's answers, over one worker's model slot and settings."""
 
@@ -161,7 +174,9 @@ class Routes:
             )
         try:
             deadline = time.monotonic() + settings.timeout  # nginx answers 504 by then
-            accept = answers.choose_accept(request.headers.get("Accept"), settings.default_accept)
+            accept = codecs.choose_accept(
+                request.headers.get("Accept"), slot.default_accept, tuple(slot.answers)
+            )
             body = request.get_data(cache=False)
             gone = client_gone_check(request.environ)
             if not slot.wait_turn(gone, deadline):
@@ -173,10 +188,10 @@ class Routes:
             try:  # decoding and encoding use the cores too: all inside the lock
                 image = codecs.decode_image(body, request.content_type, settings.max_image_pixels)
                 del body
-                return response(answers.answer(predictor, image, accept), accept)
+                return response(slot.answers[accept](predictor, image), accept)
             finally:
                 slot.busy.release()
-        except codecs.RequestError as exc:
+        except RequestError as exc:
             return jsonify(error=str(exc)), exc.status
         finally:
             slot.leave()

@@ -1,40 +1,23 @@
-"""Request decoding and response encoding for /invocations.
-
-Requests: one image, ``image/jpeg``, ``image/png`` or ``application/x-image``; the bytes are
-checked, not only the header. Responses by Accept:
-
-- ``image/png``: a palette (P) PNG of class ids, index i = class i, PASCAL VOC colours;
-- ``application/x-recordio-protobuf`` / ``application/x-protobuf``: softmax probabilities
-  (see ``protobuf_record``);
-- ``application/json``: a summary (shape, pixels and fraction per class, class names).
+"""Request decoding for /invocations, whatever the task: one image, ``image/jpeg``,
+``image/png`` or ``application/x-image``; the bytes are checked, not only the header. What the
+answer holds is the model's task's (``tasks.task.Task.answers``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
+from collections.abc import Sequence
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segcontainer.config import variables
-from segcontainer.data.palette import mask_image
 from segcontainer.data.preprocess import to_rgb
+from segcontainer.errors import RequestError
 
-PNG = "image/png"
-JSON = "application/json"
 CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 MAX_PIXELS_ENV = variables.MAX_IMAGE_PIXELS.name  # read in settings.py
-
-
-class RequestError(Exception):
-    """A bad request: ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _media_type(header: str | None) -> str:
@@ -103,23 +86,19 @@ def _without_reprs(error: Exception) -> str:
     return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error)).strip() or type(error).__name__
 
 
-def encode_png(class_map: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    mask_image(class_map).save(buffer, format="PNG", compress_level=1)  # speed over bytes
-    return buffer.getvalue()
-
-
-def encode_json(class_map: np.ndarray, class_names: list[str]) -> bytes:
-    counts = np.bincount(class_map.ravel(), minlength=len(class_names))
-    total = int(class_map.size)
-    return json.dumps(
-        {
-            "height": int(class_map.shape[0]),
-            "width": int(class_map.shape[1]),
-            "num_classes": len(class_names),
-            "classes": [
-                {"id": i, "name": name, "pixels": int(n), "fraction": round(int(n) / total, 6)}
-                for i, (name, n) in enumerate(zip(class_names, counts.tolist(), strict=False))
-            ],
-        }
-    ).encode()
+def choose_accept(header: str | None, default: str, answered: Sequence[str]) -> str:
+    """The response type: the first type in Accept that the model's task answers (``answered``,
+    its table's keys); */* or none -> ``default``; image/* -> the task's first image type."""
+    parts = (header or "").split(",")
+    listed = [part.split(";")[0].strip().lower() for part in parts if part.strip()]
+    if not listed:
+        return default
+    images = [media for media in answered if media.startswith("image/")]
+    for media in listed:
+        if media in answered:
+            return media
+        if media == "*/*":
+            return default
+        if media == "image/*" and images:
+            return images[0]
+    raise RequestError(406, f"Accept '{header}' is not supported; use one of {', '.join(answered)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from segcontainer.config import variables
 from segcontainer.config.environment import Paths
 from segcontainer.prediction import PredictionSettings
-from segcontainer.serving.answers import ACCEPT_TYPES
+from segcontainer.tasks import ACCEPT_TYPES
 
 REALTIME_LIMIT_MB = 6  # SageMaker's real-time request limit
 # Per worker: one request predicts, at most this many wait (more get 503 with Retry-After), and
@@ -44,7 +44,7 @@ class ServingSettings:
     workers: int
     timeout: int
     max_payload_mb: int
-    default_accept: str
+    default_accept: str | None  # None: the model's task's default answer
     torch_threads: int
     # The model's engine (checked against the model at serve start), scale and tiles; its
     # threads are each worker's share of the cores for an ONNX engine.

@@ -41,7 +41,8 @@ from segcontainer.data.label_maps import label_map_lut
 from segcontainer.engines import EngineRequest
 from segcontainer.errors import UserError
 from segcontainer.metrics import ConfusionMatrix, Scores, class_rates
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.prediction import PredictionSettings
+from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tools import report
 
 OVERLAY_DIR = "overlays"

@@ -21,7 +21,8 @@ from segcontainer.data.channels import load_image, visible_files
 from segcontainer.data.palette import mask_image
 from segcontainer.engines import EngineRequest
 from segcontainer.errors import UserError
-from segcontainer.prediction import PredictionSettings, Predictor
+from segcontainer.prediction import PredictionSettings
+from segcontainer.tasks.segmentation.prediction import Predictor
 
 OVERLAY_ALPHA = 0.5
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from segcontainer.tasks import DEFAULT_TASK, TASK_KEY
+
 # The one list of record entries a checkpoint may differ in and still be this job's: they
 # cannot change the weights training produces. Everything else in the record (every other
 # hyperparameter, the label maps, the normalisation) must be equal; a spot restart of the same
@@ -34,7 +36,9 @@ def fingerprint(record: dict) -> str:
 
 def differences(saved: dict, record: dict) -> list[str]:
     """The record entries (hyperparameters, label maps, ...) a checkpoint was written with
-    that differ from this job's, outside NOT_COMPARED, each with both values."""
+    that differ from this job's, outside NOT_COMPARED, each with both values. A checkpoint
+    from before tasks were recorded is the default task's (segmentation's)."""
+    saved = {TASK_KEY: DEFAULT_TASK.name, **saved} if TASK_KEY in record else saved
     names = sorted((saved.keys() | record.keys()) - NOT_COMPARED.keys())
     return [
         f"{name} ({_short(saved, name)} in the checkpoint, {_short(record, name)} now)"

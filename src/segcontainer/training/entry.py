@@ -29,7 +29,6 @@ from segcontainer.config.environment import (
     running_under_sagemaker,
 )
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.models import build_model
 from segcontainer.training import distributed, epochs, launch
 from segcontainer.training.distributed import Rank, World
 from segcontainer.training.job import ModelBuilder, run
@@ -88,7 +87,7 @@ def clear_status_files(paths: Paths) -> None:
         file.unlink(missing_ok=True)
 
 
-def main(model_builder: ModelBuilder = build_model) -> int:
+def main(model_builder: ModelBuilder | None = None) -> int:
     """The ``train`` command: plan this host's processes, train, exit 0, 1 or 143."""
     logs.configure()
     paths = Paths.from_env()
@@ -112,7 +111,7 @@ def main(model_builder: ModelBuilder = build_model) -> int:
 
 
 def worker(
-    world: World, local_rank: int, reason_file: Path, model_builder: ModelBuilder = build_model
+    world: World, local_rank: int, reason_file: Path, model_builder: ModelBuilder | None = None
 ) -> int:
     """A spawned training process (one per GPU); its reason goes to the launcher."""
     logs.configure()
@@ -131,7 +130,7 @@ def lost_peers(exc: Exception) -> bool:
 
 
 def train_process(
-    paths: Paths, rank: Rank, failure_file: Path, model_builder: ModelBuilder = build_model
+    paths: Paths, rank: Rank, failure_file: Path, model_builder: ModelBuilder | None = None
 ) -> int:
     """Train as one process of the job; the exit code: 0, 1 (failed) or 143 (SIGTERM)."""
     distributed.configure_logging(rank)

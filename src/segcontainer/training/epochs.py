@@ -1,51 +1,29 @@
-"""The epoch loop: precision, the loss, one training epoch, evaluation, early stopping.
+"""The epoch loop's parts: one training epoch (on the task's loss), the nan guard, progress
+lines, early stopping. Validation is the task's (tasks.task.Validation).
 
 The optimizers and learning-rate schedules it steps are built in optim.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from segcontainer import inference
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.metrics import ConfusionMatrix, Scores
-from segcontainer.precision import autocast_dtype
+from segcontainer.precision import Precision
 from segcontainer.training import collectives
-from segcontainer.training.loss import Objective
 from segcontainer.training.optim import Trainables
+
+if TYPE_CHECKING:
+    from segcontainer.tasks.task import Loss
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
 LOSS_CHECK_STEPS = 50  # nan/inf in the loss is looked for every this many steps (a device sync)
-
-
-@dataclass
-class Precision:
-    """Mixed precision as one autocast context plus a scaler that disables itself."""
-
-    dtype: torch.dtype
-    device: torch.device
-    scaler: torch.amp.GradScaler = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-
-    @classmethod
-    def choose(cls, requested: str, device: torch.device) -> Precision:
-        """The ``precision`` hyperparameter on ``device``, by segcontainer.precision's policy
-        (fp16 gets the gradient scaler)."""
-        return cls(autocast_dtype(device, requested) or torch.float32, device)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
 
 class ProgressLog:
@@ -180,7 +158,7 @@ def _step(
     precision: Precision,
     device: torch.device,
     batch: tuple[torch.Tensor, torch.Tensor],
-    objective: Objective,
+    objective: Loss,
 ) -> torch.Tensor:
     """One optimisation step on ``batch``; its loss, detached."""
     images, masks = batch
@@ -190,7 +168,7 @@ def _step(
     masks = masks.to(device, non_blocking=True)
     with precision.autocast():
         out = trainables.stepped(images)
-    loss = objective(out, masks)
+    loss = objective(out, masks, collectives.count_share if collectives.active() else None)
     trainables.optimizer.zero_grad(set_to_none=True)
     trainables.scaler.scale(loss).backward()
     trainables.scaler.step(trainables.optimizer)
@@ -222,7 +200,7 @@ def train_one_epoch(
     precision: Precision,
     device: torch.device,
     epoch: int,
-    objective: Objective | None = None,  # None: unweighted, no auxiliary term
+    objective: Loss,  # the task's loss (tasks.task.Loss)
     should_stop: Callable[[], bool] = lambda: False,
     done: int = 0,
     loss_sum: float = 0.0,
@@ -231,7 +209,6 @@ def train_one_epoch(
     """Train over ``loader``; ``done`` batches (summed loss ``loss_sum``) of this epoch were
     trained before a resume. A stop request raises TrainingStopped carrying the progress."""
     trainables.stepped.train()
-    objective = Objective() if objective is None else objective
     tally = _Tally(done, loss_sum, torch.zeros((), device=device))
     start = time.monotonic()
     progress = ProgressLog(epoch, done + len(loader), done=done)
@@ -258,41 +235,6 @@ def train_one_epoch(
         raise RuntimeError("the training loader produced no batch")
     mean_loss = (loss_sum + float(tally.total_loss)) / steps
     return EpochStats(mean_loss, time.monotonic() - start, tally.images, tally.data_seconds, steps)
-
-
-@torch.no_grad()
-def evaluate(
-    model,
-    loader,
-    num_classes: int,
-    precision: Precision,
-    device,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> Scores:
-    """Score the model on what the endpoint would answer: the loader prepares each image as
-    the endpoint does (long side resized to base_size; ``data.loaders``), inference tiles it
-    and upsamples the logits to the mask's size in bands as the endpoint does, and the
-    confusion matrix counts pixels at the mask's resolution."""
-    model.eval()
-    matrix = ConfusionMatrix(num_classes, device)
-
-    def forward(inputs: torch.Tensor) -> torch.Tensor:
-        if device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            return model(inputs).float()
-
-    for batch in loader:
-        if should_stop():
-            raise TrainingStopped("stopped during validation")
-        for inputs, masks in batch.groups:
-            inputs = inputs.to(device, non_blocking=True)
-            logits = inference.tiled_logits(forward, inputs, batch.tile_size)
-            for image_logits, mask in zip(logits, masks, strict=True):
-                mask = mask.to(device, non_blocking=True)
-                matrix.update(mask, inference.class_map(image_logits, *mask.shape[-2:]))
-    matrix.reduce()
-    return matrix.scores()
 
 
 @dataclass

@@ -10,27 +10,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-import numpy as np
 import torch
 
-from segcontainer import model_folder
 from segcontainer.config.environment import (
     Paths,
     read_hyperparameters,
     read_input_data_config,
     read_resource_config,
 )
-from segcontainer.config.hyperparameters import Config, describe, resolve
+from segcontainer.config.hyperparameters import Config
 from segcontainer.data.dataset import Parallel, Shard
-from segcontainer.data.loaders import TrainingData, prepare
-from segcontainer.errors import UserError
+from segcontainer.data.loaders import TrainingData
 from segcontainer.export import after_training as export_after_training
-from segcontainer.models import build_model
-from segcontainer.training import collectives, distributed, epochs, syncbn
+from segcontainer.precision import Precision
+from segcontainer.tasks import choose_task
+from segcontainer.training import collectives, distributed, syncbn
 from segcontainer.training.distributed import SINGLE, Rank
 from segcontainer.training.incremental import start_from_model_channel
 from segcontainer.training.loop import Setup, fit
-from segcontainer.training.loss import Objective
 from segcontainer.training.optim import Trainables, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -43,15 +40,6 @@ class StopFlag(Protocol):
     in_loop: bool
 
     def __call__(self) -> bool: ...
-
-
-def median_frequency_weights(pixels: np.ndarray) -> torch.Tensor:
-    """class_weights=auto: median frequency / class frequency; absent classes get 1."""
-    freq = pixels / max(pixels.sum(), 1)
-    present = freq > 0
-    weights = np.ones_like(freq, dtype=np.float64)
-    weights[present] = np.median(freq[present]) / freq[present]
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def data_parallel(channels: dict, rank: Rank, batch_size: int) -> Parallel:
@@ -81,11 +69,10 @@ def compiled(model: torch.nn.Module, setting: str, device: torch.device):
     return torch.compile(model)
 
 
-# Builds the model to train: (algorithm, backbone, num_classes, pretrained=, aux=) -> a module
-# with segcontainer's forward contract (logits in evaluation; (logits, aux logits) in training
-# when aux). models.build_model, or another builder (benchmarks/reference_train.py); a
+# Builds the model to train: (config, pretrained) -> a module with the task's forward contract.
+# The task's own (Task.build_model) unless another is given (benchmarks/reference_train.py); a
 # module-level function, so that it reaches spawned training processes.
-ModelBuilder = Callable[..., torch.nn.Module]
+ModelBuilder = Callable[[Config, bool], torch.nn.Module]
 
 
 def run(
@@ -93,31 +80,35 @@ def run(
     stop: StopFlag,
     rank: Rank = SINGLE,
     *,
-    model_builder: ModelBuilder = build_model,
+    model_builder: ModelBuilder | None = None,
 ) -> None:
     """One training process's job: read the configuration and the data, build what trains,
     train every epoch, then (main process) export the best model."""
-    config = resolve(read_hyperparameters(paths))
+    given = read_hyperparameters(paths)
     host = read_resource_config(paths).current_host
     channels = read_input_data_config(paths)
+    task = choose_task(given, channels, paths)
+    config = task.resolve(given)
     if rank.is_main:
         log.info(
-            "segcontainer training on host %s with hyperparameters:\n%s", host, describe(config)
+            "segcontainer training %s on host %s with hyperparameters:\n%s",
+            task.name,
+            host,
+            task.describe(config),
         )
     batch_size = distributed.per_process_batch(config.mini_batch_size, rank.world.local_size)
     torch.manual_seed(config.seed)
     device = choose_device(rank)
-    data = prepare(paths, config, channels, device, stop, data_parallel(channels, rank, batch_size))
+    parallel = data_parallel(channels, rank, batch_size)
+    data = task.prepare_data(paths, config, channels, device, stop, parallel)
     data = agreed(data, rank, device)
-    precision = epochs.Precision.choose(config.precision, device)
+    precision = Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
-    model, step_model = build_for_training(paths, config, rank, device, model_builder)
+    model, step_model = build_for_training(
+        paths, config, rank, device, model_builder or task.build_model
+    )
     optimizer = build_optimizer(config, model.parameters(), device)
     scheduler = build_scheduler(config, optimizer, data.iters_per_epoch)
-    objective = Objective(
-        class_weight=class_weight(config, data.pixels_per_class, device),
-        aux_weight=config.aux_loss_weight,
-    )
     trainables = Trainables(
         model=model,
         optimizer=optimizer,
@@ -129,12 +120,13 @@ def run(
         paths=paths,
         config=config,
         host=host,
-        record=model_folder.model_config(config, data.label_maps),
+        record=task.model_record(config, data),
         trainables=trainables,
         precision=precision,
         device=device,
         data=data,
-        objective=objective,
+        objective=task.objective(config, data, device),
+        validate=task.validate,
         batch_size=batch_size,
         rank=rank,
     )
@@ -173,13 +165,7 @@ def build_for_training(
     """The model (pretrained, or the model channel's weights for incremental training) on
     ``device``, and what the training steps call: the model wrapped for data parallelism."""
     incremental = paths.channel("model").is_dir()
-    model = model_builder(
-        config.algorithm,
-        config.backbone,
-        config.num_classes,
-        pretrained=config.use_pretrained_model and not incremental,
-        aux=config.aux_loss_weight > 0,
-    )
+    model = model_builder(config, config.use_pretrained_model and not incremental)
     start_from_model_channel(paths, config, model)
     model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
     if device.type == "cuda":
@@ -187,20 +173,3 @@ def build_for_training(
     # Data parallel: compile the DDP wrapper (torch.compile(DDP(model))), so DDP's graph
     # splitting at gradient buckets keeps overlapping communication with the backward pass.
     return model, collectives.wrap(model, device)
-
-
-def class_weight(
-    config: Config, pixels_per_class: np.ndarray | None, device: torch.device
-) -> torch.Tensor | None:
-    """The loss's class weights: class_weights=auto from the training histogram, the given
-    weights, or None (unweighted)."""
-    if config.class_weights == "auto":
-        if pixels_per_class is None:
-            raise UserError(
-                "class_weights=auto needs the training histogram, which Pipe mode "
-                "cannot give before training; give one weight per class instead."
-            )
-        return median_frequency_weights(pixels_per_class).to(device)
-    if isinstance(config.class_weights, tuple):
-        return torch.tensor(config.class_weights, dtype=torch.float32, device=device)
-    return None

@@ -18,13 +18,14 @@ from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import Scores, metric_lines
+from segcontainer.precision import Precision
+from segcontainer.tasks.task import Loss, Validation
 from segcontainer.training import checkpoints, collectives, epochs
 from segcontainer.training.best import BestModel
 from segcontainer.training.checkpoints import Position, Progress
 from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
 from segcontainer.training.distributed import SINGLE, Rank
-from segcontainer.training.loss import Objective
 from segcontainer.training.optim import Trainables, resize_schedule
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ class Setup:
     host: str
     record: dict  # the resolved configuration: model/ and every checkpoint carry it
     trainables: Trainables
-    precision: epochs.Precision
+    precision: Precision
     device: torch.device
     data: TrainingData
-    objective: Objective
+    objective: Loss  # the task's
+    validate: Validation  # the task's
     batch_size: int  # per process: mini_batch_size split across the host's processes
     rank: Rank = SINGLE
 
@@ -150,7 +152,7 @@ class Run:
         s = self.s
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
-            scores = epochs.evaluate(
+            scores = s.validate(
                 s.trainables.model,
                 s.data.validation_loader,
                 s.config.num_classes,

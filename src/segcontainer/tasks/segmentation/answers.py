@@ -1,23 +1,38 @@
-"""What /invocations answers, by Accept type: one table, one entry per response format.
+"""What a segmentation model's /invocations answers, by Accept type: one table, one entry per
+response format.
+
+- ``image/png``: a palette (P) PNG of class ids, index i = class i, PASCAL VOC colours;
+- ``application/x-recordio-protobuf`` / ``application/x-protobuf``: softmax probabilities
+  (see ``protobuf_record``);
+- ``application/json``: a summary (shape, pixels and fraction per class, class names).
 
 As the SageMaker inference toolkit's ``{content type: encoder}`` map: a new response format is
-a function ``(predictor, image) -> body`` and one ``ANSWERS`` entry; the Accept negotiation,
-the error listing the supported types and the SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT check all
-read the table.
+a function ``(predictor, image) -> body`` and one ``ANSWERS`` entry; the Accept negotiation
+(serving.app), the error listing the supported types and the
+SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT check all read the table.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
-from collections.abc import Callable
 
+import numpy as np
 from PIL import Image
 
-from segcontainer.prediction import Predictor
-from segcontainer.serving.codecs import JSON, PNG, RequestError, encode_json, encode_png
-from segcontainer.serving.protobuf_record import RECORD_LIMIT, answer_bytes, probability_answer
+from segcontainer.data.palette import mask_image
+from segcontainer.errors import RequestError
+from segcontainer.tasks.segmentation.prediction import Predictor
+from segcontainer.tasks.segmentation.protobuf_record import (
+    RECORD_LIMIT,
+    answer_bytes,
+    probability_answer,
+)
+from segcontainer.tasks.task import Answer
 
-Answer = Callable[[Predictor, Image.Image], bytes | bytearray]
+PNG = "image/png"
+JSON = "application/json"
 
 
 def class_map_png(predictor: Predictor, image: Image.Image) -> bytes:
@@ -53,29 +68,31 @@ def probability_record(predictor: Predictor, image: Image.Image) -> bytearray:
     return body
 
 
+def encode_png(class_map: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    mask_image(class_map).save(buffer, format="PNG", compress_level=1)  # speed over bytes
+    return buffer.getvalue()
+
+
+def encode_json(class_map: np.ndarray, class_names: list[str]) -> bytes:
+    counts = np.bincount(class_map.ravel(), minlength=len(class_names))
+    total = int(class_map.size)
+    return json.dumps(
+        {
+            "height": int(class_map.shape[0]),
+            "width": int(class_map.shape[1]),
+            "num_classes": len(class_names),
+            "classes": [
+                {"id": i, "name": name, "pixels": int(n), "fraction": round(int(n) / total, 6)}
+                for i, (name, n) in enumerate(zip(class_names, counts.tolist(), strict=False))
+            ],
+        }
+    ).encode()
+
+
 ANSWERS: dict[str, Answer] = {
     PNG: class_map_png,
     "application/x-recordio-protobuf": probability_record,
     "application/x-protobuf": probability_record,
     JSON: class_summary_json,
 }
-ACCEPT_TYPES = tuple(ANSWERS)
-
-
-def answer(predictor: Predictor, image: Image.Image, accept: str) -> bytes | bytearray:
-    """The response body for ``accept``, one of ``ACCEPT_TYPES``."""
-    return ANSWERS[accept](predictor, image)
-
-
-def choose_accept(header: str | None, default: str) -> str:
-    """The response type: the first supported type listed in Accept; */* or none -> default."""
-    parts = (header or "").split(",")
-    listed = [part.split(";")[0].strip().lower() for part in parts if part.strip()]
-    if not listed:
-        return default
-    for media in listed:
-        if media in ANSWERS:
-            return media
-        if media in ("*/*", "image/*"):
-            return default if media == "*/*" else PNG
-    raise RequestError(406, f"Accept '{header}' is not supported; use one of {', '.join(ANSWERS)}")

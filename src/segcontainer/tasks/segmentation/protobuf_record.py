@@ -12,7 +12,7 @@ import struct
 import numpy as np
 
 from segcontainer.data.recordio import LENGTH_MASK, MAGIC_BYTES
-from segcontainer.serving.record_pb2 import Record
+from segcontainer.tasks.segmentation.record_pb2 import Record
 
 # One RecordIO record holds at most 2**29 - 1 bytes (its length field has 29 bits).
 RECORD_LIMIT = LENGTH_MASK
