@@ -498,7 +498,8 @@ def test_the_readme_table_lists_each_hyperparameter_with_its_default() -> None:
     import re
     from pathlib import Path
 
-    from segcontainer.config.hyperparameters import REQUIRED, SPEC
+    from segcontainer.config.hyperparameters import SPEC
+    from segcontainer.config.params import REQUIRED
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("\n## Hyperparameters\n", 1)[1].split("\n\n| name |", 1)[1]

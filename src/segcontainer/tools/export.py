@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from segcontainer import model_folder
-from segcontainer.config.hyperparameters import export_formats
+from segcontainer.config.params import export_formats
 from segcontainer.errors import UserError
 from segcontainer.export import ExportData, export_model, from_channels
 

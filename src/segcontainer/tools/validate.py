@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from segcontainer.config.environment import Paths, read_hyperparameters
-from segcontainer.config.hyperparameters import SPEC, Config, name_list, resolve
+from segcontainer.config.hyperparameters import SPEC, Config, resolve
+from segcontainer.config.params import name_list
 from segcontainer.data import check
 from segcontainer.data.label_maps import (
     IGNORE_INDEX,
