@@ -7,8 +7,8 @@ value received and what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from segcontainer.config.params import (
@@ -17,15 +17,16 @@ from segcontainer.config.params import (
     boolean,
     choice,
     class_weights,
+    describe_values,
     epoch_list,
     export_formats,
     integer,
     name_list,
+    parse_table,
     real,
     registered,
     workers,
 )
-from segcontainer.errors import UserError
 from segcontainer.models import ENCODERS, HEADS
 from segcontainer.precision import PRECISIONS
 
@@ -147,35 +148,9 @@ class Config:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
 
 
-def _problem(name: str, text: str, allowed: str) -> str:
-    return f"hyperparameter '{name}' = '{text}' is not valid: expected {allowed}"
-
-
-def resolve(given: dict[str, str]) -> Config:
+def resolve(given: Mapping[str, str]) -> Config:
     """Turn SageMaker's string map into typed values, or raise UserError listing every problem."""
-    problems: list[str] = []
-    values: dict[str, object] = {}
-    for name, text in given.items():
-        if name not in SPEC:
-            close = difflib.get_close_matches(name, SPEC, n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(f"unknown hyperparameter '{name}'.{hint} Valid: {', '.join(SPEC)}")
-            continue
-        try:
-            values[name] = SPEC[name].parse(text)
-        except ValueError as exc:
-            problems.append(_problem(name, text, str(exc)))
-    for name, param in SPEC.items():
-        if name not in values and name not in given:
-            if param.default is REQUIRED:
-                problems.append(f"hyperparameter '{name}' is required ({param.reason})")
-            else:
-                values[name] = param.default
-    if not problems:
-        problems += _cross_checks(values, given)
-    if problems:
-        raise UserError("Invalid hyperparameters: " + "; ".join(problems) + ".")
-
+    values = parse_table(SPEC, given, _cross_checks)
     if values["crop_size"] % 8:
         rounded = -(-values["crop_size"] // 8) * 8
         log.info("crop_size %d rounded up to %d (a multiple of 8)", values["crop_size"], rounded)
@@ -192,7 +167,7 @@ def resolve(given: dict[str, str]) -> Config:
     return Config(**values, given=frozenset(given))
 
 
-def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]:
+def _cross_checks(values: dict[str, object], given: Mapping[str, str]) -> list[str]:
     problems = []
     if values["lr_scheduler"] == "step" and values["lr_scheduler_step"] is None:
         problems.append(
@@ -223,6 +198,4 @@ def _cross_checks(values: dict[str, object], given: dict[str, str]) -> list[str]
 
 def describe(config: Config) -> str:
     """One line per hyperparameter, for the start-of-job log."""
-    values = config.as_dict()
-    width = max(map(len, values))
-    return "\n".join(f"  {name:<{width}} = {value!r}" for name, value in values.items())
+    return describe_values(config.as_dict())

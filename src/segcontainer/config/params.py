@@ -5,9 +5,12 @@ and raises ValueError naming what is allowed (the table's resolver adds the name
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from segcontainer.errors import UserError
 
 REQUIRED = object()  # sentinel: the parameter has no default
 
@@ -139,3 +142,44 @@ def export_formats(text: str) -> tuple[str, ...]:
 
 def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# (values, given) -> problems no single value shows (one table's rules across its values)
+CrossChecks = Callable[[dict[str, object], Mapping[str, str]], list[str]]
+
+
+def parse_table(
+    table: Mapping[str, Param], given: Mapping[str, str], cross_checks: CrossChecks
+) -> dict[str, object]:
+    """Every hyperparameter of ``table``, typed: the given value parsed, else its default; or
+    UserError listing every problem at once (an unknown name with the closest known one, a
+    value outside what is allowed, a required one missing, then the table's cross-checks)."""
+    problems: list[str] = []
+    values: dict[str, object] = {}
+    for name, text in given.items():
+        if name not in table:
+            close = difflib.get_close_matches(name, table, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"unknown hyperparameter '{name}'.{hint} Valid: {', '.join(table)}")
+            continue
+        try:
+            values[name] = table[name].parse(text)
+        except ValueError as exc:
+            problems.append(f"hyperparameter '{name}' = '{text}' is not valid: expected {exc}")
+    for name, param in table.items():
+        if name not in values and name not in given:
+            if param.default is REQUIRED:
+                problems.append(f"hyperparameter '{name}' is required ({param.reason})")
+            else:
+                values[name] = param.default
+    if not problems:
+        problems += cross_checks(values, given)
+    if problems:
+        raise UserError("Invalid hyperparameters: " + "; ".join(problems) + ".")
+    return values
+
+
+def describe_values(values: Mapping[str, object]) -> str:
+    """One line per hyperparameter, for the start-of-job log."""
+    width = max(map(len, values))
+    return "\n".join(f"  {name:<{width}} = {value!r}" for name, value in values.items())
