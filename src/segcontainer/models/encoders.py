@@ -20,12 +20,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, WeightsEnum, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
 from segcontainer.errors import UserError
+from segcontainer.models.weights import cached, unreadable, weights_file
 
 LEVELS = ("low", "aux", "out")  # stride 4, stride 8 (stage before the last), stride 8 (last)
 
@@ -108,7 +108,7 @@ def pretrained_weights_file(backbone: str) -> Path:
         raise UserError(
             f"The {backbone} encoder has no pretrained weights: set use_pretrained_model=False."
         )
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    return weights_file(weights)
 
 
 def build_encoder(backbone: str, pretrained: bool, levels: Collection[str]) -> nn.Module:
@@ -117,20 +117,9 @@ def build_encoder(backbone: str, pretrained: bool, levels: Collection[str]) -> n
     entry = ENCODERS[backbone]
     if not pretrained:
         return entry.build(False, levels)
-    file = pretrained_weights_file(backbone)
-    if not file.is_file():
-        # Without this check torchvision would try to download, and there is no network.
-        raise UserError(
-            f"use_pretrained_model=True needs the ImageNet weights of {backbone} at {file} "
-            f"(torchvision's cache under TORCH_HOME), and the file is absent. Either provide "
-            f"it (the container image downloads {entry.weights.url} at build time; or set "
-            f"TORCH_HOME to a folder holding hub/checkpoints/{file.name}), or set "
-            "use_pretrained_model=False to train the encoder from scratch."
-        )
+    pretrained_weights_file(backbone)  # an encoder without weights: UserError
+    weights = cached(entry.weights, f"the {backbone} encoder")
     try:
         return entry.build(True, levels)
     except Exception as exc:  # torch.load raises pickle, zip, OS and runtime errors alike
-        raise UserError(
-            f"The pretrained weights file {file} could not be loaded ({exc}). Replace it with "
-            f"torchvision's {entry.weights.url}, or set use_pretrained_model=False."
-        ) from exc
+        raise unreadable(weights, exc) from exc
