@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from segcontainer.data.recordio import RecordIOError, iter_records
+from segcontainer.data.recordio import LENGTH_MASK, MAGIC, RecordIOError, iter_records
 from segcontainer.errors import UserError
 
 IR_HEADER = struct.Struct("<IfQQ")  # MXNet's IRHeader: flag, label, id, id2
@@ -130,6 +130,31 @@ def unpack_record(payload: bytes, num_classes: int, multi_label: bool, where: st
         values = struct.unpack_from(f"<{flag}f", payload, IR_HEADER.size)
     classes = class_ids(values, num_classes, multi_label, where)
     return ImageRecord(record_id, classes, payload[start:])
+
+
+def scan_offsets(stream: BinaryIO, name: str) -> list[int]:
+    """Where each record of a ``.rec`` stream starts (a split record: where its first part
+    does), read from the framing alone; UserError for a damaged file."""
+    offsets, position, inside_split = [], 0, False
+    while True:
+        header = stream.read(8)
+        if not header:
+            break
+        if len(header) < 8:
+            raise UserError(f"{name} ends inside a record header: the file is truncated.")
+        magic, word = struct.unpack("<II", header)
+        if magic != MAGIC:
+            raise UserError(
+                f"{name}: record at byte {position} does not start with RecordIO's magic number: "
+                "write the file with MXNet's im2rec.py or recordio.MXRecordIO."
+            )
+        cflag, length = word >> 29, word & LENGTH_MASK
+        if not inside_split:
+            offsets.append(position)
+        inside_split = cflag in (1, 2)
+        position += 8 + length + (-length % 4)
+        stream.seek(position)
+    return offsets
 
 
 def read_records(

@@ -1,0 +1,94 @@
+"""Image classification's datasets in File mode: images listed by a ``.lst`` file, or the image
+records of a ``.rec`` file (read by offset, so a large file is never held in memory; an
+``.idx`` beside it is not needed). Each item: the transformed image and its target, a class id
+(single-label) or a float 0/1 vector of ``num_classes`` (multi-label, for the BCE loss)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from segcontainer.data.preprocess import to_rgb
+from segcontainer.data.recordio import iter_records
+from segcontainer.errors import UserError
+from segcontainer.tasks.classification.records import ListEntry, scan_offsets, unpack_record
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def target(classes: Sequence[int], num_classes: int, multi_label: bool) -> torch.Tensor:
+    """The loss's target: the class id, or the multi-hot vector."""
+    if not multi_label:
+        return torch.tensor(classes[0], dtype=torch.int64)
+    vector = torch.zeros(num_classes, dtype=torch.float32)
+    vector[list(classes)] = 1.0
+    return vector
+
+
+def decode(data: bytes, where: str) -> Image.Image:
+    """Encoded image bytes as RGB (EXIF orientation applied), or UserError naming ``where``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return to_rgb(image)
+    except Exception as exc:  # Pillow raises several types for broken or truncated files
+        raise UserError(f"{where} is not an image Pillow can read ({exc}).") from exc
+
+
+class ListDataset(Dataset):
+    """The images a ``.lst`` file lists, below ``root`` (the image channel)."""
+
+    def __init__(
+        self,
+        root: Path,
+        entries: Sequence[ListEntry],
+        transform: Transform,
+        num_classes: int,
+        multi_label: bool,
+    ):
+        self.root, self.entries, self.transform = root, list(entries), transform
+        self.num_classes, self.multi_label = num_classes, multi_label
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.entries[index]
+        file = self.root / entry.path
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{file} (list index {entry.index}) cannot be read: {exc}.") from exc
+        image = decode(data, f"{file} (list index {entry.index})")
+        return self.transform(image), target(entry.classes, self.num_classes, self.multi_label)
+
+
+class RecordDataset(Dataset):
+    """The image records of a ``.rec`` file, each read at its offset when asked for."""
+
+    def __init__(self, file: Path, transform: Transform, num_classes: int, multi_label: bool):
+        self.file, self.transform = file, transform
+        self.num_classes, self.multi_label = num_classes, multi_label
+        with open(file, "rb") as stream:
+            self.offsets = scan_offsets(stream, file.name)
+        self._stream = None  # opened in the process that reads (DataLoader workers fork)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._stream is None:
+            self._stream = open(self.file, "rb")  # noqa: SIM115 - kept open for every item
+        self._stream.seek(self.offsets[index])
+        payload = next(iter_records(self._stream))
+        where = f"{self.file.name} record {index}"
+        record = unpack_record(payload, self.num_classes, self.multi_label, where)
+        image = decode(record.image, where)
+        return self.transform(image), target(record.classes, self.num_classes, self.multi_label)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_stream": None}  # a file handle does not cross processes
