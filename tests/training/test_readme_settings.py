@@ -30,8 +30,8 @@ def test_early_stopping_true_ends_the_run_after_patience_stale_epochs(
     base_dir: Path, small_dataset, tiny, monkeypatch, capsys
 ) -> None:
     """epochs=6, min 2, patience 1: validation mIoUs 0.5 then 0.4 (scripted, so the stop is
-    certain) stop the job after its second epoch, exit 0, the best epoch's model kept, and a
-    restart trains nothing more."""
+    certain) stop the job after its second epoch, exit 0, the best epoch's model kept, and the
+    last checkpoint records the job as finished (a spot restart trains nothing more)."""
     write_config(
         base_dir,
         **tiny,
@@ -54,10 +54,7 @@ def test_early_stopping_true_ends_the_run_after_patience_stale_epochs(
     info = json.loads((base_dir / "model" / "model_info.json").read_text())
     assert info["best_epoch"] == 0 and info["validation_mIOU"] == 0.5
     assert (base_dir / "output" / "success").exists()
-    # The last checkpoint records the job as finished: a spot restart trains nothing more.
     assert checkpoints.listed(base_dir / "checkpoints")[0].name == "checkpoint-e0006-i000000.pt"
-    assert main() == 0
-    assert metric_epochs(capsys.readouterr().out) == []
 
 
 def training_pixels_per_class(data: Path, num_classes: int) -> np.ndarray:
@@ -82,18 +79,25 @@ def weights_per_step(monkeypatch) -> list[torch.Tensor | None]:
     return seen
 
 
-def test_class_weights_auto_weights_the_loss_by_median_frequency(
-    base_dir: Path, small_dataset: Path, tiny, weights_per_step
+def test_class_weights_auto_and_a_differing_num_training_samples_in_file_mode(
+    base_dir: Path, small_dataset: Path, tiny, weights_per_step, capsys
 ) -> None:
-    """Every training step's loss gets median(freq) / freq of the training masks' classes."""
-    write_config(base_dir, **tiny, class_weights="auto")
+    """class_weights=auto: every step's loss gets median(freq) / freq of the training masks'
+    classes. num_training_samples=4 but 8 pairs in the channel: a warning, and the epoch trains
+    on the 8 (two batches of 4, not one), the schedule sized for them. One job for both (the
+    fast suite's budget)."""
+    write_config(base_dir, **tiny, class_weights="auto", num_training_samples="4")
     assert main() == 0
+    out = capsys.readouterr().out
+    warning = "num_training_samples is 4 but the train channel holds 8 image/mask pairs; using 8"
+    assert warning in out
+    assert "the schedule assumed" not in out
     pixels = training_pixels_per_class(small_dataset, 3)
     assert pixels.min() > 0  # every class present: no weight falls back to 1
     frequency = pixels / pixels.sum()
     expected = np.median(frequency) / frequency
     assert len(set(np.round(expected, 6))) == 3  # three different weights, the median's 1
-    assert len(weights_per_step) == 2  # 8 pairs, batches of 4: two steps, each weighted
+    assert len(weights_per_step) == 2
     for weight in weights_per_step:
         assert weight is not None
         np.testing.assert_allclose(weight.cpu().numpy(), expected, rtol=1e-5)
@@ -117,17 +121,3 @@ def test_class_weights_auto_is_refused_in_pipe_mode(base_dir: Path, small_datase
     assert "class_weights=auto" in reason and "Pipe mode" in reason
     assert "give one weight per class instead" in reason
     assert not (base_dir / "checkpoints").exists()
-
-
-def test_file_mode_num_training_samples_that_differs_is_warned_and_the_count_wins(
-    base_dir: Path, small_dataset, tiny, weights_per_step, capsys
-) -> None:
-    """num_training_samples=4 (one batch of 4) but 8 pairs in the channel: a warning, and the
-    epoch trains on the 8 (two batches), the schedule sized for them."""
-    write_config(base_dir, **tiny, num_training_samples="4")
-    assert main() == 0
-    out = capsys.readouterr().out
-    warning = "num_training_samples is 4 but the train channel holds 8 image/mask pairs; using 8"
-    assert warning in out
-    assert len(weights_per_step) == 2
-    assert "the schedule assumed" not in out
