@@ -93,7 +93,7 @@ def gpu_job(tmp_path_factory) -> GpuJob:
     }
     write_local_mode_config(base, settings, host=HOST)
     env = subprocess_env(base, docker_run=True)
-    env.pop("CUDA_VISIBLE_DEVICES", None)  # every GPU of the host
+    # The GPUs this process sees (CUDA_VISIBLE_DEVICES kept as given), as processes, not CPUs.
     env.pop("SEGCONTAINER_CPU_WORKERS", None)
     code, interrupted = run_until_epoch_0_then_sigterm(env)
     resumed = subprocess.run(train_command(), env=env, capture_output=True, text=True, timeout=600)
