@@ -56,3 +56,41 @@ def test_split_records_are_joined_with_the_magic_between_parts() -> None:
 def test_corrupt_streams_fail_clearly(stream: bytes, message: str) -> None:
     with pytest.raises(RecordIOError, match=re.escape(message)):
         list(iter_records(io.BytesIO(stream)))
+
+
+def test_recordio_write_manifest_streams_its_pairs_in_manifest_order(tmp_path, capsys) -> None:
+    """README: `segcontainer recordio write train.rec --manifest output.manifest` writes the
+    augmented-manifest stream (image, annotation, image, ...) in the manifest's line order, the
+    references relative to the manifest; read back with the SageMaker SDK's reader."""
+    import json
+
+    from sagemaker.amazon.common import read_recordio
+
+    from segcontainer import cli
+
+    (tmp_path / "images").mkdir()
+    files = {}
+    for name in ("b", "a", "c"):  # the manifest's order, not the names' order
+        files[name] = (f"image {name} ".encode() * 7, f"mask of {name}".encode())
+        (tmp_path / "images" / f"{name}.jpg").write_bytes(files[name][0])
+        (tmp_path / f"{name}.png").write_bytes(files[name][1])
+    manifest = tmp_path / "output.manifest"
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "source-ref": f"images/{name}.jpg",
+                    "labels-ref": f"{name}.png",
+                    "labels-ref-metadata": {"job-name": "labeling-job/x"},
+                }
+            )
+            + "\n"
+            for name in files
+        )
+    )
+    out = tmp_path / "train.rec"
+    assert cli.main(["recordio", "write", str(out), "--manifest", str(manifest)]) == 0
+    assert "wrote 3 image/annotation pairs (6 records)" in capsys.readouterr().out
+    with open(out, "rb") as stream:
+        records = list(read_recordio(stream))
+    assert records == [data for name in ("b", "a", "c") for data in files[name]]

@@ -84,8 +84,16 @@ def pipe_batches(
         stream.length = min(stream.length, steps * batch)
 
     return TrainBatches(
-        # One reader per FIFO: the stream is read in this process.
-        loader=DataLoader(stream, batch, drop_last=True, **options.common),
+        # One reader per FIFO: the stream is read in this process. Own generator, as in File
+        # mode: a loader iterator drawn from the global random state (which dropout uses and
+        # checkpoints restore) would make a resumed epoch differ from one run straight through.
+        loader=DataLoader(
+            stream,
+            batch,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(config.seed),
+            **options.common,
+        ),
         start_epoch=stream.set_epoch,
         limit_steps=limit_steps,
         samples_per_epoch=stream.length,

@@ -6,6 +6,7 @@ SIGTERM stops both gracefully and exits 0; if either process dies, the other is 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -111,7 +112,11 @@ def start(settings: ServingSettings, run_dir: Path) -> tuple[subprocess.Popen, s
             READY_FILE_ENV: str(run_dir / READY_FILE),
         },
     )
-    nginx_process = subprocess.Popen([nginx, "-c", str(config), "-p", str(run_dir)])
+    # Its own process group: if the nginx master dies, serve can still end its workers, which
+    # would otherwise live on as orphans holding the port.
+    nginx_process = subprocess.Popen(
+        [nginx, "-c", str(config), "-p", str(run_dir)], start_new_session=True
+    )
     return nginx_process, gunicorn
 
 
@@ -170,6 +175,10 @@ def supervise(nginx: subprocess.Popen, gunicorn: subprocess.Popen) -> bool:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
+    # Whatever is left of nginx's group: workers of a master that died (a gracefully stopped
+    # master has ended its workers already, and the group is gone).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(nginx.pid, signal.SIGKILL)
     return failed
 
 
