@@ -66,3 +66,11 @@ def test_a_checkpoint_from_before_tasks_is_still_this_segmentation_jobs() -> Non
     assert differences({"num_classes": 3, "task": "image-classification"}, record) == [
         "task ('image-classification' in the checkpoint, 'semantic-segmentation' now)"
     ]
+
+
+def test_a_job_and_a_model_get_the_registrys_entry(monkeypatch) -> None:
+    """What the registry holds is what the machinery runs (tests replace a task's piece so)."""
+    replaced = replace(SEGMENTATION, default_accept="application/json")
+    monkeypatch.setitem(TASKS, SEGMENTATION.name, replaced)
+    assert choose_task({"num_classes": "3"}, {}, PATHS) is replaced
+    assert task_of_record({"num_classes": 3}, "m") is replaced

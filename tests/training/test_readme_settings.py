@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from segcontainer.data.recordio import frame
-from segcontainer.training import checkpoints, epochs, loss
+from segcontainer.tasks import TASKS
+from segcontainer.tasks.segmentation import SEGMENTATION, loss, validation
+from segcontainer.training import checkpoints
 from segcontainer.training.entry import main
 from tests.conftest import write_config
 
@@ -41,12 +43,14 @@ def test_early_stopping_true_ends_the_run_after_patience_stale_epochs(
         early_stopping_patience="1",
     )
     scripted = iter([0.5, 0.4, 0.45, 0.6, 0.7, 0.8])
-    real_evaluate = epochs.evaluate
+    real_evaluate = validation.evaluate
 
     def evaluate(*args, **kwargs):
         return dataclasses.replace(real_evaluate(*args, **kwargs), miou=next(scripted))
 
-    monkeypatch.setattr(epochs, "evaluate", evaluate)
+    # the job validates through its task: the registry hands it this task
+    scripted_task = dataclasses.replace(SEGMENTATION, validate=evaluate)
+    monkeypatch.setitem(TASKS, SEGMENTATION.name, scripted_task)
     assert main() == 0
     out = capsys.readouterr().out
     assert metric_epochs(out) == [0, 1]

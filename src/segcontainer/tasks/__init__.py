@@ -42,9 +42,7 @@ def task_named(name: object, origin: str) -> Task:
 
 def task_of_record(record: Mapping[str, object], origin: str) -> Task:
     """The task of a model from its hyperparams.json (older models name none: segmentation)."""
-    if TASK_KEY not in record:
-        return DEFAULT_TASK
-    return task_named(record[TASK_KEY], origin)
+    return task_named(record.get(TASK_KEY, DEFAULT_TASK.name), origin)
 
 
 def task_of_model(model_dir: Path, origin: str | None = None) -> Task:
@@ -82,4 +80,4 @@ def choose_task(
     for task in registry.values():
         if task.claims_channels(channels, paths):
             return task
-    return DEFAULT_TASK if DEFAULT_TASK.name in registry else next(iter(registry.values()))
+    return registry.get(DEFAULT_TASK.name) or next(iter(registry.values()))
