@@ -154,3 +154,33 @@ def test_pretrained_reads_the_cache_and_gets_a_new_classifier(tmp_path, monkeypa
     model = build_network(18, 4, pretrained=True)
     assert torch.all(model.conv1.weight == 0.25)
     assert model.fc.out_features == 4
+
+
+def test_the_optimizers_take_the_classification_names() -> None:
+    from segcontainer.training.optim import build_optimizer, build_scheduler
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    adam = build_optimizer(
+        ic.resolve({**REQUIRED, "optimizer": "adam", "beta_1": "0.8", "beta_2": "0.99",
+                    "eps": "0.001"}).optimization(),
+        params,
+    )  # fmt: skip
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.defaults["betas"], adam.defaults["eps"]) == ((0.8, 0.99), 0.001)
+    rms = build_optimizer(
+        ic.resolve({**REQUIRED, "optimizer": "rmsprop", "gamma": "0.7"}).optimization(), params
+    )
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["alpha"] == 0.7
+    # lr_scheduler_step 1,2 with factor 0.5 over 3 epochs of 2 steps: 0.1, 0.1, 0.05, ...
+    config = ic.resolve({**REQUIRED, "epochs": "3", "lr_scheduler_step": "1,2",
+                         "lr_scheduler_factor": "0.5"})  # fmt: skip
+    optimizer = build_optimizer(config.optimization(), params)
+    scheduler = build_scheduler(config.optimization(), optimizer, 2)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    constant = build_scheduler(ic.resolve(REQUIRED).optimization(), optimizer, 2)
+    assert [constant.lr_lambdas[0](i) for i in (0, 50, 10_000)] == [1.0, 1.0, 1.0]

@@ -23,8 +23,8 @@ def config(**given: str):
 def lr_trajectory(cfg, iters_per_epoch: int = ITERS_PER_EPOCH) -> list[float]:
     """The learning rate used at every iteration of the run."""
     param = torch.nn.Parameter(torch.zeros(2))
-    optimizer = build_optimizer(cfg, [param])
-    scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
+    optimizer = build_optimizer(cfg.optimization(), [param])
+    scheduler = build_scheduler(cfg.optimization(), optimizer, iters_per_epoch)
     rates = []
     for _ in range(cfg.epochs * iters_per_epoch):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -69,17 +69,21 @@ def test_cosine_schedule_per_iteration(optimizer: str) -> None:
 
 def test_optimizer_settings_follow_the_builtin_meanings() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
-    sgd = build_optimizer(config(momentum="0.8", weight_decay="0.001"), params)
+    sgd = build_optimizer(config(momentum="0.8", weight_decay="0.001").optimization(), params)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 0.001
     assert sgd.defaults["nesterov"] is False
-    nag = build_optimizer(config(optimizer="nag"), params)
+    nag = build_optimizer(config(optimizer="nag").optimization(), params)
     assert isinstance(nag, torch.optim.SGD) and nag.defaults["nesterov"] is True
-    rms = build_optimizer(config(optimizer="rmsprop", gamma1="0.95", gamma2="0.5"), params)
+    rms = build_optimizer(
+        config(optimizer="rmsprop", gamma1="0.95", gamma2="0.5").optimization(), params
+    )
     assert rms.defaults["gamma1"] == 0.95 and rms.defaults["gamma2"] == 0.5
-    adam = build_optimizer(config(optimizer="adam", weight_decay="0.01"), params)
+    adam = build_optimizer(config(optimizer="adam", weight_decay="0.01").optimization(), params)
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 0
-    assert isinstance(build_optimizer(config(optimizer="adagrad"), params), torch.optim.Adagrad)
+    assert isinstance(
+        build_optimizer(config(optimizer="adagrad").optimization(), params), torch.optim.Adagrad
+    )
 
 
 def mxnet_centered_rmsprop(weights, grads, rates, gamma1, gamma2, eps=1e-8):
@@ -102,7 +106,7 @@ def test_rmsprop_is_the_builtins_centered_update() -> None:
     rates = [0.01, 0.01, 0.005, 0.002]
     param = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
     cfg = config(optimizer="rmsprop", learning_rate="0.01", gamma1="0.9", gamma2="0.8")
-    optimizer = build_optimizer(cfg, [param])
+    optimizer = build_optimizer(cfg.optimization(), [param])
     for step, (grad, lr) in enumerate(zip(grads, rates, strict=True)):
         optimizer.param_groups[0]["lr"] = lr
         param.grad = torch.tensor(grad, dtype=torch.float64)
@@ -113,7 +117,7 @@ def test_rmsprop_is_the_builtins_centered_update() -> None:
         assert param.tolist() == pytest.approx(expected, rel=1e-12), step
     # by hand: the first step moves each weight by lr / sqrt(0.1 - 0.01) = lr / 0.3, downhill
     first = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
-    single = build_optimizer(cfg, [first])
+    single = build_optimizer(cfg.optimization(), [first])
     first.grad = torch.tensor(grads[0], dtype=torch.float64)
     single.step()
     assert first.tolist() == pytest.approx([1.0 - 0.01 / 0.3, -1.0 + 0.01 / 0.3], rel=1e-6)
@@ -127,8 +131,8 @@ def test_schedule_resized_from_the_real_epoch_length(schedule: str) -> None:
     cfg = config(learning_rate="0.1", epochs="3", lr_scheduler=schedule)
     rates = []
     param = torch.nn.Parameter(torch.zeros(2))
-    optimizer = build_optimizer(cfg, [param])
-    scheduler = build_scheduler(cfg, optimizer, 2)
+    optimizer = build_optimizer(cfg.optimization(), [param])
+    scheduler = build_scheduler(cfg.optimization(), optimizer, 2)
     for epoch in range(3):
         for _ in range(5):
             rates.append(optimizer.param_groups[0]["lr"])
@@ -152,8 +156,8 @@ def test_step_milestones_move_with_the_real_epoch_length() -> None:
         lr_scheduler_factor="0.5",
     )
     param = torch.nn.Parameter(torch.zeros(2))
-    optimizer = build_optimizer(cfg, [param])
-    scheduler = build_scheduler(cfg, optimizer, 2)
+    optimizer = build_optimizer(cfg.optimization(), [param])
+    scheduler = build_scheduler(cfg.optimization(), optimizer, 2)
     per_epoch = []
     for epoch in range(4):
         per_epoch.append(optimizer.param_groups[0]["lr"])

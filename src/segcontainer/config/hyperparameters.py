@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from segcontainer.config.params import (
     REQUIRED,
+    Optimization,
     Param,
     boolean,
     choice,
@@ -142,6 +143,21 @@ class Config:
     aux_loss_weight: float
     export: tuple[str, ...]
     given: frozenset[str] = field(default=frozenset())
+
+    def optimization(self) -> Optimization:
+        """The optimizer and schedule settings (training.optim)."""
+        return Optimization(
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            rmsprop_decay=self.gamma1,
+            rmsprop_momentum=self.gamma2,
+            schedule=self.lr_scheduler,
+            step_epochs=self.lr_scheduler_step or (),
+            factor=self.lr_scheduler_factor,
+        )
 
     def as_dict(self) -> dict[str, object]:
         """name -> value of every hyperparameter, in SPEC's order (``given`` left out)."""

@@ -144,6 +144,25 @@ def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+@dataclass(frozen=True, kw_only=True)
+class Optimization:
+    """What the optimizer and the learning-rate schedule are built from (training.optim):
+    each task's config maps its own hyperparameters onto these."""
+
+    optimizer: str  # sgd, nag, adam, adagrad, rmsprop
+    learning_rate: float
+    epochs: int
+    momentum: float = 0.9  # sgd and nag
+    weight_decay: float = 0.0  # sgd and nag
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8  # adam and the plain rmsprop
+    rmsprop_decay: float = 0.9  # the squared gradient's moving-average decay
+    rmsprop_momentum: float | None = None  # set: MXNet's centered rmsprop with this momentum
+    schedule: str = "step"  # poly, cosine or step
+    step_epochs: tuple[int, ...] = ()  # step: the epochs after which the rate is multiplied
+    factor: float = 0.1  # step: the multiplier
+
+
 # (values, given) -> problems no single value shows (one table's rules across its values)
 CrossChecks = Callable[[dict[str, object], Mapping[str, str]], list[str]]
 

@@ -107,8 +107,9 @@ def run(
     model, step_model = build_for_training(
         paths, config, rank, device, model_builder or task.build_model
     )
-    optimizer = build_optimizer(config, model.parameters(), device)
-    scheduler = build_scheduler(config, optimizer, data.iters_per_epoch)
+    optimization = config.optimization()
+    optimizer = build_optimizer(optimization, model.parameters(), device)
+    scheduler = build_scheduler(optimization, optimizer, data.iters_per_epoch)
     trainables = Trainables(
         model=model,
         optimizer=optimizer,

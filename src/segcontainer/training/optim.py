@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segcontainer.config.hyperparameters import Config
+from segcontainer.config.params import Optimization
 
 
 class MXNetRMSProp(torch.optim.Optimizer):
@@ -129,42 +129,52 @@ def resize_schedule(
 
 
 def build_optimizer(
-    config: Config, params: Iterable[nn.Parameter], device: torch.device | None = None
+    settings: Optimization, params: Iterable[nn.Parameter], device: torch.device | None = None
 ) -> torch.optim.Optimizer:
-    """The built-in's optimizers: momentum and weight_decay apply to sgd and nag only;
-    gamma1 is rmsprop's squared-gradient decay and gamma2 its momentum. On a GPU, SGD and
-    Adam use their fused kernels (one launch for all parameters instead of one per tensor)."""
-    lr = config.learning_rate
-    name = config.optimizer
+    """The built-ins' optimizers: momentum and weight_decay apply to sgd and nag only; adam
+    takes its betas and eps; rmsprop is MXNet's centered form (segmentation's gamma1, gamma2)
+    or the plain one (classification's gamma). On a GPU, SGD and Adam use their fused kernels
+    (one launch for all parameters instead of one per tensor)."""
+    lr, name = settings.learning_rate, settings.optimizer
     fused = device is not None and device.type == "cuda"
     if name in ("sgd", "nag"):
         return torch.optim.SGD(
             params,
             lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
             nesterov=name == "nag",
             fused=fused or None,
         )
     if name == "adam":
-        return torch.optim.Adam(params, lr, fused=fused or None)
+        return torch.optim.Adam(
+            params, lr, betas=settings.adam_betas, eps=settings.eps, fused=fused or None
+        )
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr)
-    if name == "rmsprop":  # MXNet's centered RMSProp, where gamma2 is defined (see optim.py)
-        return MXNetRMSProp(params, lr, gamma1=config.gamma1, gamma2=config.gamma2)
+    if name == "rmsprop" and settings.rmsprop_momentum is not None:
+        # MXNet's centered RMSProp, where segmentation's gamma2 (momentum) is defined
+        return MXNetRMSProp(
+            params, lr, gamma1=settings.rmsprop_decay, gamma2=settings.rmsprop_momentum
+        )
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr, alpha=settings.rmsprop_decay, eps=settings.eps)
     raise ValueError(f"unknown optimizer {name}")
 
 
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
+def build_scheduler(
+    settings: Optimization, optimizer: torch.optim.Optimizer, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler stepped once per iteration: poly (power 0.9) and cosine decay smoothly over
-    the whole run; step multiplies by lr_scheduler_factor after each listed epoch. In closed
-    form, so Pipe mode can resize it once an epoch's real length is known."""
+    the whole run; step multiplies by the factor after each listed epoch (none listed: a
+    constant rate). In closed form, so Pipe mode can resize it once an epoch's real length is
+    known."""
     schedule = IterationSchedule(
-        config.lr_scheduler,
-        config.epochs,
+        settings.schedule,
+        settings.epochs,
         iters_per_epoch,
-        config.lr_scheduler_step or (),
-        config.lr_scheduler_factor,
+        settings.step_epochs,
+        settings.factor,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

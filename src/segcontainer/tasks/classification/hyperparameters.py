@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 
 from segcontainer.config.params import (
     REQUIRED,
+    Optimization,
     Param,
     boolean,
     choice,
@@ -154,6 +155,23 @@ class ClassificationConfig:
     compile_model: str
     export: tuple[str, ...]
     given: frozenset[str] = field(default=frozenset())
+
+    def optimization(self) -> Optimization:
+        """The optimizer and schedule settings (training.optim): a step schedule at
+        lr_scheduler_step (none: a constant rate), plain rmsprop with gamma as its decay."""
+        return Optimization(
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            adam_betas=(self.beta_1, self.beta_2),
+            eps=self.eps,
+            rmsprop_decay=self.gamma,
+            schedule="step",
+            step_epochs=self.lr_scheduler_step or (),
+            factor=self.lr_scheduler_factor,
+        )
 
     def as_dict(self) -> dict[str, object]:
         """name -> value of every hyperparameter, in SPEC's order (``given`` left out)."""
