@@ -88,17 +88,28 @@ def _without_reprs(error: Exception) -> str:
 
 def choose_accept(header: str | None, default: str, answered: Sequence[str]) -> str:
     """The response type: the first type in Accept that the model's task answers (``answered``,
-    its table's keys); */* or none -> ``default``; image/* -> the task's first image type."""
+    its table's keys), matched with its parameters first (``application/json;verbose``), then
+    without them (a q-value or charset does not matter); */* or none -> ``default``; image/* ->
+    the task's first image type."""
     parts = (header or "").split(",")
-    listed = [part.split(";")[0].strip().lower() for part in parts if part.strip()]
+    listed = [_parameters_kept(part) for part in parts if part.strip()]
     if not listed:
         return default
     images = [media for media in answered if media.startswith("image/")]
     for media in listed:
-        if media in answered:
-            return media
-        if media == "*/*":
+        base = media.split(";")[0]
+        for candidate in (media, base):
+            if candidate in answered:
+                return candidate
+        if base == "*/*":
             return default
-        if media == "image/*" and images:
+        if base == "image/*" and images:
             return images[0]
     raise RequestError(406, f"Accept '{header}' is not supported; use one of {', '.join(answered)}")
+
+
+def _parameters_kept(media: str) -> str:
+    """A media range lower-cased, without spaces and without its q-value: "Application/JSON;
+    verbose; q=0.9" -> "application/json;verbose"."""
+    parts = [part.strip().lower() for part in media.split(";")]
+    return ";".join([parts[0], *(p for p in parts[1:] if p and not p.startswith("q="))])
