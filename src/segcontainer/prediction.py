@@ -6,11 +6,13 @@ predictor (``tasks.task.Predictor``) is opened from a model folder with these se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from segcontainer.config import variables
-from segcontainer.engines import EngineRequest
+from segcontainer.engines import Engine, EngineRequest
+from segcontainer.model_folder import Rebuild, open_engine, read_class_names, read_record
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,27 @@ class PredictionSettings:
             inference_size=variables.INFERENCE_SIZE.read(),
             tile_size=variables.TILE_SIZE.read() or None,  # 0: the default too
         )
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """What every task's predictor is built from."""
+
+    engine: Engine
+    record: dict  # hyperparams.json
+    class_names: list[str]
+
+
+def open_model(model_dir: Path, settings: PredictionSettings, rebuild: Rebuild) -> OpenedModel:
+    """The engine the settings choose for model_dir (``rebuild``: the task's builder, for the
+    PyTorch engine), its hyperparams.json and its class names."""
+    record = read_record(model_dir, f"The model in {settings.request.model or model_dir}")
+    engine = open_engine(
+        model_dir,
+        settings.engine,
+        settings.device,
+        settings.threads,
+        settings.request,
+        rebuild=rebuild,
+    )
+    return OpenedModel(engine, record, read_class_names(model_dir, record["num_classes"]))

@@ -474,7 +474,7 @@ def test_sample_notebook_hyperparameters_resolve_to_typed_values():
 
 def test_describe_lists_every_hyperparameter_once():
     config = resolve({"num_classes": "21"})
-    lines = hyperparameters.describe(config).splitlines()
+    lines = config.describe().splitlines()
     assert len(lines) == len(hyperparameters.SPEC)
     assert any("num_classes" in line and "21" in line for line in lines)
 

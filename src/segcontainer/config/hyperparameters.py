@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from segcontainer.config.params import (
     REQUIRED,
+    SHARED,
     Optimization,
     Param,
+    TableValues,
     boolean,
     choice,
+    class_names_problems,
     class_weights,
-    describe_values,
     epoch_list,
-    export_formats,
     integer,
-    name_list,
     parse_table,
     real,
     registered,
-    workers,
 )
 from segcontainer.models import ENCODERS, HEADS
 from segcontainer.precision import PRECISIONS
@@ -79,29 +78,23 @@ EXTRA: dict[str, Param] = {
     "precision": Param(
         "auto", choice(*PRECISIONS), "auto: bf16 (fp16 before Ampere) on GPU, fp32 on CPU"
     ),
-    "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
+    "workers": SHARED["workers"],
     "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
-    "class_names": Param((), name_list, "optional names for logs, model info and serving"),
-    "seed": Param(0, integer(0), "fixed seed: two runs with the same data give the same model"),
-    "input_pipeline": Param(
-        "auto", choice("auto", "cpu"), "auto: JPEGs decoded and augmented on the GPU if any"
-    ),
-    "compile_model": Param(
-        "auto", choice("auto", "true", "false"), "auto: torch.compile on a GPU, where it pays"
-    ),
+    "class_names": SHARED["class_names"],
+    "seed": SHARED["seed"],
+    "input_pipeline": SHARED["input_pipeline"],
+    "compile_model": SHARED["compile_model"],
     "aux_loss_weight": Param(
         0.0, real(0, 10), "auxiliary FCN head on layer3 while training; 0 = off, as the built-in"
     ),
-    "export": Param(
-        ("onnx", "int8"), export_formats, "CPU endpoints serve ONNX/int8 files ~3x faster"
-    ),
+    "export": SHARED["export"],
 }
 
 SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TableValues):
     """The resolved hyperparameters, one typed field per entry of SPEC (same names, same order;
     SPEC holds the defaults and the reasons).
 
@@ -159,10 +152,6 @@ class Config:
             factor=self.lr_scheduler_factor,
         )
 
-    def as_dict(self) -> dict[str, object]:
-        """name -> value of every hyperparameter, in SPEC's order (``given`` left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
-
 
 def resolve(given: Mapping[str, str]) -> Config:
     """Turn SageMaker's string map into typed values, or raise UserError listing every problem."""
@@ -203,15 +192,4 @@ def _cross_checks(values: dict[str, object], given: Mapping[str, str]) -> list[s
             f"{values['mini_batch_size']}: not one full batch per epoch (the last partial batch "
             "is dropped). Give the real number of training pairs, or lower mini_batch_size"
         )
-    names = values["class_names"]
-    if names and len(names) != values["num_classes"]:
-        problems.append(
-            f"class_names has {len(names)} names but num_classes is {values['num_classes']}: "
-            "give one name per class"
-        )
-    return problems
-
-
-def describe(config: Config) -> str:
-    """One line per hyperparameter, for the start-of-job log."""
-    return describe_values(config.as_dict())
+    return problems + class_names_problems(values["class_names"], values["num_classes"])

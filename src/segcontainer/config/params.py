@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from segcontainer.errors import UserError
 
@@ -163,6 +163,28 @@ class Optimization:
     factor: float = 0.1  # step: the multiplier
 
 
+class TableValues:
+    """Mixed into a task's frozen config dataclass: its values as a dict."""
+
+    def as_dict(self) -> dict[str, object]:
+        """name -> value of every hyperparameter, in the table's order (``given`` left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
+
+    def describe(self) -> str:
+        """One line per hyperparameter, for the start-of-job log."""
+        return describe_values(self.as_dict())
+
+
+def class_names_problems(names: tuple[str, ...], num_classes: int) -> list[str]:
+    """class_names (when given) must name every class: a cross-check of every task's table."""
+    if names and len(names) != num_classes:
+        return [
+            f"class_names has {len(names)} names but num_classes is {num_classes}: "
+            "give one name per class"
+        ]
+    return []
+
+
 # (values, given) -> problems no single value shows (one table's rules across its values)
 CrossChecks = Callable[[dict[str, object], Mapping[str, str]], list[str]]
 
@@ -202,3 +224,21 @@ def describe_values(values: Mapping[str, object]) -> str:
     """One line per hyperparameter, for the start-of-job log."""
     width = max(map(len, values))
     return "\n".join(f"  {name:<{width}} = {value!r}" for name, value in values.items())
+
+
+# This container's additions that every task's table holds (each task places them in its own
+# order); each default keeps the built-ins' behaviour.
+SHARED: dict[str, Param] = {
+    "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
+    "class_names": Param((), name_list, "optional names for logs, model info and answers"),
+    "seed": Param(0, integer(0), "fixed seed: two runs with the same data give the same model"),
+    "input_pipeline": Param(
+        "auto", choice("auto", "cpu"), "auto: JPEGs decoded and augmented on the GPU if any"
+    ),
+    "compile_model": Param(
+        "auto", choice("auto", "true", "false"), "auto: torch.compile on a GPU, where it pays"
+    ),
+    "export": Param(
+        ("onnx", "int8"), export_formats, "CPU endpoints serve ONNX/int8 files ~3x faster"
+    ),
+}

@@ -78,7 +78,6 @@ class Task:
     name: str  # recorded in hyperparams.json and model_info.json; serve and the tools read it
     hyperparameter_names: frozenset[str]  # its table's names: they choose the task of a job
     resolve: Callable[[Mapping[str, str]], Config]  # hyperparameters -> the typed config
-    describe: Callable[[Config], str]  # the config as the job's log shows it
     # Claims a job by its channels when no hyperparameter decides (layouts only this task reads)
     claims_channels: Callable[[Mapping[str, ChannelConfig], Paths], bool]
     # (paths, config, channels, device, stop, parallel) -> the prepared, checked data

@@ -94,7 +94,7 @@ def run(
             "segcontainer training %s on host %s with hyperparameters:\n%s",
             task.name,
             host,
-            task.describe(config),
+            config.describe(),
         )
     batch_size = distributed.per_process_batch(config.mini_batch_size, rank.world.local_size)
     torch.manual_seed(config.seed)
@@ -107,16 +107,7 @@ def run(
     model, step_model = build_for_training(
         paths, config, rank, device, model_builder or task.build_model
     )
-    optimization = config.optimization()
-    optimizer = build_optimizer(optimization, model.parameters(), device)
-    scheduler = build_scheduler(optimization, optimizer, data.iters_per_epoch)
-    trainables = Trainables(
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=precision.scaler,
-        step_model=compiled(step_model, config.compile_model, device) or step_model,
-    )
+    trainables = trainables_for(config, model, step_model, precision, data.iters_per_epoch)
     setup = Setup(
         paths=paths,
         config=config,
@@ -136,6 +127,27 @@ def run(
     stop.in_loop = False
     if rank.is_main:  # model/ is rank 0's; a host's other processes share the folder
         export_after_training(paths, config, data)
+
+
+def trainables_for(
+    config: Config,
+    model: torch.nn.Module,
+    step_model: torch.nn.Module,
+    precision: Precision,
+    iters_per_epoch: int,
+) -> Trainables:
+    """What training changes: the model, its optimizer and schedule (the task's config's
+    optimization settings), the gradient scaler, and the (compiled) module the steps call."""
+    device = precision.device
+    optimization = config.optimization()
+    optimizer = build_optimizer(optimization, model.parameters(), device)
+    return Trainables(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimization, optimizer, iters_per_epoch),
+        scaler=precision.scaler,
+        step_model=compiled(step_model, config.compile_model, device) or step_model,
+    )
 
 
 def choose_device(rank: Rank) -> torch.device:

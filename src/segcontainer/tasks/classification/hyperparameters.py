@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from segcontainer.config.params import (
     REQUIRED,
+    SHARED,
     Optimization,
     Param,
+    TableValues,
     boolean,
     choice,
-    describe_values,
+    class_names_problems,
     epoch_list,
-    export_formats,
     integer,
-    name_list,
     parse_table,
     real,
-    workers,
 )
 
 log = logging.getLogger(__name__)
@@ -100,22 +99,12 @@ SPEC: dict[str, Param] = {
     "use_pretrained_model": Param(False, boolean, "the built-in trains from scratch unless asked"),
     "use_weighted_loss": Param(False, boolean, "multi-label only: weights by label frequency"),
     "weight_decay": Param(0.0001, real(0, 1, high_open=True), "the built-in's default"),
-    # this container's additions, shared with segmentation's table
-    "workers": Param("auto", workers, "auto: data-loading processes from the CPU count"),
-    "class_names": Param((), name_list, "optional names for logs, model info and answers"),
-    "seed": Param(0, integer(0), "fixed seed: two runs with the same data give the same model"),
-    "input_pipeline": Param(
-        "auto", choice("auto", "cpu"), "auto: JPEGs decoded and augmented on the GPU if any"
-    ),
-    "compile_model": Param(
-        "auto", choice("auto", "true", "false"), "auto: torch.compile on a GPU, where it pays"
-    ),
-    "export": Param(("onnx", "int8"), export_formats, "CPU endpoints serve ONNX/int8 files faster"),
+    **SHARED,  # this container's additions, shared with segmentation's table
 }
 
 
 @dataclass(frozen=True)
-class ClassificationConfig:
+class ClassificationConfig(TableValues):
     """The resolved hyperparameters, one typed field per entry of SPEC (same names, same
     order); ``given``: the names the user set."""
 
@@ -173,10 +162,6 @@ class ClassificationConfig:
             factor=self.lr_scheduler_factor,
         )
 
-    def as_dict(self) -> dict[str, object]:
-        """name -> value of every hyperparameter, in SPEC's order (``given`` left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
-
 
 def resolve(given: Mapping[str, str]) -> ClassificationConfig:
     """SageMaker's string map as typed values, or UserError listing every problem."""
@@ -216,15 +201,4 @@ def _cross_checks(values: dict[str, object], given: Mapping[str, str]) -> list[s
             f"{values['num_layers']} has none of (torchvision publishes them for 18, 34, 50, "
             "101 and 152): choose one of those, or set use_pretrained_model=0"
         )
-    names = values["class_names"]
-    if names and len(names) != classes:
-        problems.append(
-            f"class_names has {len(names)} names but num_classes is {classes}: "
-            "give one name per class"
-        )
-    return problems
-
-
-def describe(config: ClassificationConfig) -> str:
-    """One line per hyperparameter, for the start-of-job log."""
-    return describe_values(config.as_dict())
+    return problems + class_names_problems(values["class_names"], classes)

@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from segcontainer.engines import Engine
-from segcontainer.model_folder import open_engine, read_class_names, read_record
-from segcontainer.prediction import PredictionSettings
+from segcontainer.prediction import PredictionSettings, open_model
 from segcontainer.tasks.classification.model import rebuild
 from segcontainer.tasks.classification.transforms import eval_transform
 
@@ -33,17 +32,8 @@ class Predictor:
     @classmethod
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
         """The predictor for a model folder (``model_folder.opened`` for a tarball too)."""
-        settings = settings or PredictionSettings()
-        record = read_record(model_dir, f"The model in {settings.request.model or model_dir}")
-        engine = open_engine(
-            model_dir,
-            settings.engine,
-            settings.device,
-            settings.threads,
-            settings.request,
-            rebuild=rebuild,
-        )
-        return cls(engine, record, read_class_names(model_dir, record["num_classes"]))
+        opened = open_model(model_dir, settings or PredictionSettings(), rebuild)
+        return cls(opened.engine, opened.record, opened.class_names)
 
     def warm_up(self) -> None:
         """One forward pass at start-up (every request's input has this one size)."""

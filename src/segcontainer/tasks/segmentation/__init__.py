@@ -43,7 +43,6 @@ SEGMENTATION = Task(
     name=NAME,
     hyperparameter_names=frozenset(hyperparameters.SPEC),
     resolve=hyperparameters.resolve,
-    describe=hyperparameters.describe,
     claims_channels=claims_channels,
     prepare_data=prepare,
     build_model=model.build,

@@ -21,8 +21,7 @@ from PIL import Image
 from segcontainer import inference
 from segcontainer.data.preprocess import model_input, tile_size
 from segcontainer.engines import Engine
-from segcontainer.model_folder import open_engine, read_class_names, read_record
-from segcontainer.prediction import PredictionSettings
+from segcontainer.prediction import PredictionSettings, open_model
 from segcontainer.tasks.segmentation.model import rebuild
 
 
@@ -54,17 +53,8 @@ class Predictor:
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
         """The predictor for a model folder (``model_folder.opened`` for a tarball too)."""
         settings = settings or PredictionSettings()
-        origin = settings.request.model or model_dir
-        record = read_record(model_dir, f"The model in {origin}")
-        engine = open_engine(
-            model_dir,
-            settings.engine,
-            settings.device,
-            settings.threads,
-            settings.request,
-            rebuild=rebuild,
-        )
-        return cls(engine, record, read_class_names(model_dir, record["num_classes"]), settings)
+        opened = open_model(model_dir, settings, rebuild)
+        return cls(opened.engine, opened.record, opened.class_names, settings)
 
     def warm_up(self) -> None:
         """One forward pass at start-up, so the first request does not pay for lazy set-up. A
