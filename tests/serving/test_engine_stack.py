@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,11 @@ class Lines(logging.Handler):
 def start_in_process():
     """What serve logs at start (with stand-ins for nginx and gunicorn, which "exit" at once),
     then the flask app a worker loads: (the log, a test client)."""
-    exited = SimpleNamespace(poll=lambda: 0, wait=lambda timeout=None: 0, kill=lambda: None)
+    gone = subprocess.Popen(["true"])  # a reaped process: its pid names no process group
+    gone.wait()
+    exited = SimpleNamespace(
+        poll=lambda: 0, wait=lambda timeout=None: 0, kill=lambda: None, pid=gone.pid
+    )
     root, lines, threads = logging.getLogger(), Lines(), torch.get_num_threads()
     level = root.level
     root.addHandler(lines)
