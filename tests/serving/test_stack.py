@@ -165,11 +165,15 @@ def test_4k_image_gives_the_classes_of_the_same_picture_at_model_scale(server: S
     assert status == 200
     mask = np.array(Image.open(io.BytesIO(answer)))
     assert mask.shape == (4096, 4096)
+    # the model learned the task: the rectangle, the ellipse and the background, each found
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert (mask[1400, 1500], mask[3150, 3250], mask[100, 100]) == (1, 2, 0)  # their centres
     # the same picture at 512 px gives the same classes (the model sees both at one scale)
     small = io.BytesIO()
     Image.open(io.BytesIO(body)).resize((512, 512), Image.Resampling.BILINEAR).save(small, "PNG")
     status, _, small_body = invoke(server, small.getvalue(), "image/png", "image/png")
     small_mask = np.array(Image.open(io.BytesIO(small_body)))
+    assert set(np.unique(small_mask)) == {0, 1, 2}
     assert (mask[4::8, 4::8] == small_mask).mean() > 0.97
     assert_good_request_works(server)
 

@@ -18,7 +18,7 @@ from segcontainer.model_folder import load_model
 from segcontainer.prediction import PredictionSettings, Predictor
 from segcontainer.tools.demo_data import synthetic_pair
 from segcontainer.training.epochs import Precision, evaluate
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 
 def test_validation_miou_is_the_miou_of_the_endpoints_class_maps(
