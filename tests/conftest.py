@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from segcontainer.config.environment import Paths
 from segcontainer.tools.demo_data import make_dataset
-from tests.support.local_mode import SAGEMAKER_JOB, subprocess_env, write_config
+from tests.support.local_mode import SAGEMAKER_JOB, write_config
 
 # Helpers the tests import live in tests/support/ (local_mode.py: FAST_HYPERPARAMETERS,
-# write_config, train_command, subprocess_env); this file holds only fixtures.
+# write_config, train_command, subprocess_env); this file holds fixtures only.
 
 TRAINED_CLASS_NAMES = "bg,rect,ellipse"  # trained_job's (and so trained_base's) classes
 
@@ -58,9 +60,9 @@ def trained_base(trained_job, tmp_path_factory: pytest.TempPathFactory) -> Path:
     task: its masks hold every class), in a container root of its own shared by the serving,
     evaluate, export and incremental-training tests: model/ (model.pt, hyperparams.json,
     model_info.json; no export files or records), output/model.tar.gz packed from it by
-    pack_model as train packs it, and input/ with trained_job's data (16 training and 4
-    validation pairs, 64x48) and quick settings for a further job (one epoch, no exports, the
-    model's crop_size). Read it, never write into it (copy it first)."""
+    pack_model as train packs it, and input/ with trained_job's data (8 of its 16 training
+    pairs and its 4 validation pairs, 64x48) and quick settings for a further job (one epoch,
+    no exports, the model's crop_size). Read it, never write into it (copy it first)."""
     from segcontainer import model_folder
 
     base = tmp_path_factory.mktemp("trained") / "algo-1-s3rv3"
@@ -75,7 +77,12 @@ def trained_base(trained_job, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (model / model_folder.INFO_FILE).write_text(json.dumps(info))
     (base / "output").mkdir()
     model_folder.pack_model(model, base / "output" / "model.tar.gz")
-    shutil.copytree(trained_job.data, base / "input" / "data")
+    data = base / "input" / "data"
+    for channel in ("train", "train_annotation", "validation", "validation_annotation"):
+        files = sorted((trained_job.data / channel).iterdir())
+        (data / channel).mkdir(parents=True)
+        for file in files[:8] if channel.startswith("train") else files:
+            shutil.copy(file, data / channel)  # 8 of the 16 training pairs: a quick job
     write_config(base, class_names=TRAINED_CLASS_NAMES, base_size="64", crop_size="48")
     return base
 
@@ -103,24 +110,26 @@ def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
     """trained_job's model.tar.gz (training exported onnx and int8), and that tarball unpacked
     once with `segcontainer export FOLDER --formats torchscript` adding model.ts: an
     ExportedModel (the tarball, the folder, both logs, the job's data). The folder saves
-    re-packing 430 MB; the export command on a tarball is tested on a tiny model."""
-    import subprocess
-
+    re-packing 430 MB; the export command on a tarball is tested on a tiny model. The command
+    runs in-process (cli.main, as `segcontainer` runs it): a subprocess would only add an
+    interpreter's and torch's start."""
+    from segcontainer import cli
     from segcontainer.model_folder import extract_model_tarball
     from tests.support.exports import ExportedModel
 
     tarball = trained_job.base / "output" / "model.tar.gz"
     folder = extract_model_tarball(tarball, tmp_path_factory.mktemp("unpacked"))
-    result = subprocess.run(
-        [sys.executable, "-m", "segcontainer.cli", "export", str(folder)]
-        + ["--formats", "torchscript"],
-        env=subprocess_env(trained_job.base),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = trained_job.stdout + trained_job.stderr + result.stdout + result.stderr
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):  # the command logs to standard error
+            code = cli.main(["export", str(folder), "--formats", "torchscript"])
+    finally:  # its log handler wrote to ``err``: the tests' logging is theirs again
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert code == 0, err.getvalue()[-3000:]
+    log = trained_job.stdout + trained_job.stderr + err.getvalue()
     return ExportedModel(tarball, folder, log, trained_job.data)
 
 
