@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import contextlib
+import io
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
 from segcontainer.config.environment import Paths
-from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
+from segcontainer.tools.demo_data import make_dataset
+from tests.support.local_mode import SAGEMAKER_JOB, write_config
 
-REPO = Path(__file__).resolve().parents[1]
-SAGEMAKER_JOB = "segcontainer-test-job"
+# Helpers the tests import live in tests/support/ (local_mode.py: FAST_HYPERPARAMETERS,
+# write_config, train_command, subprocess_env); this file holds fixtures only.
 
-# Small, fast settings for a from-scratch model on the CPU.
-FAST_HYPERPARAMETERS = {
-    "backbone": "resnet-50",
-    "algorithm": "fcn",
-    "use_pretrained_model": "False",
-    "num_classes": "3",
-    "epochs": "1",
-    "base_size": "48",
-    "crop_size": "32",
-    "mini_batch_size": "4",
-    "validation_mini_batch_size": "4",
-    "workers": "0",
-    "export": "none",  # exports cost ~1 min on 2 cores: only tests/export/ makes them
-}
+TRAINED_CLASS_NAMES = "bg,rect,ellipse"  # trained_job's (and so trained_base's) classes
 
 
 @pytest.fixture
@@ -64,22 +55,35 @@ def small_dataset(base_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A container root whose model/ and output/model.tar.gz were written by `train` (one
-    quick epoch), shared by the serving, evaluate and incremental-training tests."""
-    import subprocess
+def trained_base(trained_job, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """trained_job's model as a job with `export=none` leaves it (a model that learned its
+    task: its masks hold every class), in a container root of its own shared by the serving,
+    evaluate, export and incremental-training tests: model/ (model.pt, hyperparams.json,
+    model_info.json; no export files or records), output/model.tar.gz packed from it by
+    pack_model as train packs it, and input/ with trained_job's data (8 of its 16 training
+    pairs and its 4 validation pairs, 64x48) and quick settings for a further job (one epoch,
+    no exports, the model's crop_size). Read it, never write into it (copy it first)."""
+    from segcontainer import model_folder
 
     base = tmp_path_factory.mktemp("trained") / "algo-1-s3rv3"
-    make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
-    write_local_mode_config(base, {**FAST_HYPERPARAMETERS, "class_names": "bg,rect,ellipse"})
-    result = subprocess.run(
-        train_command(),
-        env=subprocess_env(base, docker_run=True),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    model = base / "model"
+    model.mkdir(parents=True)
+    source = trained_job.base / "model"
+    shutil.copy(source / model_folder.WEIGHTS_FILE, model)
+    record = json.loads((source / model_folder.CONFIG_FILE).read_text())
+    (model / model_folder.CONFIG_FILE).write_text(json.dumps({**record, "export": []}))
+    info = model_folder.read_info(source)
+    info.pop(model_folder.EXPORTS_KEY)
+    (model / model_folder.INFO_FILE).write_text(json.dumps(info))
+    (base / "output").mkdir()
+    model_folder.pack_model(model, base / "output" / "model.tar.gz")
+    data = base / "input" / "data"
+    for channel in ("train", "train_annotation", "validation", "validation_annotation"):
+        files = sorted((trained_job.data / channel).iterdir())
+        (data / channel).mkdir(parents=True)
+        for file in files[:8] if channel.startswith("train") else files:
+            shutil.copy(file, data / channel)  # 8 of the 16 training pairs: a quick job
+    write_config(base, class_names=TRAINED_CLASS_NAMES, base_size="64", crop_size="48")
     return base
 
 
@@ -92,7 +96,13 @@ def trained_job(tmp_path_factory: pytest.TempPathFactory):
     from tests.support.training import run_learnable_job
 
     root = tmp_path_factory.mktemp("e2e")
-    return run_learnable_job(root, algorithm="fcn", backbone="resnet-50", under_sagemaker=False)
+    return run_learnable_job(
+        root,
+        algorithm="fcn",
+        backbone="resnet-50",
+        under_sagemaker=False,
+        class_names=TRAINED_CLASS_NAMES,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -100,24 +110,26 @@ def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
     """trained_job's model.tar.gz (training exported onnx and int8), and that tarball unpacked
     once with `segcontainer export FOLDER --formats torchscript` adding model.ts: an
     ExportedModel (the tarball, the folder, both logs, the job's data). The folder saves
-    re-packing 430 MB; the export command on a tarball is tested on a tiny model."""
-    import subprocess
-
+    re-packing 430 MB; the export command on a tarball is tested on a tiny model. The command
+    runs in-process (cli.main, as `segcontainer` runs it): a subprocess would only add an
+    interpreter's and torch's start."""
+    from segcontainer import cli
     from segcontainer.model_folder import extract_model_tarball
     from tests.support.exports import ExportedModel
 
     tarball = trained_job.base / "output" / "model.tar.gz"
     folder = extract_model_tarball(tarball, tmp_path_factory.mktemp("unpacked"))
-    result = subprocess.run(
-        [sys.executable, "-m", "segcontainer.cli", "export", str(folder)]
-        + ["--formats", "torchscript"],
-        env=subprocess_env(trained_job.base),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = trained_job.stdout + trained_job.stderr + result.stdout + result.stderr
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):  # the command logs to standard error
+            code = cli.main(["export", str(folder), "--formats", "torchscript"])
+    finally:  # its log handler wrote to ``err``: the tests' logging is theirs again
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert code == 0, err.getvalue()[-3000:]
+    log = trained_job.stdout + trained_job.stderr + err.getvalue()
     return ExportedModel(tarball, folder, log, trained_job.data)
 
 
@@ -126,24 +138,3 @@ def exported_dir(exported_model) -> Path:
     """exported_model's folder (model.pt, model.onnx, model.int8.onnx when its check passed,
     model.ts): read it, never write into it (copy it first)."""
     return exported_model.folder
-
-
-def write_config(base: Path, **overrides: str) -> None:
-    write_local_mode_config(base, {**FAST_HYPERPARAMETERS, **overrides}, host="algo-1-x7k2q")
-
-
-def train_command() -> list[str]:
-    """The repository's `train` executable (its shebang finds python3 on PATH, see below)."""
-    return [str(REPO / "train")]
-
-
-def subprocess_env(base: Path, docker_run: bool = False, **extra: str) -> dict[str, str]:
-    """The environment SageMaker's local mode gives `train` (TRAINING_JOB_NAME set), or with
-    ``docker_run`` a plain `docker run` (no job name: train also writes model.tar.gz)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRAINING_JOB_NAME"}
-    env.update(SAGEMAKER_BASE_DIR=str(base), PYTHONUNBUFFERED="1", **extra)
-    if not docker_run:
-        env.setdefault("TRAINING_JOB_NAME", SAGEMAKER_JOB)
-    # The executables' `#!/usr/bin/env python3` must find this environment's interpreter.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env

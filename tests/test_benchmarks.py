@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from segcontainer.tools.demo_data import make_dataset
-from tests.conftest import REPO
+from tests.support.local_mode import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -81,15 +81,29 @@ def test_serving_latency_table() -> None:
     assert "bare forward 1x3x341x512" in out and "1 client(s): p50" in out
 
 
-def test_cpu_engines_table(demo_data: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def learnable_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The end-to-end test's data (16 training and 4 validation pairs, 64x48, seed 1)."""
+    data = tmp_path_factory.mktemp("learnable") / "data"
+    make_dataset(data, train=16, validation=4, size=(64, 48), seed=1)
+    return data
+
+
+def test_cpu_engines_table(learnable_data: Path, tmp_path: Path) -> None:
+    # The end-to-end test's settings (tests/support/training.py's LEARNABLE): a model that
+    # learns its task, on which int8 must pass its check, ship and be measured.
     out = run(
         "cpu_engines.py",
-        *("--data", str(demo_data), "--models", str(tmp_path / "models"), "--algorithms", "fcn"),
-        *("--size", "64", "--requests", "2", "--set", "epochs=1", "crop_size=32"),
-        *("base_size=48", "mini_batch_size=4", "validation_mini_batch_size=4", "workers=0"),
-        *("num_classes=3", "class_names=bg,rect,ellipse"),
+        *("--data", str(learnable_data), "--models", str(tmp_path / "models")),
+        *("--algorithms", "fcn", "--size", "64", "--requests", "2"),
+        *("--set", "epochs=4", "crop_size=48", "base_size=64", "mini_batch_size=4"),
+        *("validation_mini_batch_size=4", "workers=0", "class_weights=none", "num_classes=3"),
+        "class_names=bg,rect,ellipse",
     )
-    for engine in ("torch", "onnx", "onnx-int8"):  # int8: measured, or why it is not served
-        assert f"| FCN-ResNet50 | {engine} |" in out
-    assert "| FCN-ResNet50 | 1, " in out and "| bg | rect | ellipse |" in out
+    for engine in ("torch", "onnx", "onnx-int8"):  # each measured, none "not served"
+        assert f"| FCN-ResNet50 | {engine} | " in out
+        assert f"| FCN-ResNet50 | {engine} | not served" not in out
+    assert "| FCN-ResNet50 | 4, " in out and "| bg | rect | ellipse |" in out
+    assert "| shipped | " in out and "withheld" not in out  # int8 passed its check
     assert "fcn onnx: engine onnx (SEGCONTAINER_ENGINE=onnx)" in out
+    assert "fcn onnx-int8: engine onnx-int8 (SEGCONTAINER_ENGINE=onnx-int8)" in out

@@ -16,7 +16,7 @@ from PIL import Image
 
 from segcontainer.cli import MINIMUM_VERSIONS, main, version_problem
 from segcontainer.tools.demo_data import make_dataset
-from tests.conftest import FAST_HYPERPARAMETERS, REPO
+from tests.support.local_mode import FAST_HYPERPARAMETERS, REPO
 
 
 @pytest.mark.parametrize("command", ["train", "serve"])

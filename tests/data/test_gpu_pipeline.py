@@ -25,7 +25,7 @@ from segcontainer.data.gpu_pipeline import (
 from segcontainer.data.label_maps import IGNORE_INDEX, identity_lut
 from segcontainer.data.loaders import prepare
 from segcontainer.tools.demo_data import synthetic_pair
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 CPU = torch.device("cpu")
 

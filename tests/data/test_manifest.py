@@ -13,7 +13,7 @@ import pytest
 from segcontainer.data.manifest import find_manifest, manifest_samples
 from segcontainer.errors import UserError
 from segcontainer.training.entry import main
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 
 def write_manifest(path: Path, lines: list[dict]) -> Path:

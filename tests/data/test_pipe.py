@@ -29,7 +29,7 @@ from segcontainer.data.recordio import frame
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.tools.demo_data import synthetic_pair
 from segcontainer.training.entry import main
-from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
+from tests.support.local_mode import FAST_HYPERPARAMETERS, subprocess_env, train_command
 
 # Creates the FIFO, blocks until the trainer opens it, writes the stream, closes: one epoch.
 FEEDER = """

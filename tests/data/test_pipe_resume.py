@@ -16,7 +16,7 @@ from segcontainer.data.recordio import frame
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training import checkpoints
 from segcontainer.training.entry import StopSignal, main
-from tests.conftest import SAGEMAKER_JOB, write_config
+from tests.support.local_mode import SAGEMAKER_JOB, write_config
 from tests.training.test_checkpoints import sigterm_before_batch
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")

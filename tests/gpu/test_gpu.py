@@ -33,8 +33,8 @@ from segcontainer.data.channels import Sample
 from segcontainer.data.gpu_pipeline import GpuTrainBatches
 from segcontainer.data.label_maps import identity_lut
 from segcontainer.tools.demo_data import make_dataset, synthetic_pair, write_local_mode_config
-from tests.conftest import subprocess_env, train_command
 from tests.support import gpu
+from tests.support.local_mode import subprocess_env, train_command
 from tests.support.serving_stack import Server, image_bytes, invoke
 
 pytestmark = [

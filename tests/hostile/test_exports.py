@@ -16,8 +16,8 @@ from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import after_training, export_model, formats, from_channels, run
 from segcontainer.training.entry import StopSignal
 from segcontainer.training.entry import main as train_main
-from tests.conftest import write_config
 from tests.support.exports import finished_job, use_default_export
+from tests.support.local_mode import write_config
 
 
 @pytest.fixture

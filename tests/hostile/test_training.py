@@ -23,8 +23,8 @@ from segcontainer.training import checkpoints, epochs
 from segcontainer.training.checkpoints import Position
 from segcontainer.training.entry import main
 from segcontainer.training.optim import Trainables
-from tests.conftest import write_config
 from tests.support.checkpoints import save_checkpoint, trainables
+from tests.support.local_mode import write_config
 
 # --- a rerun in the same folder (issue 27, items 1 and 3) -------------------------------------
 

@@ -38,6 +38,8 @@ PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
 
 @pytest.fixture(scope="module")
 def server(trained_base: Path):
+    """`serve` on trained_base's learned model; the module's last test ends it (gunicorn
+    killed)."""
     server = Server(trained_base, SAGEMAKER_MAX_PAYLOAD_IN_MB="6")
     server.wait_ready()
     yield server
@@ -165,24 +167,30 @@ def test_4k_image_gives_the_classes_of_the_same_picture_at_model_scale(server: S
     assert status == 200
     mask = np.array(Image.open(io.BytesIO(answer)))
     assert mask.shape == (4096, 4096)
+    # the model learned the task: the rectangle, the ellipse and the background, each found
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert (mask[1400, 1500], mask[3150, 3250], mask[100, 100]) == (1, 2, 0)  # their centres
     # the same picture at 512 px gives the same classes (the model sees both at one scale)
     small = io.BytesIO()
     Image.open(io.BytesIO(body)).resize((512, 512), Image.Resampling.BILINEAR).save(small, "PNG")
     status, _, small_body = invoke(server, small.getvalue(), "image/png", "image/png")
     small_mask = np.array(Image.open(io.BytesIO(small_body)))
+    assert set(np.unique(small_mask)) == {0, 1, 2}
     assert (mask[4::8, 4::8] == small_mask).mean() > 0.97
     assert_good_request_works(server)
 
 
 @pytest.fixture(scope="module")
 def server_21_classes(tmp_path_factory) -> Server:
-    """An (untrained) 21-class model at base_size 512, as a PASCAL VOC model is served."""
+    """An (untrained) 21-class model at base_size 512, as a PASCAL VOC model is served: every
+    answer is seconds of work at 512 px. SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no body limit. The
+    module's last test (the SIGTERM one, defined last) stops it."""
     base = tmp_path_factory.mktemp("voc") / "algo-1-v0c21"
     config = resolve({"num_classes": "21", "base_size": "512", "crop_size": "512"})
     model = build_model("fcn", "resnet-50", 21)
     scores = Scores(0.5, 0.5, (0.5,) * 21)
     save_model(base / "model", model, model_config(config, {"train": {"scale": 1}}), 0, scores, ())
-    server = Server(base)
+    server = Server(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="0")
     server.wait_ready()
     yield server
     server.stop()
@@ -223,42 +231,35 @@ def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
 
 
 def test_ping_answers_within_2_s_while_a_long_prediction_runs_then_sigterm_stops_it(
-    trained_base: Path,
+    server_21_classes: Server,
 ) -> None:
-    # The model sees 512x512 in one piece: seconds per request on 2 cores, in production code.
-    server = Server(
-        trained_base,
-        SEGCONTAINER_INFERENCE_SIZE="512",
-        SEGCONTAINER_TILE_SIZE="512",
-        SAGEMAKER_MAX_PAYLOAD_IN_MB="0",  # no body limit (tested below)
+    # The model sees 512 px in one piece (base_size 512, tile 1024): seconds per request on
+    # 2 cores, in production code. This test stops the server: it must stay the last to use it.
+    server = server_21_classes
+    answers = []
+    slow = threading.Thread(
+        target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
     )
-    try:
-        server.wait_ready()
-        answers = []
-        slow = threading.Thread(
-            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
-        )
-        slow.start()
-        pings = []
-        while slow.is_alive():  # SageMaker waits 2 s for /ping; a timeout raises here
-            pings.append(request(server.port, "/ping", timeout=2)[0])
-            time.sleep(0.2)
-        slow.join()
-        assert answers[0][0] == 200
-        assert len(pings) >= 2 and set(pings) == {200}
-        # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
-        status, _, body = request(server.port, "/execution-parameters")
-        assert json.loads(body)["MaxPayloadInMB"] == 0
-        status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
-        assert status == 400 and "Pillow can read" in json.loads(body)["error"]
-        # SIGTERM stops nginx and gunicorn (and its workers); serve exits 0
-        workers = server.worker_pids()
-        assert server.stop(timeout=60) == 0
-        assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
-        with pytest.raises(OSError):
-            request(server.port, "/ping", timeout=2)
-    finally:
-        server.stop()
+    slow.start()
+    pings = []
+    while slow.is_alive():  # SageMaker waits 2 s for /ping; a timeout raises here
+        pings.append(request(server.port, "/ping", timeout=2)[0])
+        time.sleep(0.2)
+    slow.join()
+    assert answers[0][0] == 200
+    assert Image.open(io.BytesIO(answers[0][2])).size == (60, 44)
+    assert len(pings) >= 2 and set(pings) == {200}
+    # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
+    status, _, body = request(server.port, "/execution-parameters")
+    assert json.loads(body)["MaxPayloadInMB"] == 0
+    status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
+    assert status == 400 and "Pillow can read" in json.loads(body)["error"]
+    # SIGTERM stops nginx and gunicorn (and its workers); serve exits 0
+    workers = server.worker_pids()
+    assert server.stop(timeout=60) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    with pytest.raises(OSError):
+        request(server.port, "/ping", timeout=2)
 
 
 # `segcontainer predict` runs in-process (cli.main): its exit status is main's return value.
@@ -291,9 +292,9 @@ def test_unsafe_model_tarball_is_refused(trained_base: Path, tmp_path: Path, cap
     assert not (tmp_path.parent / "escape.json").exists()
 
 
-def test_serve_exits_non_zero_when_gunicorn_dies(trained_base: Path) -> None:
-    server = Server(trained_base)
-    server.wait_ready()
+def test_serve_exits_non_zero_when_gunicorn_dies(server: Server) -> None:
+    # This test ends the module's server: it must stay the module's last test.
+    assert_good_request_works(server)
     os.kill(server.gunicorn_master(), signal.SIGKILL)
     assert server.process.wait(timeout=60) == 1
     server.stop()

@@ -40,8 +40,8 @@ def finished_job(trained_base: Path, tmp_path: Path, export: str | None):
     model, the config (export given or left at its default) and the job's data."""
     paths = Paths(tmp_path)
     shutil.copytree(trained_base / "model", paths.model_dir)
-    given = {"num_classes": "3", "base_size": "48"} | ({"export": export} if export else {})
-    channels = from_channels(trained_base / "input" / "data", {"scale": 1}, 48)
+    given = {"num_classes": "3", "base_size": "64"} | ({"export": export} if export else {})
+    channels = from_channels(trained_base / "input" / "data", {"scale": 1}, 64)
     data = SimpleNamespace(  # the TrainingData fields the exports read
         train_samples=tuple(SimpleNamespace(image=image) for image in channels.calibration),
         validation_samples=tuple(channels.validation),

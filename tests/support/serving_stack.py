@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from segcontainer.tools.demo_data import synthetic_pair
-from tests.conftest import REPO, subprocess_env
+from tests.support.local_mode import REPO, subprocess_env
 from tests.support.network import free_port
 
 

@@ -17,7 +17,7 @@ from segcontainer.data.loaders import build_validation_loader
 from segcontainer.precision import Precision
 from segcontainer.tasks.segmentation.validation import evaluate
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from tests.conftest import REPO, subprocess_env, train_command
+from tests.support.local_mode import REPO, subprocess_env, train_command
 
 HOST = "algo-1-x7k2q"
 LEARNABLE = {

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.client import decode_recordio_protobuf
-from tests.conftest import subprocess_env
+from tests.support.local_mode import subprocess_env
 
 
 @pytest.mark.slow  # three ResNet-50 epochs on the CPU, then the real serving stack

@@ -12,7 +12,7 @@ from PIL import Image
 
 from segcontainer.cli import main as cli
 from segcontainer.training.entry import main as train
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 BUCKET = "s3://label-bucket/jobs/streets"
 ATTRIBUTE = "streets-ref"

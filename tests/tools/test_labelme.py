@@ -21,7 +21,7 @@ from PIL import Image
 from segcontainer.cli import main as cli
 from segcontainer.tools.labelme import rasterise, read_labels, shape_to_mask
 from segcontainer.training.entry import main as train
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 LABELS = "__ignore__\n_background_\nroad\ncar\n"
 VALUES = {"__ignore__": 255, "_background_": 0, "road": 1, "car": 2}

@@ -20,8 +20,8 @@ from segcontainer.training import checkpoints
 from segcontainer.training.checkpoints import Best, Position
 from segcontainer.training.entry import StopSignal, main
 from segcontainer.training.optim import Trainables
-from tests.conftest import SAGEMAKER_JOB, write_config
 from tests.support.checkpoints import save_checkpoint, trainables
+from tests.support.local_mode import SAGEMAKER_JOB, write_config
 from tests.support.models import TINY_ENCODER, register_tiny_encoder
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}

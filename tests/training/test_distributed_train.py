@@ -17,7 +17,7 @@ import pytest
 
 from segcontainer.tasks import load_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from tests.conftest import FAST_HYPERPARAMETERS, subprocess_env, train_command
+from tests.support.local_mode import FAST_HYPERPARAMETERS, subprocess_env, train_command
 from tests.support.network import free_port
 from tests.support.training import validation_miou
 

@@ -71,11 +71,12 @@ def check_job(
     model_dir = base / "model"
     info = json.loads((model_dir / "model_info.json").read_text())
     files = set(MODEL_FILES)
-    if default_export:  # model.onnx always; model.int8.onnx when it passed its check
+    if default_export:  # a model that learned: model.onnx, and int8 passed its check
         int8 = info["exports"]["int8"]
         assert info["exports"]["onnx"]["file"] == "model.onnx"
-        assert int8["passed"] is (int8["file"] == "model.int8.onnx")
-        files |= {"model.onnx"} | ({"model.int8.onnx"} if int8["passed"] else set())
+        assert (int8["passed"], int8["file"]) == (True, "model.int8.onnx"), int8.get("reason")
+        assert "model.int8.onnx passed its check" in job.stdout
+        files |= {"model.onnx", "model.int8.onnx"}
     assert {p.name for p in model_dir.iterdir()} == files
     state = torch.load(model_dir / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from tests.conftest import REPO, subprocess_env, train_command
+from tests.support.local_mode import REPO, subprocess_env, train_command
 
 # torchvision's file name for ResNet50_Weights.IMAGENET1K_V1 (the URL's last part), written
 # down here rather than read from the product, which is what looks it up.

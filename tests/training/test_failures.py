@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.training.entry import FAILURE_REASON_CHARS, main
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 
 def failure_after_training(base: Path) -> str:

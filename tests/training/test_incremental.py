@@ -25,7 +25,7 @@ from segcontainer.model_folder import (
 from segcontainer.models import build_model
 from segcontainer.tasks import load_model
 from segcontainer.training.incremental import start_from_model_channel
-from tests.conftest import subprocess_env, train_command
+from tests.support.local_mode import subprocess_env, train_command
 
 SETTINGS = {"num_classes": "3", "algorithm": "fcn", "backbone": "resnet-50", "crop_size": "32"}
 

@@ -21,7 +21,7 @@ from segcontainer.tasks import TASKS
 from segcontainer.tasks.segmentation import SEGMENTATION, loss, validation
 from segcontainer.training import checkpoints
 from segcontainer.training.entry import main
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 
 def metric_epochs(out: str) -> list[int]:

@@ -20,7 +20,7 @@ from segcontainer.tasks import load_model
 from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tasks.segmentation.validation import evaluate
 from segcontainer.tools.demo_data import synthetic_pair
-from tests.conftest import write_config
+from tests.support.local_mode import write_config
 
 
 def test_validation_miou_is_the_miou_of_the_endpoints_class_maps(
