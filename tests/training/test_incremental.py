@@ -200,10 +200,11 @@ def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, t
     config["model"] = {"TrainingInputMode": "File", "ContentType": "application/x-sagemaker-model"}
     (second / "input/config/inputdataconfig.json").write_text(json.dumps(config))
     # A learning rate too small to move the weights: the model trained here must keep the
-    # earlier model's weights, which a model initialised any other way cannot have.
+    # earlier model's weights, which a model initialised any other way (here: another seed,
+    # so not even the earlier job's own initial weights) cannot have.
     settings_file = second / "input/config/hyperparameters.json"
     settings = json.loads(settings_file.read_text())
-    settings_file.write_text(json.dumps({**settings, "learning_rate": "1e-9"}))
+    settings_file.write_text(json.dumps({**settings, "learning_rate": "1e-9", "seed": "7"}))
     result = subprocess.run(
         train_command(), env=subprocess_env(second), capture_output=True, text=True, timeout=600
     )
