@@ -1,0 +1,87 @@
+"""A tiny model and data for the training step's tests (tests/training/test_fast_step.py),
+and the data-parallel loss check that tests/training/test_distributed.py runs on its two
+gloo ranks (no extra processes started for it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segcontainer.training.epochs import Precision, train_one_epoch
+from segcontainer.training.loss import Objective
+from tests.support.checkpoints import trainables
+
+CPU = torch.device("cpu")
+
+
+class Tiny(nn.Module):
+    """SegmentationModel's forward contract: (logits, aux logits) when training with aux."""
+
+    def __init__(self, aux: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.aux_head = nn.Conv2d(3, 3, 1) if aux else None
+
+    def forward(self, x):
+        logits = self.conv(x)
+        if self.aux_head is None or not self.training:
+            return logits
+        return logits, self.aux_head(x)
+
+
+def batches(count: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randn(2, 3, 8, 8, generator=generator),
+            torch.randint(0, 3, (2, 8, 8), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def run_epoch(model, data, aux_weight: float = 0.0):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: losses comparable
+    return train_one_epoch(
+        trainables(model, optimizer),
+        data,
+        precision=Precision(torch.float32, CPU),
+        device=CPU,
+        epoch=0,
+        objective=Objective(aux_weight=aux_weight),
+    )
+
+
+def rank_batches(rank: int) -> list:
+    """Two batches of one rank's data; rank 1 ignores (255) more rows than rank 0, so the
+    ranks' labelled-pixel counts differ and a per-rank normalisation would show."""
+    generator = torch.Generator().manual_seed(10 + rank)
+    data = []
+    for step in range(2):
+        images = torch.randn(2, 3, 8, 8, generator=generator)
+        masks = torch.randint(0, 3, (2, 8, 8), generator=generator)
+        masks[:, : 1 + 3 * rank + step] = 255
+        data.append((images, masks))
+    return data
+
+
+def assert_aux_loss_uses_the_global_count(local_rank: int) -> None:
+    """On one of two gloo ranks (process group up): train_one_epoch's loss with the aux term
+    (collectives.count_share run for real) against sums of plain cross-entropy divided by
+    this rank's share of the global batch's labelled pixels, so the ranks' losses average
+    (as DDP averages gradients) to one process's loss over the global batch."""
+    torch.manual_seed(0)  # the same weights on both ranks
+    model, mine = Tiny(aux=True), rank_batches(local_rank)
+    stats = run_epoch(model, mine, aux_weight=0.4)
+    both = [rank_batches(rank) for rank in range(2)]
+    expected = 0.0
+    with torch.no_grad():
+        for step, (x, y) in enumerate(mine):
+            labelled = sum(int((data[step][1] != 255).sum()) for data in both)
+            main = F.cross_entropy(model.conv(x), y, ignore_index=255, reduction="sum")
+            aux = F.cross_entropy(model.aux_head(x), y, ignore_index=255, reduction="sum")
+            expected += float(main + 0.4 * aux) / (labelled / 2)
+    expected /= len(mine)
+    assert stats.loss == pytest.approx(expected, rel=1e-5), (local_rank, stats.loss, expected)
