@@ -19,13 +19,13 @@ from PIL import Image, ImageDraw
 from segcontainer import cli
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.data.palette import PALETTE
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import synthetic_pair
 from tests.support.serving_stack import (
     Server,
+    cpu_seconds,
     image_bytes,
     invoke,
     memory_kib,
@@ -34,6 +34,33 @@ from tests.support.serving_stack import (
 )
 
 PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
+
+# The PASCAL VOC colours (the VOC devkit's colour map, as its SegmentationClass PNGs hold
+# them), written out here rather than taken from the code: class i's RGB, 255 = ignore.
+VOC_COLOURS = {
+    0: (0, 0, 0),  # background: black
+    1: (128, 0, 0),  # aeroplane: dark red
+    2: (0, 128, 0),  # bicycle: green
+    3: (128, 128, 0),  # bird: olive
+    4: (0, 0, 128),  # boat: navy
+    5: (128, 0, 128),  # bottle: purple
+    6: (0, 128, 128),  # bus: teal
+    7: (128, 128, 128),  # car: grey
+    8: (64, 0, 0),  # cat
+    9: (192, 0, 0),  # chair
+    10: (64, 128, 0),  # cow
+    11: (192, 128, 0),  # dining table
+    12: (64, 0, 128),  # dog
+    13: (192, 0, 128),  # horse
+    14: (64, 128, 128),  # motorbike
+    15: (192, 128, 128),  # person
+    16: (0, 64, 0),  # potted plant
+    17: (128, 64, 0),  # sheep
+    18: (0, 192, 0),  # sofa
+    19: (128, 192, 0),  # train
+    20: (0, 64, 128),  # tv/monitor
+    255: (224, 224, 192),  # ignore (void): cream
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +104,9 @@ def test_png_answer_is_a_palette_mask_equal_to_the_argmax(server, content_type, 
     assert status == 200 and headers["Content-Type"] == "image/png"
     mask = Image.open(io.BytesIO(png))
     assert mask.mode == "P" and mask.size == (60, 44)
-    assert mask.getpalette()[: 3 * 256] == PALETTE
+    palette = mask.getpalette()
+    for index, colour in VOC_COLOURS.items():
+        assert tuple(palette[3 * index : 3 * index + 3]) == colour, index
     status, headers, record = invoke(server, body, content_type, "application/x-protobuf")
     assert status == 200
     probabilities = decode_recordio_protobuf(record)
@@ -222,43 +251,90 @@ def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
     assert_good_request_works(server)
 
 
-def test_ping_answers_within_2_s_while_a_long_prediction_runs_then_sigterm_stops_it(
+def test_two_workers_both_predict_and_ping_answers_within_2_s_while_both_are_busy_then_sigterm(
     trained_base: Path,
 ) -> None:
     # The model sees 512x512 in one piece: seconds per request on 2 cores, in production code.
+    # Two workers, each busy with its own request: /ping can only be answered by a busy
+    # worker's other thread (the README's promise "with any number of workers").
     server = Server(
         trained_base,
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
         SEGCONTAINER_INFERENCE_SIZE="512",
         SEGCONTAINER_TILE_SIZE="512",
         SAGEMAKER_MAX_PAYLOAD_IN_MB="0",  # no body limit (tested below)
     )
     try:
         server.wait_ready()
-        answers = []
-        slow = threading.Thread(
-            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
-        )
-        slow.start()
-        pings = []
-        while slow.is_alive():  # SageMaker waits 2 s for /ping; a timeout raises here
-            pings.append(request(server.port, "/ping", timeout=2)[0])
-            time.sleep(0.2)
-        slow.join()
-        assert answers[0][0] == 200
-        assert len(pings) >= 2 and set(pings) == {200}
+        workers = server.wait_workers_loaded(2)  # loading burns CPU too
+        parameters = json.loads(request(server.port, "/execution-parameters")[2])
+        assert parameters["MaxConcurrentTransforms"] == 2  # batch transform sends 2 at once
+        answers, pings = both_workers_busy(server, workers)
+        assert [status for status, _, _ in answers] == [200] * len(answers)
+        assert len(pings) >= 2 and set(pings) == {200}, pings
         # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
-        status, _, body = request(server.port, "/execution-parameters")
-        assert json.loads(body)["MaxPayloadInMB"] == 0
+        assert parameters["MaxPayloadInMB"] == 0
         status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
         assert status == 400 and "Pillow can read" in json.loads(body)["error"]
-        # SIGTERM stops nginx and gunicorn (and its workers); serve exits 0
-        workers = server.worker_pids()
+        # SIGTERM stops nginx and gunicorn (and both workers); serve exits 0
         assert server.stop(timeout=60) == 0
         assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
         with pytest.raises(OSError):
             request(server.port, "/ping", timeout=2)
     finally:
         server.stop()
+
+
+def both_workers_busy(server: Server, workers: list[int]):
+    """Two long requests, one on each worker, with /ping asked every 0.2 s while both predict
+    (SageMaker waits 2 s for it; a timeout raises). Which worker accepts a connection is a
+    race between them (a busy worker's accepting thread often wins it), so the worker
+    predicting the first request is frozen (SIGSTOP) until the other has accepted the second.
+    A worker burns CPU only while it predicts: that is how the test sees who is busy.
+    Returns (the answers, the pings' statuses)."""
+    answers: list = []
+
+    def send() -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
+        )
+        thread.start()
+        return thread
+
+    before = {pid: cpu_seconds(pid) for pid in workers}
+    slow = [send()]
+    [first] = wait_until_busy(workers, before)
+    os.kill(first, signal.SIGSTOP)
+    try:
+        slow.append(send())
+        [second] = wait_until_busy([pid for pid in workers if pid != first], before)
+    finally:
+        os.kill(first, signal.SIGCONT)
+    pings, last = [], {pid: cpu_seconds(pid) for pid in workers}
+    while all(thread.is_alive() for thread in slow):
+        time.sleep(0.2)
+        now = {pid: cpu_seconds(pid) for pid in workers}
+        if all(now[pid] - last[pid] > 0.05 for pid in workers):  # both predicting now
+            pings.append(request(server.port, "/ping", timeout=2)[0])
+        last = now
+    for thread in slow:
+        thread.join()
+    used = {pid: cpu_seconds(pid) - before[pid] for pid in workers}
+    # each worker predicted one 512x512 request (about 1.5 CPU seconds each here)
+    assert min(used.values()) > 1, used
+    return answers, pings
+
+
+def wait_until_busy(workers: list[int], before: dict[int, float], timeout: float = 60):
+    """The workers among ``workers`` that have used 0.2 CPU seconds since ``before``, once
+    one has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [pid for pid in workers if cpu_seconds(pid) - before[pid] > 0.2]
+        if busy:
+            return busy
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of {workers} started predicting")
 
 
 # `segcontainer predict` runs in-process (cli.main): its exit status is main's return value.

@@ -47,15 +47,23 @@ def image_bytes(fmt: str, size=(60, 44), mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
+# What the stack's defaults would otherwise take from the host: the worker count (one per
+# GPU, else half the cores) and the device. Pinned so that every host runs the same stack;
+# a test that wants more workers passes SAGEMAKER_MODEL_SERVER_WORKERS itself.
+MACHINE_INDEPENDENT = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 class Server:
-    """`./serve` as SageMaker starts it, with SAGEMAKER_BASE_DIR pointing at a trained model."""
+    """`./serve` as SageMaker starts it, with SAGEMAKER_BASE_DIR pointing at a trained model:
+    one worker on the CPU unless ``env`` says otherwise (MACHINE_INDEPENDENT)."""
 
     def __init__(self, base: Path, **env: str):
         self.port = free_port()
         self.log_file = open(base / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        env = {**MACHINE_INDEPENDENT, "SAGEMAKER_BIND_TO_PORT": str(self.port), **env}
         self.process = subprocess.Popen(
             [str(REPO / "serve")],
-            env=subprocess_env(base, SAGEMAKER_BIND_TO_PORT=str(self.port), **env),
+            env=subprocess_env(base, **env),
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
         )
@@ -72,6 +80,18 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"/ping never answered 200: {self.log()}")
+
+    def wait_workers_loaded(self, count: int, timeout: float = 180) -> list[int]:
+        """Wait until ``count`` workers have loaded the model and warmed up (/ping answers
+        200 once the first has): their pids, from the line each logs when ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = self.worker_pids()
+            log = self.full_log()
+            if len(workers) == count and all(f"(pid {pid})" in log for pid in workers):
+                return workers
+            time.sleep(0.3)
+        raise RuntimeError(f"{count} workers never all loaded the model: {self.log()}")
 
     def full_log(self) -> str:
         """All of serve's log so far (nginx's, gunicorn's and the app's lines)."""
@@ -119,6 +139,12 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int, field: str = "VmHWM") -> int:
