@@ -1,6 +1,7 @@
 """A tiny model and data for the training step's tests (tests/training/test_fast_step.py),
 and the data-parallel loss check that tests/training/test_distributed.py runs on its two
-gloo ranks (no extra processes started for it)."""
+gloo ranks (no extra processes started for it; it imports only the loss, as each rank
+imports this module: training.epochs would add seconds per rank)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segcontainer.training.epochs import Precision, train_one_epoch
 from segcontainer.training.loss import Objective
-from tests.support.checkpoints import trainables
 
 CPU = torch.device("cpu")
 
@@ -43,6 +42,9 @@ def batches(count: int = 2):
 
 
 def run_epoch(model, data, aux_weight: float = 0.0):
+    from segcontainer.training.epochs import Precision, train_one_epoch
+    from tests.support.checkpoints import trainables
+
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: losses comparable
     return train_one_epoch(
         trainables(model, optimizer),
@@ -68,20 +70,19 @@ def rank_batches(rank: int) -> list:
 
 
 def assert_aux_loss_uses_the_global_count(local_rank: int) -> None:
-    """On one of two gloo ranks (process group up): train_one_epoch's loss with the aux term
-    (collectives.count_share run for real) against sums of plain cross-entropy divided by
-    this rank's share of the global batch's labelled pixels, so the ranks' losses average
-    (as DDP averages gradients) to one process's loss over the global batch."""
+    """On one of two gloo ranks (process group up): the training loss with the aux term
+    (Objective, as train_one_epoch calls it; collectives.count_share run for real) against
+    sums of plain cross-entropy divided by this rank's share of the global batch's labelled
+    pixels, so the ranks' losses average (as DDP averages gradients) to one process's loss
+    over the global batch."""
     torch.manual_seed(0)  # the same weights on both ranks
-    model, mine = Tiny(aux=True), rank_batches(local_rank)
-    stats = run_epoch(model, mine, aux_weight=0.4)
+    model = Tiny(aux=True).train()
     both = [rank_batches(rank) for rank in range(2)]
-    expected = 0.0
     with torch.no_grad():
-        for step, (x, y) in enumerate(mine):
+        for step, (x, y) in enumerate(both[local_rank]):
+            loss = float(Objective(aux_weight=0.4)(model(x), y))
             labelled = sum(int((data[step][1] != 255).sum()) for data in both)
             main = F.cross_entropy(model.conv(x), y, ignore_index=255, reduction="sum")
             aux = F.cross_entropy(model.aux_head(x), y, ignore_index=255, reduction="sum")
-            expected += float(main + 0.4 * aux) / (labelled / 2)
-    expected /= len(mine)
-    assert stats.loss == pytest.approx(expected, rel=1e-5), (local_rank, stats.loss, expected)
+            expected = float(main + 0.4 * aux) / (labelled / 2)
+            assert loss == pytest.approx(expected, rel=1e-5), (local_rank, step, loss, expected)
