@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import tarfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,10 @@ from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import synthetic_pair
+from tests.support.palette import VOC_COLOURS
 from tests.support.serving_stack import (
     Server,
-    cpu_seconds,
+    both_workers_busy,
     image_bytes,
     invoke,
     memory_kib,
@@ -34,33 +33,6 @@ from tests.support.serving_stack import (
 )
 
 PROBABILITIES = ("application/x-recordio-protobuf", "application/x-protobuf")
-
-# The PASCAL VOC colours (the VOC devkit's colour map, as its SegmentationClass PNGs hold
-# them), written out here rather than taken from the code: class i's RGB, 255 = ignore.
-VOC_COLOURS = {
-    0: (0, 0, 0),  # background: black
-    1: (128, 0, 0),  # aeroplane: dark red
-    2: (0, 128, 0),  # bicycle: green
-    3: (128, 128, 0),  # bird: olive
-    4: (0, 0, 128),  # boat: navy
-    5: (128, 0, 128),  # bottle: purple
-    6: (0, 128, 128),  # bus: teal
-    7: (128, 128, 128),  # car: grey
-    8: (64, 0, 0),  # cat
-    9: (192, 0, 0),  # chair
-    10: (64, 128, 0),  # cow
-    11: (192, 128, 0),  # dining table
-    12: (64, 0, 128),  # dog
-    13: (192, 0, 128),  # horse
-    14: (64, 128, 128),  # motorbike
-    15: (192, 128, 128),  # person
-    16: (0, 64, 0),  # potted plant
-    17: (128, 64, 0),  # sheep
-    18: (0, 192, 0),  # sofa
-    19: (128, 192, 0),  # train
-    20: (0, 64, 128),  # tv/monitor
-    255: (224, 224, 192),  # ignore (void): cream
-}
 
 
 @pytest.fixture(scope="module")
@@ -283,58 +255,6 @@ def test_two_workers_both_predict_and_ping_answers_within_2_s_while_both_are_bus
             request(server.port, "/ping", timeout=2)
     finally:
         server.stop()
-
-
-def both_workers_busy(server: Server, workers: list[int]):
-    """Two long requests, one on each worker, with /ping asked every 0.2 s while both predict
-    (SageMaker waits 2 s for it; a timeout raises). Which worker accepts a connection is a
-    race between them (a busy worker's accepting thread often wins it), so the worker
-    predicting the first request is frozen (SIGSTOP) until the other has accepted the second.
-    A worker burns CPU only while it predicts: that is how the test sees who is busy.
-    Returns (the answers, the pings' statuses)."""
-    answers: list = []
-
-    def send() -> threading.Thread:
-        thread = threading.Thread(
-            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
-        )
-        thread.start()
-        return thread
-
-    before = {pid: cpu_seconds(pid) for pid in workers}
-    slow = [send()]
-    [first] = wait_until_busy(workers, before)
-    os.kill(first, signal.SIGSTOP)
-    try:
-        slow.append(send())
-        [second] = wait_until_busy([pid for pid in workers if pid != first], before)
-    finally:
-        os.kill(first, signal.SIGCONT)
-    pings, last = [], {pid: cpu_seconds(pid) for pid in workers}
-    while all(thread.is_alive() for thread in slow):
-        time.sleep(0.2)
-        now = {pid: cpu_seconds(pid) for pid in workers}
-        if all(now[pid] - last[pid] > 0.05 for pid in workers):  # both predicting now
-            pings.append(request(server.port, "/ping", timeout=2)[0])
-        last = now
-    for thread in slow:
-        thread.join()
-    used = {pid: cpu_seconds(pid) - before[pid] for pid in workers}
-    # each worker predicted one 512x512 request (about 1.5 CPU seconds each here)
-    assert min(used.values()) > 1, used
-    return answers, pings
-
-
-def wait_until_busy(workers: list[int], before: dict[int, float], timeout: float = 60):
-    """The workers among ``workers`` that have used 0.2 CPU seconds since ``before``, once
-    one has."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = [pid for pid in workers if cpu_seconds(pid) - before[pid] > 0.2]
-        if busy:
-            return busy
-        time.sleep(0.05)
-    raise AssertionError(f"no worker of {workers} started predicting")
 
 
 # `segcontainer predict` runs in-process (cli.main): its exit status is main's return value.

@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -169,3 +170,52 @@ def invoke(server: Server, body: bytes, content_type: str, accept: str | None = 
     if accept is not None:
         headers["Accept"] = accept
     return request(server.port, "/invocations", body, headers)
+
+
+def both_workers_busy(server: Server, workers: list[int]):
+    """Two long requests, one on each worker, with /ping asked every 0.2 s while both are
+    unanswered, i.e. both workers predict (SageMaker waits 2 s for it; a timeout raises).
+    Which worker accepts a connection is a race between them (a busy worker's accepting
+    thread often wins it), so the worker predicting the first request is frozen (SIGSTOP)
+    until the other has accepted the second. A worker burns CPU only while it predicts:
+    that is how the test sees who is busy. Returns (the answers, the pings' statuses)."""
+    answers: list = []
+
+    def send() -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
+        )
+        thread.start()
+        return thread
+
+    before = {pid: cpu_seconds(pid) for pid in workers}
+    slow = [send()]
+    [first] = wait_until_busy(workers, before)
+    os.kill(first, signal.SIGSTOP)
+    try:
+        slow.append(send())
+        [second] = wait_until_busy([pid for pid in workers if pid != first], before)
+    finally:
+        os.kill(first, signal.SIGCONT)
+    pings = []
+    while all(thread.is_alive() for thread in slow):  # each worker is predicting its request
+        pings.append(request(server.port, "/ping", timeout=2)[0])
+        time.sleep(0.2)
+    for thread in slow:
+        thread.join()
+    used = {pid: cpu_seconds(pid) - before[pid] for pid in workers}
+    # each worker predicted one 512x512 request (about 1.5 CPU seconds each here)
+    assert min(used.values()) > 1, used
+    return answers, pings
+
+
+def wait_until_busy(workers: list[int], before: dict[int, float], timeout: float = 60):
+    """The workers among ``workers`` that have used 0.2 CPU seconds since ``before``, once
+    one has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [pid for pid in workers if cpu_seconds(pid) - before[pid] > 0.2]
+        if busy:
+            return busy
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of {workers} started predicting")
