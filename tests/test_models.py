@@ -147,7 +147,9 @@ def test_encoders_report_the_channels_of_the_levels_they_return() -> None:
         assert set(features) == set(LEVELS)
         for level, tensor in features.items():
             assert tensor.shape[1] == encoder.out_channels[level], (name, level)
+        # the README's "output stride 8" (dilated, not strided, last stages): 32 x 48 -> 4 x 6
         assert features["low"].shape[-2:] == (8, 12)  # stride 4
+        assert features["aux"].shape[-2:] == (4, 6)  # stride 8
         assert features["out"].shape[-2:] == (4, 6)  # output stride 8
 
 

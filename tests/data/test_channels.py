@@ -20,6 +20,7 @@ from segcontainer.data.dataset import SegmentationDataset
 from segcontainer.data.label_maps import IGNORE_INDEX, identity_lut, label_map_lut
 from segcontainer.data.preprocess import validation_transform
 from segcontainer.errors import UserError
+from tests.support.exif import assert_corners, displayed_size, quadrant_jpeg
 
 WIDTH, HEIGHT = 20, 16
 
@@ -197,16 +198,15 @@ def test_load_image_scales_16_bit_values_instead_of_clipping(tmp_path: Path) -> 
     assert (pixels[0, 0] == 0).all()
 
 
-def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
-    path = tmp_path / "rotated.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    Image.new("RGB", (20, 10), (200, 30, 30)).save(path, exif=exif)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_image_applies_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    path = quadrant_jpeg(tmp_path / "rotated.jpg", orientation)
 
     image = load_image(path)
 
     assert image.mode == "RGB"
-    assert image.size == (10, 20)
+    assert image.size == displayed_size(orientation)
+    assert_corners(np.asarray(image), orientation)  # turned the right way, not just resized
 
 
 # --- masks ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from torch import nn
 from segcontainer import cli, model_folder
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.channels import load_image
+from segcontainer.data.preprocess import model_input
 from segcontainer.engines import OnnxEngine, TorchEngine
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import (
@@ -82,12 +84,39 @@ def test_bin_pooling_is_adaptive_average_pooling(size: tuple[int, int]) -> None:
         torch.testing.assert_close(formats.BinPooling(bins)(x), expected)
 
 
-def test_export_prepares_images_as_serving_does(trained_base: Path, tmp_path: Path) -> None:
-    predictor = Predictor.open(trained_base / "model")
+def gradient_image() -> Image.Image:
+    """96 x 40, not one colour: red 2*x across, green 4*y down, blue 100."""
+    pixels = np.zeros((40, 96, 3), dtype=np.uint8)
+    pixels[..., 0] = 2 * np.arange(96)[None, :]
+    pixels[..., 1] = 4 * np.arange(40)[:, None]
+    pixels[..., 2] = 100
+    return Image.fromarray(pixels, "RGB")
+
+
+def hand_prepared_gradient() -> torch.Tensor:
+    """gradient_image() as the README says the model sees it at base_size 48, computed by
+    hand: the long side resized to 48 (96 x 40 -> 48 x 20, a factor of 2, antialiased
+    bilinear, on the 8-bit image), then ImageNet's mean and std. Halving averages 4 input
+    pixels with weights 1/4, 3/4, 3/4, 1/4 around each output pixel's centre (renormalised
+    where the image ends): red 2*x becomes 4*j + 1 in every column (at j = 0:
+    (0*3/4 + 2*3/4 + 4*1/4) / (7/4) = 1.43 -> 1), green 4*y becomes 8*i + 2 inside and
+    (0*3/4 + 4*3/4 + 8*1/4) / (7/4) = 2.86 -> 3 in the first row,
+    (148*1/4 + 152*3/4 + 156*3/4) / (7/4) = 153.1 -> 153 in the last; blue stays 100."""
+    red = torch.tensor([4.0 * j + 1 for j in range(48)])[None, :].expand(20, 48)
+    green = torch.tensor([3.0] + [8.0 * i + 2 for i in range(1, 19)] + [153.0])
+    rgb = torch.stack([red, green[:, None].expand(20, 48), torch.full((20, 48), 100.0)])
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]  # ImageNet's, as torchvision's
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return ((rgb / 255 - mean) / std).unsqueeze(0)
+
+
+def test_export_prepares_images_as_serving_does(tmp_path: Path) -> None:
     file = tmp_path / "photo.png"
-    Image.new("RGB", (70, 30), (200, 30, 90)).save(file)
-    expected = predictor.model_input(load_image(file))
-    data = ExportData([file], [], None, predictor.long_side)
+    gradient_image().save(file)  # PNG: the pixels arrive as they are
+    expected = hand_prepared_gradient()
+    # serving's preparation of one image (Predictor.model_input at base_size 48)
+    torch.testing.assert_close(model_input(load_image(file), 48), expected)
+    data = ExportData([file], [], None, 48)
     calibration = ImageReader(data, 1, "input").get_next()["input"]
     torch.testing.assert_close(torch.from_numpy(calibration), expected)
 

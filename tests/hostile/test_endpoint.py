@@ -36,7 +36,7 @@ from segcontainer.models import build_model
 from segcontainer.serving import codecs
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import READY_FILE, nginx_config
-from segcontainer.serving.settings import MAX_WAITING_REQUESTS, ServingSettings
+from segcontainer.serving.settings import ServingSettings
 from segcontainer.tasks.segmentation.answers import ANSWERS
 from tests.support.network import free_port
 from tests.support.serving import settings_for
@@ -442,7 +442,7 @@ def test_flood_of_20_on_one_worker_gets_503s_ping_stays_fast_and_abandoned_work_
         f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
-    admitted = 1 + MAX_WAITING_REQUESTS
+    admitted = 1 + 7  # the README: one predicts, "up to 7 requests per worker wait"
     flood = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
     received = {sock: b"" for sock in flood}
     replies: dict[socket.socket, bytes] = {}  # whole answers: nginx closes after each
@@ -464,7 +464,7 @@ def test_flood_of_20_on_one_worker_gets_503s_ping_stays_fast_and_abandoned_work_
             pings.append(time.monotonic() - begin)
         refused = [reply for reply in replies.values() if b" 503 " in reply.split(b"\r\n")[0]]
         computed = [reply for reply in replies.values() if b" 200 " in reply.split(b"\r\n")[0]]
-        # one runs, MAX_WAITING_REQUESTS wait, the other 12 are refused at once (one fewer
+        # one runs, 7 wait, the other 12 are refused at once (one fewer
         # if the first finished while the 20 were arriving)
         assert len(refused) >= 20 - admitted - 1, list(replies.values())
         assert len(refused) + len(computed) == len(replies)

@@ -244,10 +244,17 @@ def test_each_worker_gets_its_own_gpu(monkeypatch) -> None:
     import os
 
     assert os.environ["SEGCONTAINER_WORKER_GPU"] == "1"
-    if not torch.cuda.is_available():
-        from segcontainer.serving.settings import worker_device
+    # the worker then runs on the GPU it was given, or on the CPU where there is none:
+    # both hosts, on any host
+    from segcontainer.serving.settings import worker_device
 
-        assert worker_device() == torch.device("cpu")
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert worker_device() == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]  # so nothing lands on cuda:0 by default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_device() == torch.device("cpu")
 
 
 @pytest.mark.parametrize(("capability", "dtype"), [((7, 0), "float16"), ((8, 0), "bfloat16")])

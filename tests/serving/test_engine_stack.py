@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -66,6 +67,7 @@ class Served:
     invoke: Invoke
     start_log: Callable[[], str]
     model: Path
+    workers: int  # pinned (SAGEMAKER_MODEL_SERVER_WORKERS): the same on every host
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))
@@ -83,23 +85,27 @@ def served(request, trained_base, exported_dir, tmp_path_factory) -> Iterator[Se
     env = {"SEGCONTAINER_TILE_SIZE": str(TILE)}
     env |= {"SEGCONTAINER_ENGINE": engine} if engine else {}
     if request.param == REAL_STACK:
-        server = Server(base, **env)
+        server = Server(base, **env)  # one worker, no GPU (Server's MACHINE_INDEPENDENT)
         server.wait_ready()
         yield Served(
             expected[request.param],
             lambda *args: invoke(server, *args),
             server.full_log,
             base / "model",
+            1,
         )
         server.stop()
         return
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAGEMAKER_BASE_DIR", str(base))
         patch.delenv("SEGCONTAINER_ENGINE", raising=False)
+        # in-process no worker starts: two workers cost nothing and show each one's share
+        patch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
+        patch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU host, on any host
         for name, value in env.items():
             patch.setenv(name, value)
         log, client = start_in_process()
-        yield Served(expected[request.param], client_invoke(client), lambda: log, base / "model")
+        yield Served(expected[request.param], client_invoke(client), lambda: log, base / "model", 2)
 
 
 class Lines(logging.Handler):
@@ -148,11 +154,12 @@ def client_invoke(client) -> Invoke:
 def test_start_log_names_engine_threads_and_file(served: Served) -> None:
     engine, log = served.engine, served.start_log()
     file = "model.pt" if engine == "torch" else f"model{'.int8' if 'int8' in engine else ''}.onnx"
-    settings = ServingSettings.from_env()  # this host's workers and their share of the cores
-    threads = settings.torch_threads if engine == "torch" else settings.cpu_threads
+    # the README: each worker runs as many intra-op threads as its share of the cores (the
+    # CPU count divided by the workers), whatever the engine, on a CPU host
+    threads = max(1, os.cpu_count() // served.workers)
     assert f"engine {engine} (" in log
-    assert f"{file}, {threads} intra-op threads in each of {settings.workers} workers" in log
-    assert f"engine {engine}, " in log and "intra-op threads, file" in log  # the worker's line
+    assert f"{file}, {threads} intra-op threads in each of {served.workers} workers" in log
+    assert f"engine {engine}, {threads} intra-op threads, file" in log  # the worker's line
 
 
 @pytest.mark.parametrize(("content_type", "fmt"), [("image/jpeg", "JPEG"), ("image/png", "PNG")])

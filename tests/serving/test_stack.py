@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import tarfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +17,14 @@ from PIL import Image, ImageDraw
 from segcontainer import cli
 from segcontainer.client import decode_recordio_protobuf
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.data.palette import PALETTE
 from segcontainer.metrics import Scores
 from segcontainer.model_folder import model_config, save_model
 from segcontainer.models import build_model
 from segcontainer.tools.demo_data import synthetic_pair
+from tests.support.palette import VOC_COLOURS
 from tests.support.serving_stack import (
     Server,
+    both_workers_busy,
     image_bytes,
     invoke,
     memory_kib,
@@ -79,7 +78,9 @@ def test_png_answer_is_a_palette_mask_equal_to_the_argmax(server, content_type, 
     assert status == 200 and headers["Content-Type"] == "image/png"
     mask = Image.open(io.BytesIO(png))
     assert mask.mode == "P" and mask.size == (60, 44)
-    assert mask.getpalette()[: 3 * 256] == PALETTE
+    palette = mask.getpalette()
+    for index, colour in VOC_COLOURS.items():
+        assert tuple(palette[3 * index : 3 * index + 3]) == colour, index
     status, headers, record = invoke(server, body, content_type, "application/x-protobuf")
     assert status == 200
     probabilities = decode_recordio_protobuf(record)
@@ -182,15 +183,13 @@ def test_4k_image_gives_the_classes_of_the_same_picture_at_model_scale(server: S
 
 @pytest.fixture(scope="module")
 def server_21_classes(tmp_path_factory) -> Server:
-    """An (untrained) 21-class model at base_size 512, as a PASCAL VOC model is served: every
-    answer is seconds of work at 512 px. SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no body limit. The
-    module's last test (the SIGTERM one, defined last) stops it."""
+    """An (untrained) 21-class model at base_size 512, as a PASCAL VOC model is served."""
     base = tmp_path_factory.mktemp("voc") / "algo-1-v0c21"
     config = resolve({"num_classes": "21", "base_size": "512", "crop_size": "512"})
     model = build_model("fcn", "resnet-50", 21)
     scores = Scores(0.5, 0.5, (0.5,) * 21)
     save_model(base / "model", model, model_config(config, {"train": {"scale": 1}}), 0, scores, ())
-    server = Server(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="0")
+    server = Server(base)
     server.wait_ready()
     yield server
     server.stop()
@@ -230,36 +229,38 @@ def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
     assert_good_request_works(server)
 
 
-def test_ping_answers_within_2_s_while_a_long_prediction_runs_then_sigterm_stops_it(
-    server_21_classes: Server,
+def test_two_workers_both_predict_and_ping_answers_within_2_s_while_both_are_busy_then_sigterm(
+    trained_base: Path,
 ) -> None:
-    # The model sees 512 px in one piece (base_size 512, tile 1024): seconds per request on
-    # 2 cores, in production code. This test stops the server: it must stay the last to use it.
-    server = server_21_classes
-    answers = []
-    slow = threading.Thread(
-        target=lambda: answers.append(invoke(server, image_bytes("PNG"), "image/png"))
+    # The model sees 512x512 in one piece: seconds per request on 2 cores, in production code.
+    # Two workers, each busy with its own request: /ping can only be answered by a busy
+    # worker's other thread (the README's promise "with any number of workers").
+    server = Server(
+        trained_base,
+        SAGEMAKER_MODEL_SERVER_WORKERS="2",
+        SEGCONTAINER_INFERENCE_SIZE="512",
+        SEGCONTAINER_TILE_SIZE="512",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="0",  # no body limit (tested below)
     )
-    slow.start()
-    pings = []
-    while slow.is_alive():  # SageMaker waits 2 s for /ping; a timeout raises here
-        pings.append(request(server.port, "/ping", timeout=2)[0])
-        time.sleep(0.2)
-    slow.join()
-    assert answers[0][0] == 200
-    assert Image.open(io.BytesIO(answers[0][2])).size == (60, 44)
-    assert len(pings) >= 2 and set(pings) == {200}
-    # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
-    status, _, body = request(server.port, "/execution-parameters")
-    assert json.loads(body)["MaxPayloadInMB"] == 0
-    status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
-    assert status == 400 and "Pillow can read" in json.loads(body)["error"]
-    # SIGTERM stops nginx and gunicorn (and its workers); serve exits 0
-    workers = server.worker_pids()
-    assert server.stop(timeout=60) == 0
-    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
-    with pytest.raises(OSError):
-        request(server.port, "/ping", timeout=2)
+    try:
+        server.wait_ready()
+        workers = server.wait_workers_loaded(2)  # loading burns CPU too
+        parameters = json.loads(request(server.port, "/execution-parameters")[2])
+        assert parameters["MaxConcurrentTransforms"] == 2  # batch transform sends 2 at once
+        answers, pings = both_workers_busy(server, workers)
+        assert [status for status, _, _ in answers] == [200] * len(answers)
+        assert len(pings) >= 2 and set(pings) == {200}, pings
+        # SAGEMAKER_MAX_PAYLOAD_IN_MB=0: no limit, as SageMaker defines it (nginx and flask)
+        assert parameters["MaxPayloadInMB"] == 0
+        status, _, body = invoke(server, b"\xff\xd8\xff" + b"\x00" * (7 << 20), "image/jpeg")
+        assert status == 400 and "Pillow can read" in json.loads(body)["error"]
+        # SIGTERM stops nginx and gunicorn (and both workers); serve exits 0
+        assert server.stop(timeout=60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+        with pytest.raises(OSError):
+            request(server.port, "/ping", timeout=2)
+    finally:
+        server.stop()
 
 
 # `segcontainer predict` runs in-process (cli.main): its exit status is main's return value.

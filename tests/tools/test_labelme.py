@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from segcontainer.cli import main as cli
 from segcontainer.tools.labelme import rasterise, read_labels, shape_to_mask
@@ -195,9 +195,10 @@ def test_labelme_folder_to_a_trained_model(base_dir: Path, capsys) -> None:
     expected = np.zeros((24, 32), dtype=np.uint8)
     expected[15:24, 0:32] = 1
     expected[3:11, 4:15] = 2
-    expected[rows_of_circle()] = 2
+    for row, (first, last) in CIRCLE_ROWS.items():
+        expected[row, first : last + 1] = 2
     expected[8:18, 0:32] = 1  # the 10-pixel line at y=12 (rows 8..17), over car and circle
-    expected[shape_to_mask((32, 24), [[28, 2]], "point")] = 255
+    expected[labelme_point((32, 24), 28, 2)] = 255
     np.testing.assert_array_equal(mask, expected)
     assert (data / "class_names.txt").read_text() == "_background_\nroad\ncar\n"
     assert "class_names=_background_,road,car" in printed and "num_classes=3" in printed
@@ -206,8 +207,26 @@ def test_labelme_folder_to_a_trained_model(base_dir: Path, capsys) -> None:
     assert train() == 0, (base_dir / "output" / "failure").read_text()
 
 
-def rows_of_circle() -> np.ndarray:
-    return shape_to_mask((32, 24), [[24, 6], [24, 9]], "circle")
+# The circle centred on (24, 6) through (24, 9): the radius-3 circle of
+# test_circle_is_centred_on_its_first_point_through_its_second, moved by (+14, -4).
+CIRCLE_ROWS = {
+    3: (23, 25),
+    4: (22, 26),
+    5: (21, 27),
+    6: (21, 27),
+    7: (21, 27),
+    8: (22, 26),
+    9: (23, 25),
+}
+
+
+def labelme_point(size: tuple[int, int], x: int, y: int) -> np.ndarray:
+    """A point as labelme's own shape_to_mask draws it (labelme/utils/shape.py, 5.x): a
+    Pillow ImageDraw.ellipse of radius point_size=5 around it, outline and fill. Drawn here
+    with Pillow directly, not with the code under test."""
+    canvas = Image.new("1", size)
+    ImageDraw.Draw(canvas).ellipse([x - 5, y - 5, x + 5, y + 5], outline=1, fill=1)
+    return np.array(canvas, dtype=bool)
 
 
 def break_file(folder: Path, change) -> Path:

@@ -177,11 +177,13 @@ def test_rendezvous_names_the_missing_host(monkeypatch) -> None:
 
 def _gloo_checks(world: World, local_rank: int, reason_file: Path) -> int:
     """Two gloo ranks: synced batch norm equals one batch norm over both halves (forward and
-    gradients), stop requests are agreed, minimum and mean reductions."""
+    gradients), stop requests are agreed, minimum and mean reductions, the loss normalised by
+    the global batch's labelled-pixel count."""
     rank = Rank(world, local_rank)
     distributed.init_process_group(rank)
     try:
         from segcontainer.training.syncbn import convert
+        from tests.support.steps import assert_aux_loss_uses_the_global_count
 
         torch.manual_seed(0)
         x = torch.randn(4, 3, 5, 5)
@@ -211,6 +213,9 @@ def _gloo_checks(world: World, local_rank: int, reason_file: Path) -> int:
         # a nan loss on one rank stops every rank (they all check at the same steps)
         assert collectives.any_rank(torch.tensor(local_rank == 1)) is True
         assert collectives.any_rank(torch.tensor(False)) is False
+        # each rank's share of the global batch's labelled pixels: (3 + 13) / 2
+        assert float(collectives.count_share(torch.tensor(3 + 10 * local_rank))) == 8.0
+        assert_aux_loss_uses_the_global_count(local_rank)  # the loss, aux term included
     except Exception as exc:
         reason_file.write_text(f"{type(exc).__name__}: {exc}\n\n")
         return 1

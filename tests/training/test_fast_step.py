@@ -8,54 +8,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.precision import Precision
-from segcontainer.tasks.segmentation.loss import Objective, segmentation_loss
+from segcontainer.tasks.segmentation.loss import segmentation_loss
 from segcontainer.training.epochs import train_one_epoch
 from segcontainer.training.job import compiled
 from tests.support.checkpoints import trainables
-
-CPU = torch.device("cpu")
-
-
-class Tiny(nn.Module):
-    """SegmentationModel's forward contract: (logits, aux logits) when training with aux."""
-
-    def __init__(self, aux: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.aux_head = nn.Conv2d(3, 3, 1) if aux else None
-
-    def forward(self, x):
-        logits = self.conv(x)
-        if self.aux_head is None or not self.training:
-            return logits
-        return logits, self.aux_head(x)
-
-
-def batches(count: int = 2):
-    generator = torch.Generator().manual_seed(0)
-    return [
-        (
-            torch.randn(2, 3, 8, 8, generator=generator),
-            torch.randint(0, 3, (2, 8, 8), generator=generator),
-        )
-        for _ in range(count)
-    ]
-
-
-def run_epoch(model, data, aux_weight: float = 0.0):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: losses comparable
-    return train_one_epoch(
-        trainables(model, optimizer),
-        data,
-        precision=Precision(torch.float32, CPU),
-        device=CPU,
-        epoch=0,
-        objective=Objective(aux_weight=aux_weight),
-    )
+from tests.support.steps import CPU, Tiny, batches, run_epoch
 
 
 def test_auxiliary_loss_is_added_with_its_weight():
@@ -75,24 +35,9 @@ def test_auxiliary_loss_is_added_with_its_weight():
     assert run_epoch(model, data).loss == pytest.approx(float(plain), rel=1e-5)
 
 
-def test_auxiliary_loss_is_normalised_by_the_global_pixel_count(monkeypatch):
-    """Data parallel: both terms are divided by the global batch's labelled-pixel share, so
-    the ranks' summed gradients stay those of one process over the global batch."""
-    from segcontainer.training import collectives
-
-    monkeypatch.setattr(collectives, "active", lambda: True)
-    monkeypatch.setattr(collectives, "count_share", lambda count: torch.tensor(1000.0))
-    monkeypatch.setattr(collectives, "any_rank", bool)  # the nan check's agreement: no peers
-    torch.manual_seed(0)
-    model, data = Tiny(aux=True), batches()
-    stats = run_epoch(model, data, aux_weight=0.4)
-    with torch.no_grad():
-        sums = [
-            segmentation_loss(model.conv(x), y, None, lambda c: 1.0)
-            + 0.4 * segmentation_loss(model.aux_head(x), y, None, lambda c: 1.0)
-            for x, y in data
-        ]
-    assert stats.loss == pytest.approx(float(sum(sums)) / 1000.0 / len(data), rel=1e-5)
+# The aux term's data-parallel normalisation (both terms over the rank's share of the global
+# batch's labelled pixels, collectives.count_share run for real) is checked on two gloo
+# ranks in tests/training/test_distributed.py (assert_aux_loss_uses_the_global_count).
 
 
 @pytest.mark.slow  # compiling even this model takes a minute on 2 cores: run by .ci/run

@@ -199,9 +199,21 @@ def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, t
     config = json.loads((second / "input/config/inputdataconfig.json").read_text())
     config["model"] = {"TrainingInputMode": "File", "ContentType": "application/x-sagemaker-model"}
     (second / "input/config/inputdataconfig.json").write_text(json.dumps(config))
+    # A learning rate too small to move the weights: the model trained here must keep the
+    # earlier model's weights, which a model initialised any other way (here: another seed,
+    # so not even the earlier job's own initial weights) cannot have.
+    settings_file = second / "input/config/hyperparameters.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**settings, "learning_rate": "1e-9", "seed": "7"}))
     result = subprocess.run(
         train_command(), env=subprocess_env(second), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-2000:]
     assert "incremental training: starting from the model channel's weights" in result.stdout
-    assert (second / "model" / "model.pt").exists()
+    earlier, _ = load_model(
+        extract_model_tarball(trained_base / "output" / "model.tar.gz", tmp_path / "earlier")
+    )
+    later, _ = load_model(second / "model")
+    earlier_weights = dict(earlier.named_parameters())
+    for name, value in later.named_parameters():
+        assert torch.allclose(value, earlier_weights[name], atol=1e-6, rtol=0), name
