@@ -68,6 +68,7 @@ def assert_rank_0_reported_its_model(base: Path, output: str, epochs: int) -> No
     assert float(found[info["best_epoch"]][2]) == pytest.approx(miou, abs=1e-4)
 
 
+@pytest.mark.slow  # a real two-process train (15 s): the fast suite's launcher tests are in-process
 def test_two_cpu_workers_on_one_host(tmp_path: Path) -> None:
     base = tmp_path / "algo-1-x7k2q"
     make_dataset(base / "input" / "data", train=8, validation=4, size=(48, 40))
