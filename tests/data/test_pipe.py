@@ -29,7 +29,7 @@ from segcontainer.data.recordio import frame
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.tools.demo_data import synthetic_pair
 from segcontainer.training.entry import main
-from tests.support.local_mode import FAST_HYPERPARAMETERS, subprocess_env, train_command
+from tests.support.local_mode import FAST_HYPERPARAMETERS
 
 # Creates the FIFO, blocks until the trainer opens it, writes the stream, closes: one epoch.
 FEEDER = """
@@ -80,11 +80,13 @@ def feed(base: Path, name: str, stream: bytes) -> subprocess.Popen:
     )
 
 
-def test_train_end_to_end_from_fifos(tmp_path: Path) -> None:
+def test_train_end_to_end_from_fifos(base_dir: Path, tiny, capsys) -> None:
+    """train's entry point (in-process, on the tiny encoder: the subject is Pipe mode) reads
+    real FIFOs that separate processes create and feed, one per channel and epoch."""
     from sagemaker.amazon.common import _write_recordio
 
-    base = tmp_path / "algo-1-p1p3s"
-    configure(base, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL}, epochs="2")
+    base = base_dir
+    configure(base, {"train": PIPE_CHANNEL, "validation": PIPE_CHANNEL}, epochs="2", **tiny)
     feeders = [
         feed(base, f"train_{epoch}", manifest_stream(pairs(8, seed=epoch))) for epoch in range(2)
     ]
@@ -94,16 +96,14 @@ def test_train_end_to_end_from_fifos(tmp_path: Path) -> None:
         _write_recordio(sdk_stream, mask)
     feeders.append(feed(base, "validation_0", sdk_stream.getvalue()))
     try:
-        result = subprocess.run(
-            train_command(), env=subprocess_env(base), capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert main() == 0
         for feeder in feeders:
             assert feeder.wait(timeout=30) == 0  # every FIFO was read to the end
     finally:
         for feeder in feeders:
             feeder.kill()
-    epochs = [int(e) for e in re.findall(r"epoch=(\d+), validation mIOU", result.stdout)]
+    out = capsys.readouterr().out
+    epochs = [int(e) for e in re.findall(r"epoch=(\d+), validation mIOU", out)]
     assert epochs == [0, 1]
     assert (base / "model" / "model.pt").exists()
     assert not (base / "input" / "data" / "validation_1").exists()  # validation read once

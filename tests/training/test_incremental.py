@@ -191,6 +191,9 @@ def test_links_are_refused_even_inside_the_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+# A whole ResNet-50 `train` (12 s): the slow tier, which .ci/run runs after the suite; the
+# fast suite loads the model channel's weights in-process (test_weights_come_from_...).
+@pytest.mark.slow
 def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, tmp_path):
     second = tmp_path / "algo-1-22222"
     shutil.copytree(trained_base / "input", second / "input")
