@@ -11,7 +11,7 @@ import torch
 
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.precision import Precision
-from segcontainer.tasks.segmentation.loss import segmentation_loss
+from segcontainer.tasks.segmentation.loss import Objective, segmentation_loss
 from segcontainer.training.epochs import train_one_epoch
 from segcontainer.training.job import compiled
 from tests.support.checkpoints import trainables
@@ -58,6 +58,7 @@ def test_compile_setting_and_the_compiled_training_step(caplog):
             precision=Precision(torch.float32, CPU),
             device=CPU,
             epoch=0,
+            objective=Objective(),
             time_first_step=True,
         )
     assert stats.steps == 2 and torch.isfinite(torch.tensor(stats.loss))
