@@ -13,19 +13,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from segcontainer.config.hyperparameters import resolve
 from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.inference import tile_starts, tiled_logits, upsampled_bands
-from segcontainer.metrics import Scores
-from segcontainer.model_folder import model_config, save_model
-from segcontainer.models import build_model
 from segcontainer.prediction import PredictionSettings
 from segcontainer.serving import app as app_module
 from segcontainer.serving.app import create_app
 from segcontainer.serving.server import nginx_config
 from segcontainer.serving.settings import ServingSettings
 from segcontainer.tasks.segmentation.prediction import Predictor
-from tests.support.models import register_tiny_encoder
+from tests.support.models import save_tiny_fcn
 from tests.support.serving import settings_for
 
 
@@ -34,20 +30,7 @@ def model_dir(tmp_path_factory) -> Iterator[Path]:
     """An fcn on the tiny test encoder (registered while this module's tests run): the subject
     is the app around the model, not ResNet-50's arithmetic."""
     with pytest.MonkeyPatch.context() as patch:
-        backbone = register_tiny_encoder(patch)
-        folder = tmp_path_factory.mktemp("model")
-        given = {"num_classes": "3", "base_size": "64", "crop_size": "32", "backbone": backbone}
-        config = resolve({**given, "use_pretrained_model": "False"})
-        torch.manual_seed(0)
-        model = build_model("fcn", backbone, 3)
-        save_model(
-            folder,
-            model,
-            model_config(config, {"train": {"scale": 1}}),
-            0,
-            Scores(0.5, 0.5, (0.5, 0.5, 0.5)),
-            (),
-        )
+        folder = save_tiny_fcn(tmp_path_factory.mktemp("model"), patch)
         yield folder
 
 

@@ -10,16 +10,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from segcontainer.client import decode_recordio_protobuf
-from segcontainer.config.hyperparameters import resolve
-from segcontainer.metrics import Scores
-from segcontainer.model_folder import model_config, save_model
-from segcontainer.models import build_model
 from segcontainer.serving.app import create_app
-from tests.support.models import register_tiny_encoder
+from tests.support.models import save_tiny_fcn
 from tests.support.serving import settings_for
 
 ORIENTATION = 0x0112
@@ -36,14 +31,7 @@ PROBABILITIES = "application/x-recordio-protobuf"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory) -> Iterator:
     with pytest.MonkeyPatch.context() as patch:
-        backbone = register_tiny_encoder(patch)
-        folder = tmp_path_factory.mktemp("model")
-        given = {"num_classes": "3", "base_size": "64", "crop_size": "32", "backbone": backbone}
-        config = resolve({**given, "use_pretrained_model": "False"})
-        torch.manual_seed(0)
-        model = build_model("fcn", backbone, 3)
-        scores = Scores(0.5, 0.5, (0.5, 0.5, 0.5))
-        save_model(folder, model, model_config(config, {"train": {"scale": 1}}), 0, scores, ())
+        folder = save_tiny_fcn(tmp_path_factory.mktemp("model"), patch)
         yield create_app(settings_for(folder), load_in_background=False).test_client()
 
 

@@ -14,6 +14,7 @@ tests that use it, never by the product, so it is no ``backbone`` choice users s
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,20 @@ def tiny_model(
 ) -> SegmentationModel:
     """``build_model(algorithm, "tiny", num_classes, aux=aux)``, registering the encoder."""
     return build_model(algorithm, register_tiny_encoder(monkeypatch), num_classes, aux=aux)
+
+
+def save_tiny_fcn(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 3-class fcn on the tiny encoder saved as train writes model/ (base_size 64, crop 32):
+    for the app tests, whose subject is the app around the model."""
+    from segcontainer.config.hyperparameters import resolve
+    from segcontainer.metrics import Scores
+    from segcontainer.model_folder import model_config, save_model
+
+    backbone = register_tiny_encoder(monkeypatch)
+    given = {"num_classes": "3", "base_size": "64", "crop_size": "32", "backbone": backbone}
+    config = resolve({**given, "use_pretrained_model": "False"})
+    torch.manual_seed(0)
+    model = build_model("fcn", backbone, 3)
+    scores = Scores(0.5, 0.5, (0.5, 0.5, 0.5))
+    save_model(folder, model, model_config(config, {"train": {"scale": 1}}), 0, scores, ())
+    return folder

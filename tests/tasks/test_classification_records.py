@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segcontainer.errors import UserError
-from segcontainer.tasks.classification.records import read_list, read_records
+from segcontainer.tasks.classification.records import read_list, read_records, scan_offsets
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "classification"
 # im2rec --list --recursive numbers the folders in sorted order: cat 0, dog 1, emu 2
@@ -97,6 +97,8 @@ def test_a_truncated_rec_file_is_named_with_the_fix() -> None:
     data = (FIXTURES / "single.rec").read_bytes()
     with pytest.raises(UserError, match="train.rec is not a readable RecordIO file.*im2rec.py"):
         list(read_records(io.BytesIO(data[:-100]), "train.rec", 3, False))
+    with pytest.raises(UserError, match="train.rec ends inside a record.*truncated"):
+        scan_offsets(io.BytesIO(data[:-100]), "train.rec")
     with pytest.raises(UserError, match="bad magic"):
         list(read_records(io.BytesIO(b"\x89PNG\r\n\x1a\n" + data), "train.rec", 3, False))
 

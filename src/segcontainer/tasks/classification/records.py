@@ -135,6 +135,8 @@ def unpack_record(payload: bytes, num_classes: int, multi_label: bool, where: st
 def scan_offsets(stream: BinaryIO, name: str) -> list[int]:
     """Where each record of a ``.rec`` stream starts (a split record: where its first part
     does), read from the framing alone; UserError for a damaged file."""
+    size = stream.seek(0, 2)
+    stream.seek(0)
     offsets, position, inside_split = [], 0, False
     while True:
         header = stream.read(8)
@@ -153,6 +155,11 @@ def scan_offsets(stream: BinaryIO, name: str) -> list[int]:
             offsets.append(position)
         inside_split = cflag in (1, 2)
         position += 8 + length + (-length % 4)
+        if position > size + (-length % 4):  # the last record's padding may be left off
+            raise UserError(
+                f"{name} ends inside a record ({length} bytes announced at byte "
+                f"{position - 8 - length - (-length % 4)}): the file is truncated; upload it whole."
+            )
         stream.seek(position)
     return offsets
 
