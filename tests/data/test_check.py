@@ -62,9 +62,9 @@ def test_good_dataset_returns_summary(
     assert isinstance(summary, SplitSummary)
     assert len(summary.samples) == count
     assert [s.image.stem for s in summary.samples] == [s.mask.stem for s in summary.samples]
-    assert summary.pixels_per_class.shape == (3,)
-    assert summary.pixels_per_class.sum() == count * TRAIN_SIZE[0] * TRAIN_SIZE[1]
-    assert (summary.pixels_per_class > 0).all()
+    assert summary.class_counts.shape == (3,)
+    assert summary.class_counts.sum() == count * TRAIN_SIZE[0] * TRAIN_SIZE[1]
+    assert (summary.class_counts > 0).all()
     assert summary.ignored_pixels == 0
     assert summary.raw_values == {0, 1, 2}
 
@@ -78,9 +78,9 @@ def test_summary_counts_each_class_and_ignored_pixels(paths: Paths, small_datase
     summary = check_split(paths, "train", SCALE_1, 3)
 
     expected = [int((masks == label).sum()) for label in range(3)]
-    assert summary.pixels_per_class.tolist() == expected
+    assert summary.class_counts.tolist() == expected
     assert summary.ignored_pixels == 35
-    assert summary.pixels_per_class.sum() == int((masks != 255).sum())
+    assert summary.class_counts.sum() == int((masks != 255).sum())
     assert summary.raw_values == {0, 1, 2, 255}
 
 
@@ -95,7 +95,7 @@ def test_scale_label_map_on_scaled_masks_passes(paths: Paths, small_dataset: Pat
     summary = check_split(paths, "train", {"scale": 3}, 3)
 
     assert summary.raw_values == {0, 3, 6}
-    assert summary.pixels_per_class.tolist() == [
+    assert summary.class_counts.tolist() == [
         int((masks_array == 3 * label).sum()) for label in range(3)
     ]
     assert summary.ignored_pixels == 0
@@ -111,7 +111,7 @@ def test_map_label_map_reading_255_as_class_one(paths: Paths, small_dataset: Pat
 
     summary = check_split(paths, "train", {"map": {"0": 0, "1": 255}}, 2)
 
-    assert summary.pixels_per_class.tolist() == [
+    assert summary.class_counts.tolist() == [
         int((masks_array == 0).sum()),
         int((masks_array == 255).sum()),
     ]
@@ -318,7 +318,7 @@ def test_nested_folders_pair_by_relative_path_and_name_lonely_files(paths: Paths
     summary = check_split(paths, "train", SCALE_1, 3)
 
     assert len(summary.samples) == 2  # both 001s, each with its own mask
-    assert summary.pixels_per_class.tolist() == [0, 64, 64]
+    assert summary.class_counts.tolist() == [0, 64, 64]
 
     _write_mask(paths.channel("train_annotation") / "y" / "002.png", values)
     assert "masks without an image of the same base name in train: y/002.png" in _check_fails(paths)
@@ -336,7 +336,7 @@ def test_binary_255_hint_explains_ignore(paths: Paths, small_dataset: Path) -> N
     hint = binary_255_hint(summary.raw_values, 2, SCALE_1)
 
     assert summary.raw_values == {0, 255}
-    assert summary.pixels_per_class[1] == 0
+    assert summary.class_counts[1] == 0
     assert hint is not None
     assert "255" in hint
     assert "ignore" in hint

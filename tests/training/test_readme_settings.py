@@ -61,7 +61,7 @@ def test_early_stopping_true_ends_the_run_after_patience_stale_epochs(
     assert checkpoints.listed(base_dir / "checkpoints")[0].name == "checkpoint-e0006-i000000.pt"
 
 
-def training_pixels_per_class(data: Path, num_classes: int) -> np.ndarray:
+def training_class_counts(data: Path, num_classes: int) -> np.ndarray:
     """Labelled pixels per class over the train masks, counted from the files."""
     counts = np.zeros(256, dtype=np.int64)
     for mask in sorted((data / "train_annotation").glob("*.png")):
@@ -96,7 +96,7 @@ def test_class_weights_auto_and_a_differing_num_training_samples_in_file_mode(
     warning = "num_training_samples is 4 but the train channel holds 8 image/mask pairs; using 8"
     assert warning in out
     assert "the schedule assumed" not in out
-    pixels = training_pixels_per_class(small_dataset, 3)
+    pixels = training_class_counts(small_dataset, 3)
     assert pixels.min() > 0  # every class present: no weight falls back to 1
     frequency = pixels / pixels.sum()
     expected = np.median(frequency) / frequency

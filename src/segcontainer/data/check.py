@@ -40,7 +40,7 @@ PROBLEMS = {
 @dataclass
 class SplitSummary:
     samples: list[Sample]
-    pixels_per_class: np.ndarray  # (num_classes,) labelled pixels per class
+    class_counts: np.ndarray  # (num_classes,) labelled pixels per class
     ignored_pixels: int
     raw_values: set[int]  # mask values before the label map, for hints
 
@@ -173,12 +173,12 @@ def binary_255_hint(raw_values: set[int], num_classes: int, label_map: dict) -> 
 
 
 def log_histogram(summary: SplitSummary, class_names: tuple[str, ...]) -> None:
-    total = int(summary.pixels_per_class.sum()) or 1
+    total = int(summary.class_counts.sum()) or 1
     log.info(
         "training set: %d images; pixels per class (share of labelled pixels):",
         len(summary.samples),
     )
-    for index, count in enumerate(summary.pixels_per_class.tolist()):
+    for index, count in enumerate(summary.class_counts.tolist()):
         name = class_names[index] if class_names else f"class {index}"
         flag = "  <- absent from the training set" if count == 0 else ""
         log.info("  %3d %-20s %12d  %6.2f%%%s", index, name, count, 100 * count / total, flag)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -41,21 +41,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingData:
-    """What training and the exports after it get from the channels."""
+    """What training and the exports after it get from the channels: the loaders and their
+    controls (any task), then what only segmentation's data has (empty for other tasks)."""
 
-    label_maps: dict[str, dict]  # each split's label map as given, saved with the model
-    # File mode: every checked training pair (the exports calibrate on them); Pipe mode keeps
-    # none (streamed).
-    train_samples: tuple[Sample, ...]
-    # This process's share of the validation pairs: what its validation loader scores.
-    validation_samples: tuple[Sample, ...]
-    validation_lut: np.ndarray  # the validation label map as a look-up table
     train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # a DataLoader or GpuTrainBatches
-    validation_loader: DataLoader
+    validation_loader: Iterable  # batches the task's validation reads
     start_epoch: Callable[[int, int], None]  # (epoch, samples already trained on)
     iters_per_epoch: int
-    pixels_per_class: np.ndarray | None  # training histogram (File mode only)
     limit_steps: Callable[[int], None]  # cap the steps per epoch (ranks with unequal parts)
+    # The training labels per class (pixels or images), summed over hosts; None in Pipe mode
+    class_counts: np.ndarray | None
+    label_maps: dict[str, dict] = field(default_factory=dict)  # as given, saved with the model
+    # File mode: every checked training pair (the exports calibrate on them); Pipe mode keeps
+    # none (streamed).
+    train_samples: tuple = ()
+    # This process's share of the validation pairs: what its validation loader scores.
+    validation_samples: tuple = ()
+    validation_lut: np.ndarray | None = None  # the validation label map as a look-up table
 
     def limited(self, steps: int) -> TrainingData:
         """The same data with at most ``steps`` batches per epoch."""
@@ -168,7 +170,7 @@ def prepare(
         validation_loader=validation_loader,
         start_epoch=train.start_epoch,
         iters_per_epoch=train.samples_per_epoch // batch,
-        pixels_per_class=train_summary.pixels_per_class if train_summary else None,
+        class_counts=train_summary.class_counts if train_summary else None,
         limit_steps=train.limit_steps,
     )
 

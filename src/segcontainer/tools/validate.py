@@ -287,7 +287,7 @@ def validate(
             except UserError as exc:
                 result.problems.append(str(exc))
                 continue
-        count.pixels, count.ignored = summary.pixels_per_class, summary.ignored_pixels
+        count.pixels, count.ignored = summary.class_counts, summary.ignored_pixels
         raw_train |= summary.raw_values if split == "train" else set()
     if classes == ANY_LABEL:
         _guess_num_classes(result)

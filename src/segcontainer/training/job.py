@@ -166,9 +166,9 @@ def agreed(data: TrainingData, rank: Rank, device: torch.device) -> TrainingData
     if steps != data.iters_per_epoch:  # ShardedByS3Key parts of unequal size
         log.warning("training %d steps per epoch, as the host with the least data", steps)
         data = data.limited(steps)
-    if data.pixels_per_class is not None and rank.distributed:
-        pixels = collectives.all_reduce_histogram(data.pixels_per_class, device)
-        data = replace(data, pixels_per_class=pixels)
+    if data.class_counts is not None and rank.distributed:
+        counts = collectives.all_reduce_histogram(data.class_counts, device)
+        data = replace(data, class_counts=counts)
     return data
 
 

@@ -30,7 +30,7 @@ def claims_channels(channels: Mapping[str, ChannelConfig], paths: Paths) -> bool
 
 
 def objective(config: Config, data: TrainingData, device: torch.device) -> loss.Objective:
-    return loss.objective(config, data.pixels_per_class, device)
+    return loss.objective(config, data.class_counts, device)
 
 
 def model_record(config: Config, data: TrainingData) -> dict:

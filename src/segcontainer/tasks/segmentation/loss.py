@@ -74,28 +74,26 @@ def median_frequency_weights(pixels: np.ndarray) -> torch.Tensor:
 
 
 def class_weight(
-    config: Config, pixels_per_class: np.ndarray | None, device: torch.device
+    config: Config, class_counts: np.ndarray | None, device: torch.device
 ) -> torch.Tensor | None:
     """The loss's class weights: class_weights=auto from the training histogram, the given
     weights, or None (unweighted)."""
     if config.class_weights == "auto":
-        if pixels_per_class is None:
+        if class_counts is None:
             raise UserError(
                 "class_weights=auto needs the training histogram, which Pipe mode "
                 "cannot give before training; give one weight per class instead."
             )
-        return median_frequency_weights(pixels_per_class).to(device)
+        return median_frequency_weights(class_counts).to(device)
     if isinstance(config.class_weights, tuple):
         return torch.tensor(config.class_weights, dtype=torch.float32, device=device)
     return None
 
 
-def objective(
-    config: Config, pixels_per_class: np.ndarray | None, device: torch.device
-) -> Objective:
+def objective(config: Config, class_counts: np.ndarray | None, device: torch.device) -> Objective:
     """The job's loss: class weights as class_weights asks, the auxiliary term as
     aux_loss_weight asks."""
     return Objective(
-        class_weight=class_weight(config, pixels_per_class, device),
+        class_weight=class_weight(config, class_counts, device),
         aux_weight=config.aux_loss_weight,
     )
