@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,9 @@ def image_problem(source: ImageSource, where: str) -> str | None:
     except FileNotFoundError:
         return f"{where}: no such file"
     except Exception as exc:  # Pillow raises many types for broken or truncated files
-        return f"{where}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        # Pillow's message ends with the file (or a BytesIO's repr): ``where`` names it
+        text = re.sub(r" (<_io\.BytesIO object at 0x[0-9a-f]+>|'[^']*')$", "", str(exc))
+        return f"{where}: {' '.join(text.split()) or type(exc).__name__}"
     return None
 
 

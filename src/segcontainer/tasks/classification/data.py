@@ -115,7 +115,8 @@ def checked_splits(
         found[split] = read
         if not read.classes and sum(len(i) for i in problems.found.values()) == before:
             problems.add("layout", f"The {split} channel holds no images.")
-    if "train" in found and found["train"].classes:
+    # The size of the training set once its items are known good (bad ones are not counted)
+    if "train" in found and found["train"].classes and not problems.found:
         count = len(found["train"].classes)
         for text in check_count(
             count, config.num_training_samples, config.mini_batch_size, parallel

@@ -83,18 +83,18 @@ def _manifest_pairs(stream: BinaryIO, name: str, form: StreamForm) -> Iterator[S
     records = iter_records(stream)
     try:
         for index, image in enumerate(records):
+            if index == 0 and image.startswith(MAGIC_BYTES):
+                raise UserError(
+                    f"The Pipe-mode stream {name} holds RecordIO files wrapped in RecordIO: a "
+                    ".rec file streams as it is. Set RecordWrapperType to None for .rec files "
+                    "(RecordIO wrapping is for augmented manifests)."
+                )
             label = next(records, None)
             if label is None:
                 raise UserError(
                     f"The Pipe-mode stream {name} holds an odd number of records: image record "
                     f"{2 * index} has no label record after it. An augmented manifest streams "
                     "AttributeNames=['source-ref', '<label attribute>'], both on every line."
-                )
-            if index == 0 and image.startswith(MAGIC_BYTES):
-                raise UserError(
-                    f"The Pipe-mode stream {name} holds RecordIO files wrapped in RecordIO: a "
-                    ".rec file streams as it is. Set RecordWrapperType to None for .rec files "
-                    "(RecordIO wrapping is for augmented manifests)."
                 )
             where = f"{name} record {2 * index + 1} (the label of image record {2 * index})"
             classes = _label(label, image, where, form)
