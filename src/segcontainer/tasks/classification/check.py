@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -141,11 +141,3 @@ def check_count(
             "per step. Lower mini_batch_size or add images."
         ]
     return []
-
-
-def run_checks(checks: Iterable[Callable[[Problems], object]]) -> list:
-    """Each check's result, every problem of all of them reported together at the end."""
-    problems = Problems()
-    results = [check(problems) for check in checks]
-    problems.raise_if_any()
-    return results

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.data import pipe
-from segcontainer.data.dataset import ONE_PROCESS, EpochSampler, Parallel
+from segcontainer.data.dataset import ONE_PROCESS, EpochSampler, Parallel, Shard
 from segcontainer.data.loaders import TrainingData, worker_count
 from segcontainer.data.train_batches import PIPELINES, SHUFFLE_BUFFER, TrainBatches
 from segcontainer.errors import UserError
@@ -31,7 +31,12 @@ from segcontainer.tasks.classification.check import (
     class_counts,
     warn_absent_classes,
 )
-from segcontainer.tasks.classification.dataset import EpochSeeded, MemoryDataset, Transform
+from segcontainer.tasks.classification.dataset import (
+    EpochSeeded,
+    MemoryDataset,
+    Transform,
+    Transformed,
+)
 from segcontainer.tasks.classification.file_mode import FileSplit, Labels, read_split
 from segcontainer.tasks.classification.hyperparameters import ClassificationConfig
 from segcontainer.tasks.classification.stream import PipeImageStream, stream_form, stream_images
@@ -57,8 +62,7 @@ def prepare(
     # Workers start afresh each epoch (not persistent) so they see the dataset's epoch.
     common = {"pin_memory": device.type == "cuda"}
     batch = parallel.batch_size or config.mini_batch_size
-    shape = config.image_shape
-    augmented = train_transform(shape, config.resize, config.augmentation_type)
+    augmented = train_transform(config.image_shape, config.resize, config.augmentation_type)
     if "train" in checked:
         train_set = checked["train"].dataset.with_transform(augmented)
         train = _file_batches(train_set, config.seed, batch, workers, common, parallel)
@@ -71,15 +75,8 @@ def prepare(
         validation_set = checked["validation"].dataset
     else:
         validation_set = pipe_validation(paths, channels["validation"], labels, stop)
-    every = parallel.validation.every(range(len(validation_set)))
-    validation_loader = DataLoader(
-        Subset(validation_set.with_transform(eval_transform(shape, config.resize)), every),
-        batch,
-        # Own generator: creating loader iterators must not draw from the global random
-        # state, which dropout uses and checkpoints restore.
-        generator=torch.Generator().manual_seed(config.seed),
-        num_workers=workers,
-        **common,
+    validation_loader = build_validation_loader(
+        validation_set, config, batch, parallel.validation, num_workers=workers, **common
     )
     counts = None
     if "train" in checked:
@@ -92,6 +89,22 @@ def prepare(
         iters_per_epoch=train.samples_per_epoch // batch,
         limit_steps=train.limit_steps,
         class_counts=counts,
+    )
+
+
+def build_validation_loader(
+    dataset: Transformed, config: ClassificationConfig, batch: int, shard: Shard, **options
+) -> DataLoader:
+    """This process's share of the validation images (every count-th, in order), prepared by
+    eval_transform exactly as the endpoint prepares a request, in batches of ``batch``."""
+    prepared = dataset.with_transform(eval_transform(config.image_shape, config.resize))
+    return DataLoader(
+        Subset(prepared, shard.every(range(len(dataset)))),
+        batch,
+        # Own generator: creating loader iterators must not draw from the global random
+        # state, which dropout uses and checkpoints restore.
+        generator=torch.Generator().manual_seed(config.seed),
+        **options,
     )
 
 
