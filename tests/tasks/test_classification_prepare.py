@@ -4,11 +4,13 @@ them without overlap; a resumed epoch gets exactly the batches it had left."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from segcontainer.config.environment import Paths
 from segcontainer.data.dataset import Parallel, Shard
@@ -75,6 +77,7 @@ def assert_batches_match_labels(data, train: dict, validation: dict, multi: bool
         seen += ids
     assert sorted(seen) == sorted(train)
     validated = [(image_ids(images), targets) for images, targets in data.validation_loader]
+    assert all(images.shape[1:] == (3, 16, 16) for images, _ in data.validation_loader)
     ids = [i for batch_ids, _ in validated for i in batch_ids]
     assert ids == sorted(validation)  # every validation image once, in order
     targets = torch.cat([t for _, t in validated])
@@ -181,20 +184,26 @@ def test_mxnet_written_files_give_each_image_its_class(paths: Paths, name: str) 
     assert prepared.class_counts.tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("pipe", [False, True], ids=["file", "pipe"])
-def test_mxnet_packed_multi_label_records(paths: Paths, pipe: bool) -> None:
-    """im2rec --pack-label: cat/0 (red) [1,0,1], dog/0 (green) [0,1,1], emu/1 (blue) [0,0,1]."""
+@pytest.mark.parametrize("form", ["rec", "lst", "pipe"])
+def test_mxnet_packed_multi_label_records(paths: Paths, form: str) -> None:
+    """im2rec --pack-label: cat/0 (red) [1,0,1], dog/0 (green) [0,1,1], emu/1 (blue) [0,0,1];
+    the .rec without its .idx."""
     data = data_dir(paths)
     for split in ("train", "validation"):
-        if pipe:
+        if form == "pipe":
             shutil.copy(FIXTURES / "multi.rec", data / f"{split}_0")
-        else:
+        elif form == "rec":
             (data / split).mkdir()
             shutil.copy(FIXTURES / "multi.rec", data / split)
+        else:
+            shutil.copytree(FIXTURES / "images", data / split)
+            (data / f"{split}_lst").mkdir()
+            shutil.copy(FIXTURES / "multi.lst", data / f"{split}_lst")
     config = settings(
         image_shape="3,8,8", mini_batch_size="1", num_training_samples="3", multi_label="1"
     )
-    channels = channel_configs(**dict.fromkeys(("train", "validation"), PIPE_REC if pipe else {}))
+    channel = PIPE_REC if form == "pipe" else {}
+    channels = channel_configs(**dict.fromkeys(("train", "validation", f"train_{form}"), channel))
 
     prepared = prepare(paths, config, channels, CPU, never)
 
@@ -296,3 +305,25 @@ def test_limit_steps_caps_the_batches_of_an_epoch(paths: Paths) -> None:
     WRITERS["manifest"](data_dir(paths), "validation", VALIDATION_SINGLE)
     data = prepare(paths, settings(), file_channels("manifest"), CPU, never).limited(2)
     assert data.iters_per_epoch == 2 and len(epoch_batches(data, 0)) == 2
+
+
+def test_images_of_any_size_give_batches_of_image_shape(paths: Paths) -> None:
+    """The shorter side resized (to resize, else to image_shape's), then cropped: images of
+    several sizes and aspects batch together, in training and in validation."""
+    sizes = [(20, 30), (40, 24), (16, 16), (33, 50)]
+    images = {}
+    for i in range(8):
+        width, height = sizes[i % 4]
+        out = io.BytesIO()
+        Image.new("RGB", (width, height), (8 * i, 100, 0)).save(out, format="PNG")
+        images[i] = out.getvalue()
+    train = {i: i % 3 for i in range(8)}
+    WRITERS["lst"](data_dir(paths), "train", train, images)
+    WRITERS["lst"](data_dir(paths), "validation", {i: i % 3 for i in range(4)}, images)
+    config = settings(num_training_samples="8", augmentation_type="crop", resize="24")
+
+    data = prepare(paths, config, file_channels("lst"), CPU, never)
+
+    for images_, targets in epoch_batches(data, 0) + list(data.validation_loader):
+        assert images_.shape == (4, 3, 16, 16)
+        assert targets.tolist() == [train[i] for i in image_ids(images_)]
