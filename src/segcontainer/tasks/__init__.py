@@ -18,10 +18,11 @@ from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.errors import UserError
 from segcontainer.model_folder import load_model as load_with
 from segcontainer.model_folder import read_record
+from segcontainer.tasks.classification import CLASSIFICATION
 from segcontainer.tasks.segmentation import SEGMENTATION
 from segcontainer.tasks.task import TASK_KEY, Task
 
-TASKS: dict[str, Task] = {task.name: task for task in (SEGMENTATION,)}
+TASKS: dict[str, Task] = {task.name: task for task in (SEGMENTATION, CLASSIFICATION)}
 DEFAULT_TASK = SEGMENTATION
 # Every Accept type some task answers: SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT is checked against
 # these at start-up, and against the model's own task's once the model is read.
