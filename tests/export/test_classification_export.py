@@ -24,6 +24,7 @@ from segcontainer.export import after_training, calibration_images, export_model
 from segcontainer.prediction import PredictionSettings
 from segcontainer.tasks import load_model
 from segcontainer.tasks.classification.dataset import ListDataset
+from segcontainer.tasks.classification.export_check import ClassificationImages, check
 from segcontainer.tasks.classification.prediction import Predictor
 from segcontainer.tasks.classification.records import read_list
 from segcontainer.tasks.classification.transforms import eval_transform, train_transform
@@ -266,3 +267,51 @@ def test_a_finished_job_exports_from_its_training_data(learned_folder, tmp_path)
         json.loads((paths.model_dir / "hyperparams.json").read_text())["task"]
         == "image-classification"
     )
+
+
+def table_engine(logits: dict[int, list[float]]):
+    """An engine answering image ``i`` (an input filled with the value i) with ``logits[i]``."""
+
+    def engine(batch: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([logits[int(batch[0, 0, 0, 0])]])
+
+    return engine
+
+
+def check_images(targets: list) -> ClassificationImages:
+    items = [(torch.full((3, 4, 4), float(i)), torch.tensor(t)) for i, t in enumerate(targets)]
+    return ClassificationImages((), items, (3, 4, 4))
+
+
+@pytest.mark.parametrize(("wrong", "passes"), [(1, True), (2, False)])
+def test_accuracy_within_half_a_point_passes_and_more_fails(wrong: int, passes: bool) -> None:
+    """200 images the fp32 model gets right; int8 gets ``wrong`` of them wrong: one is exactly
+    half a point (0.005) of accuracy, which is within the requirement; two are not."""
+    targets = [i % 3 for i in range(200)]
+    fp32 = {i: [5.0 if c == t else 0.0 for c in range(3)] for i, t in enumerate(targets)}
+    int8 = {i: logits[1:] + logits[:1] if i < wrong else logits for i, logits in fp32.items()}
+    data = check_images(targets)
+    outcome = check(table_engine(fp32), data, range(200), {"multi_label": False})
+    agreement = outcome.compare(table_engine(int8))
+    assert agreement.accuracy_fp32 == 1.0
+    assert agreement.accuracy_int8 == pytest.approx(1 - wrong / 200)
+    assert agreement.top1_agreement == pytest.approx(1 - wrong / 200)
+    assert (agreement.problems() == []) is passes, agreement.problems()
+    if not passes:
+        assert agreement.problems() == [
+            "accuracy 0.9900 is more than 0.005 below fp32's 1.0000",
+        ]
+
+
+def test_multi_label_accuracy_counts_each_class_decision() -> None:
+    """A multi-label answer is right per class where its probability is on the label's side of
+    0.5: int8 flipping one class decision of one image of two (3 classes) costs 1/6."""
+    targets = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    fp32 = {0: [3.0, -2.0, 1.0], 1: [-3.0, 2.0, -1.0]}
+    int8 = {0: [3.0, -2.0, -0.5], 1: [-3.0, 2.0, -1.0]}  # image 0's class 2 now below 0.5
+    outcome = check(table_engine(fp32), check_images(targets), range(2), {"multi_label": True})
+    agreement = outcome.compare(table_engine(int8))
+    assert agreement.accuracy_fp32 == 1.0
+    assert agreement.accuracy_int8 == pytest.approx(5 / 6)
+    assert agreement.top1_agreement == 1.0  # the most probable class is unchanged
+    assert agreement.problems() == ["accuracy 0.8333 is more than 0.005 below fp32's 1.0000"]
