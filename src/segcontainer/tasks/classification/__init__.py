@@ -17,7 +17,14 @@ from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.data.loaders import TrainingData
 from segcontainer.data.manifest import MANIFEST_SUFFIXES, find_manifest
 from segcontainer.data.pipe import is_pipe
-from segcontainer.tasks.classification import answers, hyperparameters, loss, model, scores
+from segcontainer.tasks.classification import (
+    answers,
+    export_check,
+    hyperparameters,
+    loss,
+    model,
+    scores,
+)
 from segcontainer.tasks.classification.data import prepare
 from segcontainer.tasks.classification.prediction import Predictor
 from segcontainer.tasks.task import TASK_KEY, Task
@@ -101,4 +108,7 @@ CLASSIFICATION = Task(
     metric_lines=scores.metric_lines,
     must_match=("num_layers", "image_shape", "num_classes"),
     train_metric=scores.train_metric,
+    export_data=export_check.from_training,
+    export_calibration=export_check.from_calibration,
+    export_check=export_check.check,
 )
