@@ -19,8 +19,11 @@ GROUNDTRUTH_EXAMPLE = """example:
   segcontainer groundtruth s3://bucket/my-job/manifests/output/output.manifest data/
   segcontainer groundtruth output.manifest data/ --s3-root s3://bucket/my-job=my-job/
 
-Writes data/{train,train_annotation,validation,validation_annotation}/, class_names.txt and
-train.manifest / validation.manifest, then prints num_classes and class_names for training.
+Semantic segmentation job: writes data/{train,train_annotation,validation,
+validation_annotation}/, class_names.txt and train.manifest / validation.manifest.
+Image classification job (single- or multi-label, found by its label's metadata): writes
+data/{train,validation}/ images, data/{train_lst,validation_lst}/*.lst and class_names.txt.
+Then prints num_classes, class_names (and multi_label) for training.
 """
 
 LABELME_EXAMPLE = """example:
@@ -112,9 +115,9 @@ def _groundtruth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _groundtruth(args: argparse.Namespace) -> Summary:
-    from segcontainer.tools.groundtruth import convert
+    from segcontainer.tools.groundtruth_classes import convert_job
 
-    return convert(
+    return convert_job(
         args.manifest,
         args.out,
         SplitOptions.from_args(args),
@@ -230,7 +233,8 @@ def _evaluate(args: argparse.Namespace) -> Summary:
 
 TOOLS = {
     "groundtruth": DataTool(
-        "Ground Truth semantic segmentation output manifest -> channel layout",
+        "Ground Truth semantic segmentation or image classification output manifest -> "
+        "channel layout",
         GROUNDTRUTH_EXAMPLE,
         _groundtruth_arguments,
         _groundtruth,

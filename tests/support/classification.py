@@ -1,0 +1,65 @@
+"""Classification model folders for the tools' tests, without training: a tiny CIFAR ResNet-20
+written by model_folder.save_model as training writes it (hyperparams.json with the task,
+model_info.json with the class names). ``favour`` makes the model answer one class for every
+image (its classifier's weights zero, its bias large for that class), so a test knows the right
+numbers without running the model first.
+
+Only this module calls save_model for classification in tests: when save_model's ``scores``
+argument changes, ``_scores`` is the one place to follow it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from segcontainer import model_folder
+from segcontainer.metrics import Scores
+from segcontainer.tasks.classification.hyperparameters import resolve
+from segcontainer.tasks.classification.model import build_network
+
+TASK = "image-classification"
+
+
+def _scores(num_classes: int) -> Scores:
+    # save_model still records segmentation's scores; a classification model has none yet.
+    return Scores(miou=0.0, pixel_accuracy=0.0, per_class_iou=(None,) * num_classes)
+
+
+def classification_record(num_classes: int, size: int = 16, **hyperparameters: str) -> dict:
+    """hyperparams.json of a ResNet-20 at ``size`` px, as training writes it."""
+    config = resolve(
+        {
+            "num_classes": str(num_classes),
+            "num_training_samples": "8",
+            "mini_batch_size": "4",
+            "num_layers": "20",
+            "image_shape": f"3,{size},{size}",
+            **hyperparameters,
+        }
+    )
+    return {**config.as_dict(), "task": TASK}
+
+
+def save_classification_model(
+    model_dir: Path,
+    class_names: tuple[str, ...],
+    *,
+    size: int = 16,
+    favour: int | None = None,
+    seed: int = 0,
+    **hyperparameters: str,
+) -> Path:
+    """A classification model folder; ``favour``: the class it answers for every image."""
+    record = classification_record(len(class_names), size, **hyperparameters)
+    torch.manual_seed(seed)
+    model = build_network(20, len(class_names), False).eval()
+    if favour is not None:
+        with torch.no_grad():
+            model.fc.weight.zero_()
+            model.fc.bias.fill_(-4.0)
+            model.fc.bias[favour] = 4.0
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model_folder.save_model(model_dir, model, record, 0, _scores(len(class_names)), class_names)
+    return model_dir
