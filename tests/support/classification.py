@@ -10,6 +10,7 @@ argument changes, ``_scores`` is the one place to follow it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -63,3 +64,22 @@ def save_classification_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     model_folder.save_model(model_dir, model, record, 0, _scores(len(class_names)), class_names)
     return model_dir
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "classification"
+FIXTURE_NAMES = ("cat", "dog", "emu")  # the MXNet-written fixtures' classes, by id
+
+
+def fixture_layout(root: Path, form: str = "lst", labels: str = "single") -> Path:
+    """The MXNet-written fixtures (8-px JPEGs, one colour per class) as both splits of a layout
+    root: ``form`` "lst" (images + ``<split>_lst/<labels>.lst``) or "rec" (``<split>/<labels>.rec``);
+    ``labels`` "single" or "multi". Returns root."""
+    for split in ("train", "validation"):
+        if form == "rec":
+            (root / split).mkdir(parents=True)
+            shutil.copy(FIXTURES / f"{labels}.rec", root / split / f"{labels}.rec")
+        else:
+            shutil.copytree(FIXTURES / "images", root / split)
+            (root / f"{split}_lst").mkdir(parents=True)
+            shutil.copy(FIXTURES / f"{labels}.lst", root / f"{split}_lst" / f"{labels}.lst")
+    return root

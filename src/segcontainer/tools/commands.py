@@ -47,7 +47,9 @@ VALIDATE_EXAMPLE = """example:
 
 Runs train's data check on data/{train,train_annotation,validation,validation_annotation}:
 prints the counts, the pixels per class and every problem with the files named; exits 0 when
-training would accept the data, 1 otherwise.
+training would accept the data, 1 otherwise. Image classification data (a .lst in
+data/{train,validation}_lst/ or a .rec in data/{train,validation}/) gets classification's
+check: every bad list line, record and image named, and the images per class.
 """
 
 EVALUATE_EXAMPLE = """example:
@@ -197,9 +199,24 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a label map JSON for both splits, or a label_map folder (default: ROOT/label_map)",
     )
+    parser.add_argument(
+        "--multi-label",
+        action="store_const",
+        const=True,
+        help="image classification data: one 0/1 label per class (default: the config's "
+        "multi_label, else read off the labels)",
+    )
 
 
 def _validate(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.classification_data import data_is_classification
+
+    if data_is_classification(args.root):  # a .lst or .rec in its channels
+        from segcontainer.tools.validate_classification import validate_classification
+
+        return validate_classification(
+            args.root, args.num_classes, args.class_names, args.multi_label
+        )
     from segcontainer.tools.validate import validate
 
     return validate(args.root, args.num_classes, args.label_map, args.class_names)
