@@ -1,8 +1,8 @@
 """Classification model folders for the tools' tests, without training: a tiny CIFAR ResNet-20
 written by model_folder.save_model as training writes it (hyperparams.json with the task,
-model_info.json with the class names). ``favour`` makes the model answer one class for every
-image (its classifier's weights zero, its bias large for that class), so a test knows the right
-numbers without running the model first.
+model_info.json with the class names). ``logits`` makes the model answer the same logits for
+every image (its classifier's weights zero, its bias those logits), so a test knows the right
+probabilities, and every number made of them, without running the model.
 
 Only this module calls save_model for classification in tests: when save_model's ``scores``
 argument changes, ``_scores`` is the one place to follow it.
@@ -48,19 +48,18 @@ def save_classification_model(
     class_names: tuple[str, ...],
     *,
     size: int = 16,
-    favour: int | None = None,
+    logits: tuple[float, ...] | None = None,
     seed: int = 0,
     **hyperparameters: str,
 ) -> Path:
-    """A classification model folder; ``favour``: the class it answers for every image."""
+    """A classification model folder; ``logits``: what it answers for every image."""
     record = classification_record(len(class_names), size, **hyperparameters)
     torch.manual_seed(seed)
     model = build_network(20, len(class_names), False).eval()
-    if favour is not None:
+    if logits is not None:
         with torch.no_grad():
             model.fc.weight.zero_()
-            model.fc.bias.fill_(-4.0)
-            model.fc.bias[favour] = 4.0
+            model.fc.bias.copy_(torch.tensor(logits))
     model_dir.mkdir(parents=True, exist_ok=True)
     model_folder.save_model(model_dir, model, record, 0, _scores(len(class_names)), class_names)
     return model_dir
@@ -72,8 +71,8 @@ FIXTURE_NAMES = ("cat", "dog", "emu")  # the MXNet-written fixtures' classes, by
 
 def fixture_layout(root: Path, form: str = "lst", labels: str = "single") -> Path:
     """The MXNet-written fixtures (8-px JPEGs, one colour per class) as both splits of a layout
-    root: ``form`` "lst" (images + ``<split>_lst/<labels>.lst``) or "rec" (``<split>/<labels>.rec``);
-    ``labels`` "single" or "multi". Returns root."""
+    root: ``form`` "lst" (images + ``<split>_lst/<labels>.lst``) or "rec"
+    (``<split>/<labels>.rec``); ``labels`` "single" or "multi". Returns root."""
     for split in ("train", "validation"):
         if form == "rec":
             (root / split).mkdir(parents=True)

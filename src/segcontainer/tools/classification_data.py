@@ -18,7 +18,7 @@ from PIL import Image
 
 from segcontainer.data.recordio import iter_records
 from segcontainer.errors import UserError
-from segcontainer.model_folder import read_record
+from segcontainer.model_folder import CONFIG_FILE, read_record
 from segcontainer.tasks.classification.dataset import decode
 from segcontainer.tasks.classification.records import (
     read_list,
@@ -32,7 +32,10 @@ SPLITS = ("train", "validation")
 
 
 def model_is_classification(model_dir: Path) -> bool:
-    """Whether the model in model_dir is an image classification model."""
+    """Whether the model in model_dir is an image classification model (a folder without
+    hyperparams.json is left to the segmentation path, which names what is missing)."""
+    if not (model_dir / CONFIG_FILE).is_file():
+        return False
     record = read_record(model_dir, f"The model in {model_dir}")
     if record.get(TASK_KEY) == CLASSIFICATION:
         return True

@@ -61,6 +61,12 @@ DATA: a layout root (its validation/ pairs are scored) or one channel folder wit
 <channel>_annotation/ beside it. Images are predicted as the endpoint predicts them. Writes
 report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser),
 which name the engine: --engine torch reproduces training's validation:mIOU.
+
+An image classification model (its hyperparams.json says so) is scored on DATA's validation
+split (validation/ with validation_lst/*.lst, or validation/*.rec; or one channel: data/train):
+accuracy, top-k accuracy (--top-k K), per-class precision and recall, the confusion matrix
+and the images whose truth got the lowest probability, in the same files.
+  segcontainer evaluate model.tar.gz data/ report/ --top-k 2
 """
 
 
@@ -240,12 +246,18 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="the class the overlays treat as background (default: the class named "
         "background, e.g. _background_, else none)",
     )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="image classification: also score top-K accuracy (default: the model's top_k)",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> Summary:
     from segcontainer.tools.evaluate import evaluate
 
-    return evaluate(args.model, args.data, args.out, args.engine, args.background)
+    return evaluate(args.model, args.data, args.out, args.engine, args.background, args.top_k)
 
 
 TOOLS = {
