@@ -122,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser("demo", help="train on a generated demo dataset")
     demo_parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     demo_parser.add_argument("--epochs", type=int, default=3)
+    demo_parser.add_argument(
+        "--task",
+        default="segmentation",
+        choices=("segmentation", "classification", "semantic-segmentation", "image-classification"),
+        help="the algorithm the demo trains (default segmentation)",
+    )
     add_data_tools(commands)
     return root
 
@@ -145,7 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from segcontainer.tools.demo import run_demo
 
-    return run_demo(args.dir, args.epochs)
+    return run_demo(args.dir, args.epochs, args.task)
 
 
 def _recordio(args: argparse.Namespace) -> int:

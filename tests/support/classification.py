@@ -16,16 +16,23 @@ from pathlib import Path
 import torch
 
 from segcontainer import model_folder
-from segcontainer.metrics import Scores
 from segcontainer.tasks.classification.hyperparameters import resolve
 from segcontainer.tasks.classification.model import build_network
 
 TASK = "image-classification"
 
 
-def _scores(num_classes: int) -> Scores:
-    # save_model still records segmentation's scores; a classification model has none yet.
-    return Scores(miou=0.0, pixel_accuracy=0.0, per_class_iou=(None,) * num_classes)
+def _scores(num_classes: int):
+    """Validation scores as save_model takes them: the task-free ValidationScores where the
+    epoch loop keeps them (accuracy first, as classification's validation reports), else
+    segmentation's Scores of the base this was written on."""
+    try:
+        from segcontainer.metrics import ValidationScores
+    except ImportError:
+        from segcontainer.metrics import Scores
+
+        return Scores(miou=0.0, pixel_accuracy=0.0, per_class_iou=(None,) * num_classes)
+    return ValidationScores((("accuracy", 0.0),), (None,) * num_classes, "accuracy")
 
 
 def classification_record(num_classes: int, size: int = 16, **hyperparameters: str) -> dict:
