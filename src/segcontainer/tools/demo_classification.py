@@ -87,8 +87,8 @@ def describe_answer(answer: bytes, folder: Path) -> list[str]:
         f"{name} {p:.3f}"
         for name, p in zip(decoded["labels"], decoded["probabilities"], strict=True)
     )
-    return [
-        f"  predicted label ({ACCEPT}): {decoded['predicted_label']}",
-        f"  probabilities: {shown}",
-        f"  answer:        {folder / 'prediction.json'}",
+    return [  # aligned with demo.py's other lines
+        f"{'  predicted label:':<41}{decoded['predicted_label']}",
+        f"{'  probabilities:':<41}{shown}",
+        f"{f'  answer ({ACCEPT}):':<41}{folder / 'prediction.json'}",
     ]
