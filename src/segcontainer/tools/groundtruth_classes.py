@@ -39,13 +39,12 @@ from PIL import Image
 
 from segcontainer.errors import UserError
 from segcontainer.tools.groundtruth import Fetcher, read_lines, source_stem
-from segcontainer.tools.layout import CLASS_NAMES_FILE, LayoutWriter, image_suffix
+from segcontainer.tools.layout import CLASS_NAMES_FILE, image_suffix
+from segcontainer.tools.list_layout import SPLITS, ClassSummary, ListWriter, list_line
 from segcontainer.tools.splits import SplitOptions, unmatched_notes
 
 SINGLE_TYPE = "groundtruth/image-classification"
 MULTI_TYPE = "groundtruth/image-classification-multilabel"
-CHANNELS = ("train", "validation", "train_lst", "validation_lst")
-SPLITS = ("train", "validation")
 SHOWN_PROBLEMS = 20
 
 
@@ -169,62 +168,6 @@ def refuse(problems: list[tuple[int, str]], source: str) -> None:
         + (f"\n  ... and {more} more" if more > 0 else "")
         + "\nFix or remove those lines (or choose another --label-attribute)."
     )
-
-
-def list_line(index: int, classes: tuple[int, ...], count: int, multi: bool, path: str) -> str:
-    """One ``.lst`` line as im2rec.py writes it (labels printed with ``%f``)."""
-    values = [float(i in classes) for i in range(count)] if multi else [float(classes[0])]
-    return "\t".join([str(index), *(f"{v:f}" for v in values), path]) + "\n"
-
-
-class ListWriter(LayoutWriter):
-    """LayoutWriter's clean-up on failure, for the image and list channels."""
-
-    def __post_init__(self) -> None:
-        for channel in CHANNELS:
-            folder = self.root / channel
-            if folder.is_dir() and any(folder.iterdir()):
-                raise UserError(
-                    f"{folder} already holds files; write to a new OUT folder (or empty it), so "
-                    "old and new images do not mix."
-                )
-        for channel in CHANNELS:
-            self._make_folder(self.root / channel)
-
-    def write(self, path: Path, data: bytes) -> None:
-        self._write(path, data)
-
-
-@dataclass
-class ClassSummary:
-    """What was written: images per split and per class, and the hyperparameters to use."""
-
-    root: Path
-    class_names: list[str]
-    multi_label: bool
-    per_class: dict[str, Counter]  # split -> class id -> images
-    images: Counter  # split -> images
-    notes: list[str]
-
-    def lines(self) -> list[str]:
-        count = {s: self.images[s] for s in SPLITS}
-        out = [f"wrote {self.root}:"]
-        out += [f"  {s:<10} {count[s]:6d} images" for s in SPLITS]
-        if not count["validation"]:
-            out.append("  warning: no validation images; training needs a validation channel.")
-        out.append("  images per class (train / validation):")
-        for index, name in enumerate(self.class_names):
-            train, validation = self.per_class["train"][index], self.per_class["validation"][index]
-            out.append(f"    {index:3d} {name:<20} {train:6d} / {validation:6d}")
-        out += self.notes
-        out.append("hyperparameters for this data:")
-        out.append(f"  num_classes={len(self.class_names)}")
-        out.append(f"  num_training_samples={count['train']}")
-        if self.multi_label:
-            out.append("  multi_label=1")
-        out.append(f"  class_names={','.join(n.replace(',', ';') for n in self.class_names)}")
-        out.append("channels: train, validation (application/x-image), train_lst, validation_lst")
-        return out
 
 
 def convert_classification(
