@@ -82,3 +82,9 @@ def test_unknown_num_classes_is_asked_for(tmp_path: Path, capsys) -> None:
     root = fixture_layout(tmp_path / "data")
     assert cli(["validate", str(root)]) == 1
     assert "give --num-classes N" in capsys.readouterr().err
+
+
+def test_label_map_is_refused_for_classification_data(tmp_path: Path, capsys) -> None:
+    root = fixture_layout(tmp_path / "data")
+    assert cli(["validate", str(root), "--num-classes", "3", "--label-map", "m.json"]) == 1
+    assert "--label-map maps mask values" in capsys.readouterr().err

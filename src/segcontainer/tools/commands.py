@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from segcontainer.config import variables
+from segcontainer.errors import UserError
 from segcontainer.tools.splits import SplitOptions
 
 GROUNDTRUTH_EXAMPLE = """example:
@@ -218,6 +219,8 @@ def _validate(args: argparse.Namespace) -> Summary:
     from segcontainer.tools.classification_data import data_is_classification
 
     if data_is_classification(args.root):  # a .lst or .rec in its channels
+        if args.label_map is not None:
+            raise UserError("--label-map maps mask values: image classification data has none.")
         from segcontainer.tools.validate_classification import validate_classification
 
         return validate_classification(

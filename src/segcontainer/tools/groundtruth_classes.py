@@ -224,6 +224,11 @@ def convert_classification(
             writer.write(out / f"{where}_lst" / f"{where}.lst", "".join(text[where]).encode())
         writer.write(out / CLASS_NAMES_FILE, "".join(f"{n}\n" for n in names).encode())
     notes = unmatched_notes(unmatched)
+    if split.manifest_prefix:
+        notes.append(
+            "  note: --manifest-prefix unused: the .lst files hold paths relative to the image "
+            "channels, wherever they are uploaded."
+        )
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
         notes.insert(0, f"  skipped {len(skipped)} lines without {attribute}: lines {shown}")
