@@ -188,3 +188,23 @@ def test_two_classification_labels_need_label_attribute(tmp_path: Path, capsys) 
     args = ["groundtruth", str(manifest), str(tmp_path / "data"), "--label-attribute", "animals"]
     assert cli([*args, "--validation-fraction", "0"]) == 0
     assert (tmp_path / "data" / "train_lst" / "train.lst").read_text() == "0\t1.000000\timg_0.jpg\n"
+
+
+def test_label_verification_beside_the_label_is_not_a_second_label(tmp_path: Path, capsys) -> None:
+    # A chained verification job adds a class-name of its own ("bad"), typed label-verification.
+    verify = {"class-name": "bad", "type": "groundtruth/label-verification", "job-name": "check"}
+    line = single("images/img_0.jpg", 1, "dog") | {
+        "verify-pets": "1",
+        "verify-pets-metadata": verify,
+    }
+    manifest = job(tmp_path / "job", [line])
+    assert (
+        cli(["groundtruth", str(manifest), str(tmp_path / "data"), "--validation-fraction", "0"])
+        == 0
+    )
+    assert (tmp_path / "data" / "class_names.txt").read_text() == "class_0\ndog\n"
+    only_verification = job(
+        tmp_path / "job2", [{"source-ref": "images/img_0.jpg", "v": "1", "v-metadata": verify}]
+    )
+    assert cli(["groundtruth", str(only_verification), str(tmp_path / "data2")]) == 1
+    assert "no image classification label" in capsys.readouterr().err

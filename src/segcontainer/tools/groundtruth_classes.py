@@ -49,17 +49,15 @@ SHOWN_PROBLEMS = 20
 
 
 def is_classification(entry: dict, attribute: str) -> bool:
-    """Whether ``attribute`` of a line is an image classification label (by its metadata)."""
+    """Whether ``attribute`` of a line is an image classification label, by its metadata: the
+    type Ground Truth writes, or (metadata without a type) a class-name or class-map. Other
+    types with a class-name (label verification, text classification) are not."""
     meta = entry.get(f"{attribute}-metadata")
-    return (
-        not attribute.endswith("-ref")
-        and isinstance(meta, dict)
-        and (
-            meta.get("type") in (SINGLE_TYPE, MULTI_TYPE)
-            or "class-name" in meta
-            or "class-map" in meta
-        )
-    )
+    if attribute.endswith("-ref") or not isinstance(meta, dict):
+        return False
+    if "type" in meta:
+        return meta["type"] in (SINGLE_TYPE, MULTI_TYPE)
+    return "class-name" in meta or "class-map" in meta
 
 
 def classification_attributes(lines: list[tuple[int, dict]]) -> Counter:
