@@ -18,16 +18,16 @@ from PIL import Image
 
 from segcontainer.data.recordio import iter_records
 from segcontainer.errors import UserError
-from segcontainer.model_folder import CONFIG_FILE, read_record
+from segcontainer.model_folder import CONFIG_FILE
+from segcontainer.tasks import task_of_model
+from segcontainer.tasks.classification import CLASSIFICATION
 from segcontainer.tasks.classification.dataset import decode
 from segcontainer.tasks.classification.records import (
     read_list,
     scan_offsets,
     unpack_record,
 )
-from segcontainer.tasks.task import TASK_KEY
 
-CLASSIFICATION = "image-classification"
 SPLITS = ("train", "validation")
 
 
@@ -36,12 +36,7 @@ def model_is_classification(model_dir: Path) -> bool:
     hyperparams.json is left to the segmentation path, which names what is missing)."""
     if not (model_dir / CONFIG_FILE).is_file():
         return False
-    record = read_record(model_dir, f"The model in {model_dir}")
-    if record.get(TASK_KEY) == CLASSIFICATION:
-        return True
-    from segcontainer.tasks import task_of_model  # refuses a task this version does not know
-
-    return task_of_model(model_dir).name == CLASSIFICATION
+    return task_of_model(model_dir).name == CLASSIFICATION.name
 
 
 def data_root(data: Path) -> Path:
