@@ -52,6 +52,8 @@ ONNX_FILE = "model.onnx"  # fp32, dynamic height and width
 INT8_FILE = "model.int8.onnx"  # static QDQ int8, present only when it passed its check
 TORCHSCRIPT_FILE = "model.ts"
 EPOCH_WEIGHTS = "epoch-{epoch:04d}.pt"  # an epoch's weights kept by checkpoint_frequency
+TASK_KEY = "task"  # hyperparams.json's and model_info.json's entry naming the model's task
+DEFAULT_TASK_NAME = "semantic-segmentation"  # a model that names none was written before tasks
 EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see export/)
 
 
@@ -137,6 +139,7 @@ def save_model(
     _write_json(
         model_dir / INFO_FILE,
         {
+            "task": record.get(TASK_KEY, DEFAULT_TASK_NAME),  # what serve and the tools read
             "class_names": names,
             "class_names_given": bool(class_names),
             "best_epoch": epoch,

@@ -24,11 +24,13 @@ from segcontainer.tasks import task_of_model
 from segcontainer.tasks.classification import NAME, scores
 from segcontainer.tasks.classification.prediction import Predictor
 from segcontainer.tools.demo_data import write_local_mode_config
+from segcontainer.tools.export import export_command
 from segcontainer.training import checkpoints
 from segcontainer.training.entry import StopSignal
 from tests.support.checkpoints import run_in_process, sigterm_before_batch
 from tests.support.classification_data import write_rec
-from tests.support.serving_stack import Server, request
+from tests.support.serving_stack import Server
+from tests.support.serving_stack import request as http
 
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))  # class c: colour c
 SETTINGS = {
@@ -104,6 +106,7 @@ def test_the_model_folder_serves_what_validation_scored(straight) -> None:
     record = json.loads((model / "hyperparams.json").read_text())
     assert record["task"] == NAME and record["num_layers"] == 20
     info = json.loads((model / "model_info.json").read_text())
+    assert info["task"] == NAME  # what serve and the tools read
     assert info["class_names"] == ["red", "green", "blue"]
     assert info["validation_accuracy"] == 1.0
     assert set(info["validation_per_class_recall"]) == {"red", "green", "blue"}
@@ -167,30 +170,52 @@ def jpeg(label: int) -> bytes:
     return out.getvalue()
 
 
-def test_the_endpoint_answers_in_the_builtins_formats(straight) -> None:
-    """The real stack (nginx, gunicorn, flask) on the trained model: the default JSON array,
-    JSON Lines and the verbose form, a 40x30 JPEG of each class answered as that class, and a
-    bad request refused as segmentation's endpoint refuses it."""
-    base, _ = straight
-    server = Server(base)
+@pytest.fixture(scope="module")
+def exported(straight, tmp_path_factory) -> Path:
+    """A copy of the trained job with model.onnx and the checked model.int8.onnx, calibrated
+    and checked on the job's own channels (``segcontainer export --calibration``)."""
+    base = tmp_path_factory.mktemp("exported") / "algo-1-eeeee"
+    shutil.copytree(straight[0] / "model", base / "model")
+    export_command(base / "model", "onnx,int8", straight[0] / "input" / "data")
+    info = json.loads((base / "model" / "model_info.json").read_text())
+    assert {"onnx", "int8"} <= {
+        name for name, entry in info["exports"].items() if entry.get("file")
+    }
+    return base
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "torch",
+        pytest.param("onnx", marks=pytest.mark.slow),
+        pytest.param("onnx-int8", marks=pytest.mark.slow),
+    ],
+)
+def test_the_endpoint_answers_in_the_builtins_formats(straight, request, engine) -> None:
+    """The real stack (nginx, gunicorn, flask) on the trained model, with each engine: the
+    default JSON array, JSON Lines and the verbose form, a 40x30 JPEG of each class answered as
+    that class, and a bad request refused as segmentation's endpoint refuses it."""
+    base = straight[0] if engine == "torch" else request.getfixturevalue("exported")
+    server = Server(base, SEGCONTAINER_ENGINE=engine)
     try:
         server.wait_ready()
         for label in range(3):
-            status, headers, body = request(
+            status, headers, body = http(
                 server.port, "/invocations", jpeg(label), {"Content-Type": "image/jpeg"}
             )
             assert status == 200 and headers["Content-Type"] == "application/json"
             probabilities = json.loads(body)
             assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1, abs=1e-4)
             assert int(np.argmax(probabilities)) == label
-        _, _, line = request(
+        _, _, line = http(
             server.port,
             "/invocations",
             jpeg(1),
             {"Content-Type": "application/x-image", "Accept": "application/jsonlines"},
         )
         assert line.endswith(b"\n") and len(json.loads(line)["prediction"]) == 3
-        _, _, verbose = request(
+        _, _, verbose = http(
             server.port,
             "/invocations",
             jpeg(2),
@@ -198,12 +223,12 @@ def test_the_endpoint_answers_in_the_builtins_formats(straight) -> None:
         )
         answer = json.loads(verbose)
         assert answer["labels"] == ["red", "green", "blue"] and answer["predicted_label"] == "blue"
-        status, _, body = request(
+        status, _, body = http(
             server.port, "/invocations", b"GIF89a no", {"Content-Type": "image/jpeg"}
         )
         assert status == 400 and "not a JPEG or PNG image" in json.loads(body)["error"]
         png_please = {"Content-Type": "image/jpeg", "Accept": "image/png"}
-        status, _, _ = request(server.port, "/invocations", jpeg(0), png_please)
+        status, _, _ = http(server.port, "/invocations", jpeg(0), png_please)
         assert status == 406  # segmentation's answers are not a classification model's
     finally:
         assert server.stop() == 0

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from segcontainer import model_folder
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
@@ -26,7 +27,7 @@ from segcontainer.metrics import EpochReport, ValidationScores
 from segcontainer.precision import Precision
 from segcontainer.prediction import PredictionSettings
 
-TASK_KEY = "task"  # hyperparams.json's entry naming the model's task
+TASK_KEY = model_folder.TASK_KEY  # hyperparams.json's entry naming the model's task
 
 # (count) -> this process's share of the global batch's count: training.collectives.count_share
 Share = Callable[[torch.Tensor], torch.Tensor]
