@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segcontainer import cli, model_folder
+from segcontainer import cli, model_folder, model_tarball
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.channels import load_image
 from segcontainer.data.preprocess import model_input
@@ -325,7 +325,7 @@ def tiny_tarball_without_exports(tiny: dict, tmp_path: Path) -> tuple[Path, Path
     record = model_folder.model_config(config, {"train": {"scale": 1}})
     model_folder.save_model(folder, model, record, 0, Scores(0.5, 0.5, (0.5,) * 3), ())
     tarball = tmp_path / "model.tar.gz"
-    model_folder.pack_model(folder, tarball)
+    model_tarball.pack_model(folder, tarball)
     return tarball, data
 
 
@@ -367,7 +367,7 @@ def test_int8_that_fails_its_check_is_withheld_and_onnx_is_served(
     code = cli.main(["export", str(tarball), "--calibration", str(data)])
     err = capsys.readouterr().err
     assert code == 0, err
-    folder = model_folder.extract_model_tarball(tarball, tmp_path / "unpacked")
+    folder = model_tarball.extract_model_tarball(tarball, tmp_path / "unpacked")
     assert (folder / "model.onnx").is_file() and not (folder / "model.int8.onnx").exists()
     int8 = model_folder.read_info(folder)["exports"]["int8"]
     assert int8["passed"] is False and int8["file"] is None

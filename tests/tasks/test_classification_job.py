@@ -28,7 +28,7 @@ from segcontainer.tools.export import export_command
 from segcontainer.training import checkpoints
 from segcontainer.training.entry import StopSignal
 from tests.support.checkpoints import run_in_process, sigterm_before_batch
-from tests.support.classification_data import write_rec
+from tests.support.classification_data import feed_fifo, rec_bytes, write_rec
 from tests.support.serving_stack import Server
 from tests.support.serving_stack import request as http
 
@@ -232,3 +232,37 @@ def test_the_endpoint_answers_in_the_builtins_formats(straight, request, engine)
         assert status == 406  # segmentation's answers are not a classification model's
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow  # a job whose channels stream through FIFOs fed by other processes
+def test_a_pipe_mode_job_trains_on_record_streams(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Pipe mode as SageMaker runs it for the built-in's .rec channels: each epoch's
+    ``train_<epoch>`` and the one ``validation_0`` are FIFOs streaming the .rec files' bytes
+    (that the streams alone choose the task is test_registry's)."""
+    base = tmp_path / "algo-1-fffff"
+    data = base / "input" / "data"
+    data.mkdir(parents=True)
+    streams = {}
+    for split, count, offset in (("train", 48, 0), ("validation", 9, 100)):
+        labels = {offset + i: i % 3 for i in range(count)}
+        streams[split] = rec_bytes(labels, {i: coloured(c, i) for i, c in labels.items()})
+    settings = {**SETTINGS, "epochs": "2", "checkpoint_frequency": "1"}
+    write_local_mode_config(base, settings, host=base.name, channels=("train", "validation"))
+    pipe = {"TrainingInputMode": "Pipe", "ContentType": "application/x-recordio"}
+    (base / "input" / "config" / "inputdataconfig.json").write_text(
+        json.dumps({"train": pipe, "validation": pipe})
+    )
+    feeders = [
+        feed_fifo(data / "train_0", streams["train"]),
+        feed_fifo(data / "train_1", streams["train"]),
+        feed_fifo(data / "validation_0", streams["validation"]),
+    ]
+    try:
+        run_in_process(monkeypatch, base, 0)
+    finally:
+        for feeder in feeders:
+            feeder.kill()
+    out = capsys.readouterr().out
+    assert f"segcontainer training {NAME}" in out
+    assert len(metric_values(out)["validation:accuracy"]) == 2
+    assert task_of_model(base / "model").name == NAME

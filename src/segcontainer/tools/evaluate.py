@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segcontainer import model_folder
+from segcontainer import model_tarball
 from segcontainer.data import check
 from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import label_map_lut
@@ -236,7 +236,7 @@ def evaluate(
             f"{out} already holds files; write to a new OUT folder (or empty it), so the "
             "report shows this run's images only."
         )
-    with model_folder.opened(model) as model_dir:
+    with model_tarball.opened(model) as model_dir:
         if model_is_classification(model_dir):
             if background is not None:
                 raise UserError("--background applies to segmentation models' overlays only.")

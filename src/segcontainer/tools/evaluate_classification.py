@@ -4,11 +4,12 @@ transform training's validation uses), then scored.
 
 Single-label: accuracy (top-1), top-k accuracy (k from --top-k, else the model's top_k), per
 class precision and recall, and the confusion matrix (rows: true class, columns: predicted).
-Multi-label: a class is predicted when its probability is at least 0.5; exact-match accuracy
-(every class right), label accuracy (share of right image-class decisions), per class
-precision and recall. The images are ranked by the probability the model gives their truth
-(single-label: the true class's probability; multi-label: the lowest over the classes of the
-probability of the right decision), lowest first.
+Multi-label: a class is predicted when its probability is at least 0.5; accuracy is the share
+of right image-class decisions (training's validation:accuracy), exact-match accuracy the
+share of images with every class right; per class precision and recall. The images are
+ranked by the probability the model gives their truth (single-label: the true class's
+probability; multi-label: the lowest over the classes of the probability of the right
+decision), lowest first.
 
 OUT receives metrics.json, confusion_matrix.png (single-label), images/ (the worst images, small)
 and report.html (report_classification).
@@ -83,14 +84,15 @@ def single_label_scores(
 
 
 def multi_label_scores(probabilities: np.ndarray, truth: np.ndarray, names: list[str]) -> dict:
-    """Exact-match and label accuracy and per-class precision/recall; ``truth`` (N, C) 0/1."""
+    """Accuracy (right decisions, as training's), exact-match accuracy and per-class
+    precision/recall; ``truth`` (N, C) 0/1."""
     truth = truth.astype(bool)
     predicted = probabilities >= THRESHOLD
     right = np.where(truth, probabilities, 1 - probabilities)
     return {
         "threshold": THRESHOLD,
-        "accuracy": float((predicted == truth).all(1).mean()),
-        "label_accuracy": float((predicted == truth).mean()),
+        "accuracy": float((predicted == truth).mean()),
+        "exact_match_accuracy": float((predicted == truth).all(1).mean()),
         "per_class": per_class(truth, predicted, names),
         "truth_probability": right.min(1),
         "predicted": [np.flatnonzero(row).tolist() for row in predicted],
@@ -121,7 +123,7 @@ class ClassEvaluation:
             f"evaluated {m['model']} on {m['images']} images of {m['data']} ({m['engine']}):",
             f"  {m['engine_note']}",
             f"  accuracy {m['accuracy']:.4f}"
-            + (f", label accuracy {m['label_accuracy']:.4f}" if m["multi_label"] else ""),
+            + (f", exact match {m['exact_match_accuracy']:.4f}" if m["multi_label"] else ""),
         ]
         if m.get("top_k"):
             out.append(f"  top-{m['top_k']['k']} accuracy {m['top_k']['accuracy']:.4f}")

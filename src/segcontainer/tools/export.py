@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from segcontainer import model_folder
+from segcontainer import model_tarball
 from segcontainer.config.params import export_formats
 from segcontainer.errors import UserError
 from segcontainer.export import calibration_images, export_model
@@ -43,12 +43,12 @@ def export_command(model: Path, formats_text: str, calibration: Path | None) -> 
             "validation/ and validation_annotation/ for segmentation). Or export --formats "
             "onnx only."
         )
-    with model_folder.opened(model) as model_dir:
+    with model_tarball.opened(model) as model_dir:
         data = calibration_images(model_dir, calibration)
         exports = export_model(model_dir, wanted, data, explicit=True)
         if model.is_file():
             # Packed beside the original under a temporary name, then renamed over it: a full
             # disk or a stop leaves the original whole (a move across filesystems would not).
-            model_folder.pack_model(model_dir, model)
+            model_tarball.pack_model(model_dir, model)
             log.info("rewrote %s with %s", model, ", ".join(wanted))
     return exports

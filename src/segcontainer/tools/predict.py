@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from segcontainer import model_folder
+from segcontainer import model_tarball
 from segcontainer.data.channels import load_image, visible_files
 from segcontainer.data.palette import mask_image
 from segcontainer.engines import EngineRequest
@@ -86,7 +86,7 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
     files = visible_files(inputs, recursive=False)
     if not files:
         raise UserError(f"{inputs} holds no images.")
-    with model_folder.opened(model) as model_dir:
+    with model_tarball.opened(model) as model_dir:
         if model_is_classification(model_dir):
             if with_overlay:
                 raise UserError("--overlay draws masks: an image classification model has none.")

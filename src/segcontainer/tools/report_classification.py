@@ -22,8 +22,8 @@ def _summary(metrics: dict) -> str:
     cells = [["engine", metrics["engine"]], ["images", str(metrics["images"])]]
     if metrics["multi_label"]:
         cells += [
-            ["exact-match accuracy", _number(metrics["accuracy"])],
-            ["label accuracy", _number(metrics["label_accuracy"])],
+            ["accuracy (class decisions)", _number(metrics["accuracy"])],
+            ["exact-match accuracy", _number(metrics["exact_match_accuracy"])],
             ["threshold", str(metrics["threshold"])],
         ]
     else:
