@@ -10,6 +10,7 @@ import torch
 from segcontainer.metrics import (
     METRIC_DEFINITIONS,
     ConfusionMatrix,
+    EpochReport,
     Scores,
     class_rates,
     metric_lines,
@@ -72,7 +73,7 @@ def test_readme_gives_the_three_metric_definitions_the_code_uses() -> None:
 
 def test_metric_lines_parse_with_the_readme_regexes() -> None:
     scores = Scores(miou=0.6123, pixel_accuracy=0.9123, per_class_iou=(0.5, 0.7))
-    lines = metric_lines("algo-1", 3, 0.4123, scores)
+    lines = metric_lines("algo-1", EpochReport(3, 0.4123, (), scores, 1.0))
     assert lines == [
         "#quality_metric: host=algo-1, epoch=3, train loss <loss>=0.4123",
         "#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6123",

@@ -1,4 +1,5 @@
-"""Confusion-matrix mIoU and pixel accuracy over a whole validation set, and the metric lines.
+"""Validation scores as the epoch loop keeps them (any task), and segmentation's: confusion-matrix
+mIoU and pixel accuracy over a whole validation set, and its metric lines.
 
 mIoU is the mean IoU over the classes present in the ground truth or the prediction of the
 validation set; a class absent from both has no defined IoU and is left out of the mean
@@ -32,6 +33,52 @@ METRIC_DEFINITIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class ValidationScores:
+    """A validation's scores as the task-free machinery keeps them: named values in the order
+    the task reports them, the first (the headline: mIoU, accuracy) being the one early
+    stopping and the best model compare; per-class values for the log and model_info.json.
+    model_info.json and the curves name each value ``validation_<name>``."""
+
+    values: tuple[tuple[str, float], ...]
+    per_class: tuple[float | None, ...] = ()  # None: undefined for that class
+    per_class_name: str = "IOU"
+
+    @property
+    def headline(self) -> str:
+        return self.values[0][0]
+
+    @property
+    def score(self) -> float:
+        return self.values[0][1]
+
+    def state(self) -> dict:
+        """Plain types: a checkpoint holds them (torch.load's weights_only reads them)."""
+        return {
+            "values": [list(pair) for pair in self.values],
+            "per_class": list(self.per_class),
+            "per_class_name": self.per_class_name,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> ValidationScores:
+        if "values" not in state:  # a checkpoint written before tasks: segmentation's three
+            return Scores(state["miou"], state["pixel_accuracy"], tuple(state["per_class_iou"]))
+        values = tuple((str(name), float(value)) for name, value in state["values"])
+        return cls(values, tuple(state["per_class"]), state["per_class_name"])
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What an epoch's metric lines report (the task words them: Task.metric_lines)."""
+
+    epoch: int
+    train_loss: float
+    train: tuple[tuple[str, float], ...]  # scores measured while training (train accuracy)
+    validation: ValidationScores
+    seconds: float
+
+
 class ConfusionMatrix:
     """Accumulates a (num_classes x num_classes) matrix, rows = truth, columns = prediction."""
 
@@ -54,11 +101,26 @@ class ConfusionMatrix:
         return Scores.from_matrix(self.matrix.cpu())
 
 
-@dataclass(frozen=True)
-class Scores:
-    miou: float
-    pixel_accuracy: float
-    per_class_iou: tuple[float | None, ...]  # None: class absent from truth and prediction
+@dataclass(frozen=True, init=False)
+class Scores(ValidationScores):
+    """Segmentation's scores: mIoU (the headline), pixel accuracy and per-class IoU."""
+
+    def __init__(
+        self, miou: float, pixel_accuracy: float, per_class_iou: tuple[float | None, ...]
+    ) -> None:
+        super().__init__((("mIOU", miou), ("pixel_accuracy", pixel_accuracy)), per_class_iou)
+
+    @property
+    def miou(self) -> float:
+        return self.values[0][1]
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return self.values[1][1]
+
+    @property
+    def per_class_iou(self) -> tuple[float | None, ...]:
+        return self.per_class
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor) -> Scores:
@@ -95,13 +157,13 @@ def class_rates(matrix: torch.Tensor) -> dict[str, tuple[float | None, ...]]:
     }
 
 
-def metric_lines(host: str, epoch: int, train_loss: float, scores: Scores) -> list[str]:
+def metric_lines(host: str, report: EpochReport) -> list[str]:
+    """Segmentation's lines: train loss, then each validation score (mIOU, pixel_accuracy)."""
     values = [
-        ("train", "loss", "loss", train_loss),
-        ("validation", "mIOU", "score", scores.miou),
-        ("validation", "pixel_accuracy", "score", scores.pixel_accuracy),
+        ("train", "loss", "loss", report.train_loss),
+        *(("validation", name, "score", value) for name, value in report.validation.values),
     ]
     return [
-        METRIC_LINE.format(host=host, epoch=epoch, split=s, name=n, kind=k, value=v)
+        METRIC_LINE.format(host=host, epoch=report.epoch, split=s, name=n, kind=k, value=v)
         for s, n, k, v in values
     ]

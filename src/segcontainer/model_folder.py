@@ -42,7 +42,7 @@ from segcontainer.files import write_atomically
 from segcontainer.models import AUX_PREFIX
 
 if TYPE_CHECKING:  # serving reads model/ and must not pull in the metrics
-    from segcontainer.metrics import Scores
+    from segcontainer.metrics import ValidationScores
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "hyperparams.json"
@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"  # fp32, dynamic height and width
 INT8_FILE = "model.int8.onnx"  # static QDQ int8, present only when it passed its check
 TORCHSCRIPT_FILE = "model.ts"
+EPOCH_WEIGHTS = "epoch-{epoch:04d}.pt"  # an epoch's weights kept by checkpoint_frequency
 EXPORTS_KEY = "exports"  # model_info.json: one entry per export format (see export/)
 
 
@@ -102,12 +103,22 @@ def serving_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v.detach().cpu() for k, v in weights.items() if not k.startswith(AUX_PREFIX)}
 
 
+def save_epoch_weights(model_dir: Path, model: nn.Module, epoch: int) -> Path:
+    """model/epoch-NNNN.pt: one epoch's weights beside the best model's (checkpoint_frequency),
+    loadable into the model hyperparams.json rebuilds."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / EPOCH_WEIGHTS.format(epoch=epoch)
+    state = serving_state_dict(model.state_dict())
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
 def save_model(
     model_dir: Path,
     model: nn.Module | dict[str, torch.Tensor],
     record: dict,
     epoch: int,
-    scores: Scores,
+    scores: ValidationScores,
     class_names: tuple[str, ...],
     trained_on: dict | None = None,
 ) -> None:
@@ -129,9 +140,10 @@ def save_model(
             "class_names": names,
             "class_names_given": bool(class_names),
             "best_epoch": epoch,
-            "validation_mIOU": scores.miou,
-            "validation_pixel_accuracy": scores.pixel_accuracy,
-            "validation_per_class_IOU": dict(zip(names, scores.per_class_iou, strict=True)),
+            **{f"validation_{name}": value for name, value in scores.values},
+            f"validation_per_class_{scores.per_class_name}": dict(
+                zip(names, scores.per_class, strict=True)
+            ),
             "segcontainer_version": __version__,
             "torch_version": torch.__version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -245,7 +245,7 @@ def test_a_nan_loss_after_a_good_epoch_keeps_its_model(base_dir, small_dataset, 
     assert main() == 1
     reason = failure_reason(base_dir)
     assert "became nan or inf in 2 of batches 1-2 of epoch 1" in reason
-    assert f"{base_dir / 'model'} keeps the best model so far (epoch 0, mIoU" in reason
+    assert f"{base_dir / 'model'} keeps the best model so far (epoch 0, mIOU" in reason
     info = json.loads((base_dir / "model" / "model_info.json").read_text())
     assert info["best_epoch"] == 0
     assert all(torch.isfinite(v).all() for v in model_weights(base_dir).values())

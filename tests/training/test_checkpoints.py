@@ -189,7 +189,7 @@ def test_resume_restores_everything(tmp_path: Path) -> None:
     assert resumed.position == Position(2, 3, 1.5)
     assert resumed.early_stopping == {"best": 0.5, "stale_epochs": 1}
     assert resumed.curves == [{"epoch": 0}]
-    assert resumed.best.epoch == 0 and resumed.best.scores == SCORES
+    assert resumed.best.epoch == 0 and resumed.best.scores.state() == SCORES.state()
     assert torch.all(resumed.best.weights["linear.weight"] == 7.0)
     assert torch.all(state.model.linear.weight == 2.03)
     assert state.optimizer.param_groups[0]["lr"] == 0.1 and state.scheduler.last_epoch == 1

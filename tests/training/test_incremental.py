@@ -24,6 +24,7 @@ from segcontainer.model_folder import (
 )
 from segcontainer.models import build_model
 from segcontainer.tasks import load_model
+from segcontainer.tasks.segmentation import SEGMENTATION
 from segcontainer.training.incremental import start_from_model_channel
 from tests.support.local_mode import subprocess_env, train_command
 
@@ -52,14 +53,14 @@ def test_weights_come_from_the_model_channel(paths: Paths, earlier_model) -> Non
     tarball, weights = earlier_model
     model_channel(paths, tarball)
     model = build_model("fcn", "resnet-50", 3)
-    assert start_from_model_channel(paths, resolve(SETTINGS), model)
+    assert start_from_model_channel(paths, resolve(SETTINGS), model, SEGMENTATION)
     for name, value in model.state_dict().items():
         assert torch.equal(value, weights[name]), name
 
 
 def test_no_model_channel_changes_nothing(paths: Paths) -> None:
     assert not start_from_model_channel(
-        paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3)
+        paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3), SEGMENTATION
     )
 
 
@@ -72,7 +73,10 @@ def test_each_mismatch_is_named(paths: Paths, earlier_model, key: str, value: st
     config = resolve({**SETTINGS, key: value})
     with pytest.raises(UserError) as error:
         start_from_model_channel(
-            paths, config, build_model(config.algorithm, config.backbone, config.num_classes)
+            paths,
+            config,
+            build_model(config.algorithm, config.backbone, config.num_classes),
+            SEGMENTATION,
         )
     assert f"{key} is" in str(error.value)
     assert "same algorithm, backbone, crop_size and num_classes" in str(error.value)
@@ -82,7 +86,7 @@ def test_all_mismatches_are_named_together(paths: Paths, earlier_model) -> None:
     model_channel(paths, earlier_model[0])
     config = resolve({**SETTINGS, "algorithm": "psp", "num_classes": "5"})
     with pytest.raises(UserError) as error:
-        start_from_model_channel(paths, config, build_model("psp", "resnet-50", 5))
+        start_from_model_channel(paths, config, build_model("psp", "resnet-50", 5), SEGMENTATION)
     assert "algorithm is 'fcn' in the model but 'psp'" in str(error.value)
     assert "num_classes is 3 in the model but 5" in str(error.value)
 
@@ -90,7 +94,9 @@ def test_all_mismatches_are_named_together(paths: Paths, earlier_model) -> None:
 def test_empty_model_channel_is_an_error(paths: Paths) -> None:
     paths.channel("model").mkdir(parents=True)
     with pytest.raises(UserError, match="holds no model.tar.gz"):
-        start_from_model_channel(paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3))
+        start_from_model_channel(
+            paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3), SEGMENTATION
+        )
 
 
 def builtin_algorithm_model(folder: Path) -> Path:
@@ -110,7 +116,7 @@ def test_a_model_of_the_builtin_algorithm_is_named_as_such(paths: Paths, tmp_pat
     model_channel(paths, tmp_path / "model.tar.gz")
     config = resolve({**SETTINGS, "num_classes": "21"})
     with pytest.raises(UserError) as error:
-        start_from_model_channel(paths, config, build_model("fcn", "resnet-50", 21))
+        start_from_model_channel(paths, config, build_model("fcn", "resnet-50", 21), SEGMENTATION)
     message = str(error.value)
     assert "is not a model of this container" in message
     assert "model_algo-1-0000.params" in message
@@ -175,7 +181,9 @@ def test_unsafe_tarballs_are_rejected(tmp_path: Path, case: str) -> None:
 def test_unsafe_tarball_in_the_model_channel_fails_training_setup(paths: Paths, tmp_path):
     model_channel(paths, tarball_with(tmp_path, UNSAFE["'..'"]))
     with pytest.raises(UserError, match=r"climbs out with '\.\.'"):
-        start_from_model_channel(paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3))
+        start_from_model_channel(
+            paths, resolve(SETTINGS), build_model("fcn", "resnet-50", 3), SEGMENTATION
+        )
 
 
 def test_links_are_refused_even_inside_the_folder(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from segcontainer.config.params import (
     REQUIRED,
@@ -136,6 +137,13 @@ class Config(TableValues):
     aux_loss_weight: float
     export: tuple[str, ...]
     given: frozenset[str] = field(default=frozenset())
+    # The built-in keeps the best epoch only (image classification's checkpoint_frequency
+    # keeps more); the epoch loop reads this of any task's config.
+    checkpoint_frequency: ClassVar[None] = None
+
+    def divergence_hints(self) -> tuple[str, ...]:
+        """This table's settings that can make the loss nan, for the failure message."""
+        return (f"class_weights too large (this job: {self.class_weights})",)
 
     def optimization(self) -> Optimization:
         """The optimizer and schedule settings (training.optim)."""

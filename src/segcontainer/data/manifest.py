@@ -31,6 +31,9 @@ def find_manifest(folder: Path) -> Path | None:
     return None
 
 
+S3_CACHE = Path(tempfile.gettempdir()) / "segcontainer-s3"  # s3:// references land here
+
+
 def find_manifest_samples(paths: Paths, split: str) -> FoundSamples | None:
     """A split's samples when its channel is one manifest and it has no annotation channel;
     None otherwise (the two-folder layout)."""
@@ -40,7 +43,7 @@ def find_manifest_samples(paths: Paths, split: str) -> FoundSamples | None:
     manifest = find_manifest(images_dir)
     if manifest is None:
         return None
-    samples = manifest_samples(manifest, Path(tempfile.gettempdir()) / "segcontainer-s3")
+    samples = manifest_samples(manifest, S3_CACHE)
     if not samples:
         raise UserError(f"The manifest {manifest} lists no images.")
     return FoundSamples(samples)
@@ -84,7 +87,9 @@ def _fetch_s3(uri: str, cache: Path) -> Path:
     return target
 
 
-def _resolve(ref: str, manifest: Path, cache: Path | None) -> Path:
+def resolve_reference(ref: str, manifest: Path, cache: Path | None) -> Path:
+    """A manifest's reference as a local file: an ``s3://`` URI downloaded into ``cache``
+    (default: beside the manifest), a relative path taken from the manifest's folder."""
     if ref.startswith("s3://"):
         return _fetch_s3(ref, cache or manifest.parent / ".s3-cache")
     path = Path(ref)
@@ -102,8 +107,8 @@ def manifest_samples(manifest: Path, cache: Path | None = None) -> list[Sample]:
             )
         samples.append(
             Sample(
-                _resolve(entry["source-ref"], manifest, cache),
-                _resolve(entry[masks[0]], manifest, cache),
+                resolve_reference(entry["source-ref"], manifest, cache),
+                resolve_reference(entry[masks[0]], manifest, cache),
             )
         )
     return samples

@@ -22,7 +22,7 @@ from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.engines import Engine
-from segcontainer.metrics import Scores
+from segcontainer.metrics import EpochReport, ValidationScores
 from segcontainer.precision import Precision
 from segcontainer.prediction import PredictionSettings
 
@@ -42,17 +42,29 @@ class Loss(Protocol):
 
 
 class Validation(Protocol):
-    """Scores the model on the validation loader exactly as the endpoint predicts."""
+    """Scores the model on the validation loader exactly as the endpoint predicts (``config``:
+    the job's, for what the task's scores depend on: classes, top_k)."""
 
     def __call__(
         self,
         model: torch.nn.Module,
         loader: Any,
-        num_classes: int,
+        config: Config,
         precision: Precision,
         device: torch.device,
         should_stop: Callable[[], bool] = ...,
-    ) -> Scores: ...
+    ) -> ValidationScores: ...
+
+
+class TrainMetric(Protocol):
+    """Scores measured on the training batches as they train (the built-in's train accuracy),
+    accumulated on the device without a sync per step."""
+
+    def update(self, out: Any, targets: torch.Tensor) -> None:
+        """Count one batch: the model's output (detached) and its targets."""
+
+    def values(self) -> tuple[tuple[str, float], ...]:
+        """The epoch's (name, value) pairs, summed over every process."""
 
 
 class Predictor(Protocol):
@@ -91,3 +103,9 @@ class Task:
     open_predictor: Callable[[Path, PredictionSettings], Predictor]
     answers: Mapping[str, Answer]  # Accept type -> answer (the inference toolkit's table)
     default_accept: str  # the answer when Accept is */* or absent
+    # (host, report) -> the epoch's metric lines, in the built-in's own form (HPO parses them)
+    metric_lines: Callable[[str, EpochReport], list[str]]
+    # hyperparams.json entries an incremental job's model channel must share with the job
+    must_match: tuple[str, ...]
+    # (config, device) -> what measures training batches; None: the task reports none
+    train_metric: Callable[[Config, torch.device], TrainMetric] | None = None

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from segcontainer import model_folder
-from segcontainer.metrics import Scores
+from segcontainer.metrics import ValidationScores
 from segcontainer.training.checkpoints import Best
 from segcontainer.training.distributed import Rank
 
@@ -39,13 +39,14 @@ class BestModel:
             return
         self._write(best)
         log.info(
-            "wrote the best model so far (epoch %d, mIoU %.4f) from the checkpoint to %s",
+            "wrote the best model so far (epoch %d, %s %.4f) from the checkpoint to %s",
             best.epoch,
-            best.scores.miou,
+            best.scores.headline,
+            best.scores.score,
             self.model_dir,
         )
 
-    def keep(self, model: torch.nn.Module, epoch: int, scores: Scores) -> None:
+    def keep(self, model: torch.nn.Module, epoch: int, scores: ValidationScores) -> None:
         """``model``'s weights after ``epoch`` are the best so far."""
         self.is_current = True
         if self.rank.is_main:  # only the main process keeps the best weights and writes model/
@@ -53,9 +54,10 @@ class BestModel:
             self.best = Best(epoch=epoch, scores=scores, weights=weights)
             self._write(self.best)
         log.info(
-            "epoch %d is the best so far (mIoU %.4f): saved to %s",
+            "epoch %d is the best so far (%s %.4f): saved to %s",
             epoch,
-            scores.miou,
+            scores.headline,
+            scores.score,
             self.model_dir,
         )
 

@@ -31,7 +31,7 @@ import torch
 
 from segcontainer.errors import UserError
 from segcontainer.files import write_atomically
-from segcontainer.metrics import Scores
+from segcontainer.metrics import ValidationScores
 from segcontainer.training import checkpoint_owner as owner
 from segcontainer.training.optim import Trainables
 
@@ -56,7 +56,7 @@ class Best:
     """The best epoch so far: its number, scores and weights (CPU)."""
 
     epoch: int
-    scores: Scores
+    scores: ValidationScores
     weights: dict[str, torch.Tensor]
 
 
@@ -66,7 +66,7 @@ class Progress:
     stands and what it found so far."""
 
     position: Position
-    early_stopping: dict  # {"best": mIoU, "stale_epochs": n}: EarlyStopping's state
+    early_stopping: dict  # {"best": the headline score, "stale_epochs": n}: EarlyStopping's state
     curves: list[dict] = field(default_factory=list)  # TrainingCurves.rows
     best: Best | None = None
 
@@ -86,7 +86,7 @@ def save(
     best, best_state = progress.best, None
     if best is not None:
         weights = None if model_is_best else best.weights  # None: the same as "model"
-        best_state = {"epoch": best.epoch, "scores": _scores_state(best.scores), "model": weights}
+        best_state = {"epoch": best.epoch, "scores": best.scores.state(), "model": weights}
     state = {
         "format_version": FORMAT_VERSION,
         "position": vars(progress.position),
@@ -103,19 +103,6 @@ def save(
     _write_checkpoint(state, path)
     _prune(folder, record)
     return path
-
-
-def _scores_state(scores: Scores) -> dict:
-    """Scores as a checkpoint holds them (plain types: torch.load's weights_only reads them)."""
-    return {
-        "miou": scores.miou,
-        "pixel_accuracy": scores.pixel_accuracy,
-        "per_class_iou": list(scores.per_class_iou),
-    }
-
-
-def _scores_from_state(state: dict) -> Scores:
-    return Scores(state["miou"], state["pixel_accuracy"], tuple(state["per_class_iou"]))
 
 
 def _write_checkpoint(state: dict, path: Path) -> None:
@@ -281,7 +268,7 @@ def _checked(state: dict, trainables: Trainables) -> Progress:
         weights = state["model"] if saved["model"] is None else saved["model"]
         if any(shapes.get(k) != tuple(v.shape) for k, v in weights.items()):
             raise Misfit("its best model's weights have other names or shapes")
-        scores = _scores_from_state(saved["scores"])
+        scores = ValidationScores.from_state(saved["scores"])
         best = Best(epoch=saved["epoch"], scores=scores, weights=weights)
     early_stopping = state["early_stopping"]
     if not {"best", "stale_epochs"} <= early_stopping.keys():

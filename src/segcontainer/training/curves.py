@@ -15,17 +15,8 @@ class TrainingCurves:
 
     ``learning_rate`` is the rate of the epoch's first step (of the resumed step, for an
     epoch resumed mid-way): read after the last step, poly and cosine would show 0 for the
-    last epoch."""
-
-    FIELDS = (
-        "epoch",
-        "train_loss",
-        "validation_mIOU",
-        "validation_pixel_accuracy",
-        "learning_rate",
-        "epoch_seconds",
-        "images_per_second",
-    )
+    last epoch. The columns are the first row's: epoch, train_loss, the task's training and
+    validation scores (``train_*``, ``validation_*``), learning_rate, epoch time and rate."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -41,7 +32,7 @@ class TrainingCurves:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "training_curves.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, self.FIELDS)
+            writer = csv.DictWriter(handle, list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
         self.figure().savefig(self.folder / "training_curves.png", dpi=80)
@@ -57,9 +48,12 @@ class TrainingCurves:
         left, right = figure.subplots(1, 2)
         left.plot(epochs, [r["train_loss"] for r in self.rows], marker="o")
         left.set(title="train loss", xlabel="epoch")
-        for key in ("validation_mIOU", "validation_pixel_accuracy"):
+        scores = [
+            k for k in self.rows[0] if k.startswith(("validation_", "train_")) and k != "train_loss"
+        ]
+        for key in scores:
             right.plot(epochs, [r[key] for r in self.rows], marker="o", label=key)
-        right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+        right.set(title="scores", xlabel="epoch", ylim=(0, 1))
         right.legend()
         for axes in (left, right):
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -19,7 +19,7 @@ from segcontainer.training import collectives
 from segcontainer.training.optim import Trainables
 
 if TYPE_CHECKING:
-    from segcontainer.tasks.task import Loss
+    from segcontainer.tasks.task import Loss, TrainMetric
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # one progress line per this many seconds, not one per step
@@ -105,6 +105,8 @@ class EpochStats:
     images: int
     data_seconds: float
     steps: int = 0  # batches in the epoch, those before a resume included
+    # the task's training scores (train accuracy), over the batches this process trained
+    train_values: tuple[tuple[str, float], ...] = ()
 
     @property
     def images_per_second(self) -> float:
@@ -159,8 +161,9 @@ def _step(
     device: torch.device,
     batch: tuple[torch.Tensor, torch.Tensor],
     objective: Loss,
+    metric: TrainMetric | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on ``batch``; its loss, detached."""
+    """One optimisation step on ``batch`` (counted by ``metric``); its loss, detached."""
     images, masks = batch
     images = images.to(device, non_blocking=True)
     if device.type == "cuda":
@@ -169,6 +172,8 @@ def _step(
     with precision.autocast():
         out = trainables.stepped(images)
     loss = objective(out, masks, collectives.count_share if collectives.active() else None)
+    if metric is not None:
+        metric.update(out.detach() if isinstance(out, torch.Tensor) else out, masks)
     trainables.optimizer.zero_grad(set_to_none=True)
     trainables.scaler.scale(loss).backward()
     trainables.scaler.step(trainables.optimizer)
@@ -201,6 +206,7 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     objective: Loss,  # the task's loss (tasks.task.Loss)
+    metric: TrainMetric | None = None,  # the task's training scores, if it reports any
     should_stop: Callable[[], bool] = lambda: False,
     done: int = 0,
     loss_sum: float = 0.0,
@@ -214,7 +220,7 @@ def train_one_epoch(
     progress = ProgressLog(epoch, done + len(loader), done=done)
     guard = LossGuard(trainables.scaler.is_enabled(), device)
     for batch in _batches(loader, tally, epoch, should_stop):
-        loss = _step(trainables, precision, device, batch, objective)
+        loss = _step(trainables, precision, device, batch, objective, metric)
         tally.total_loss += guard.add(loss)
         tally.steps += 1
         if tally.steps % LOSS_CHECK_STEPS == 0:
@@ -234,13 +240,20 @@ def train_one_epoch(
     if steps == 0:
         raise RuntimeError("the training loader produced no batch")
     mean_loss = (loss_sum + float(tally.total_loss)) / steps
-    return EpochStats(mean_loss, time.monotonic() - start, tally.images, tally.data_seconds, steps)
+    return EpochStats(
+        mean_loss,
+        time.monotonic() - start,
+        tally.images,
+        tally.data_seconds,
+        steps,
+        metric.values() if metric is not None else (),
+    )
 
 
 @dataclass
 class EarlyStopping:
-    """Stop when mIoU has not improved by more than ``tolerance`` (relative) for ``patience``
-    epochs, once at least ``min_epochs`` epochs have run."""
+    """Stop when the headline score (mIoU, accuracy) has not improved by more than
+    ``tolerance`` (relative) for ``patience`` epochs, once ``min_epochs`` epochs have run."""
 
     enabled: bool
     min_epochs: int
@@ -249,13 +262,13 @@ class EarlyStopping:
     best: float = -1.0
     stale_epochs: int = 0
 
-    def update(self, miou: float) -> bool:
-        """Record an epoch's mIoU; True when it is the best so far (the model worth keeping)."""
-        gain = (miou - self.best) / self.best if self.best > 0 else float(miou > self.best) * 2
+    def update(self, score: float) -> bool:
+        """Record an epoch's score; True when it is the best so far (the model worth keeping)."""
+        gain = (score - self.best) / self.best if self.best > 0 else float(score > self.best) * 2
         self.stale_epochs = 0 if gain > self.tolerance else self.stale_epochs + 1
-        is_best = miou > self.best
+        is_best = score > self.best
         if is_best:
-            self.best = miou
+            self.best = score
         return is_best
 
     def should_stop(self, epochs_done: int) -> bool:

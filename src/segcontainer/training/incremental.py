@@ -1,12 +1,15 @@
 """Incremental training from the ``model`` channel (contract §2.5).
 
 The channel holds a model.tar.gz from an earlier run of this container (or its extracted
-files). It is unpacked safely; algorithm, backbone, crop_size and num_classes must match this
-job's, and training starts from its weights.
+files). It is unpacked safely; it must be a model of this job's task, sharing the task's
+``must_match`` hyperparameters (segmentation: algorithm, backbone, crop_size, num_classes;
+image classification: num_layers, image_shape, num_classes), and training starts from its
+weights.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -23,9 +26,10 @@ from segcontainer.model_folder import (
     extract_model_tarball,
     read_record,
 )
+from segcontainer.tasks import task_of_record
+from segcontainer.tasks.task import Task
 
 log = logging.getLogger(__name__)
-MUST_MATCH = ("algorithm", "backbone", "crop_size", "num_classes")
 
 
 def _model_folder(channel: Path, scratch: Path) -> Path:
@@ -45,32 +49,45 @@ def _model_folder(channel: Path, scratch: Path) -> Path:
     )
 
 
-def start_from_model_channel(paths: Paths, config: Config, model: nn.Module) -> bool:
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+
+
+def _as_recorded(value: object) -> object:
+    """A value as hyperparams.json holds it (tuples come back as lists)."""
+    return json.loads(json.dumps(value))
+
+
+def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, task: Task) -> bool:
     """Load the model channel's weights into ``model``; False when there is no such channel."""
     channel = paths.channel("model")
     if not channel.is_dir():
         return False
     with tempfile.TemporaryDirectory() as scratch:
         folder = _model_folder(channel, Path(scratch))
-        earlier = read_record(folder, "The model channel's model")
+        origin = "The model channel's model"
+        earlier = read_record(folder, origin)
+        earlier_task = task_of_record(earlier, origin)
+        if earlier_task.name != task.name:
+            raise UserError(
+                f"{origin} is a {earlier_task.name} model but this job trains {task.name}: give "
+                f"the model.tar.gz of an earlier {task.name} job, or no model channel."
+            )
         mismatches = [
             f"{key} is {earlier.get(key)!r} in the model but {getattr(config, key)!r} in this job"
-            for key in MUST_MATCH
-            if earlier.get(key) != getattr(config, key)
+            for key in task.must_match
+            if earlier.get(key) != _as_recorded(getattr(config, key))
         ]
         if mismatches:
             raise UserError(
-                "Incremental training needs the same algorithm, backbone, crop_size "
-                "and num_classes as the earlier model: "
-                + "; ".join(mismatches)
-                + ". Change the hyperparameters or the model channel."
+                f"Incremental training needs the same {_listed(task.must_match)} as the "
+                "earlier model: " + "; ".join(mismatches) + ". Change the hyperparameters or "
+                "the model channel."
             )
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     log.info(
-        "incremental training: starting from the model channel's weights (%s/%s, %d classes)",
-        config.algorithm,
-        config.backbone,
-        config.num_classes,
+        "incremental training: starting from the model channel's weights (%s)",
+        ", ".join(f"{key}={getattr(config, key)}" for key in task.must_match),
     )
     return True

@@ -24,6 +24,7 @@ from segcontainer.data.loaders import TrainingData
 from segcontainer.export import after_training as export_after_training
 from segcontainer.precision import Precision
 from segcontainer.tasks import choose_task
+from segcontainer.tasks.task import Task
 from segcontainer.training import collectives, distributed, syncbn
 from segcontainer.training.distributed import SINGLE, Rank
 from segcontainer.training.incremental import start_from_model_channel
@@ -105,7 +106,7 @@ def run(
     precision = Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
     model, step_model = build_for_training(
-        paths, config, rank, device, model_builder or task.build_model
+        paths, config, rank, device, model_builder or task.build_model, task
     )
     trainables = trainables_for(config, model, step_model, precision, data.iters_per_epoch)
     setup = Setup(
@@ -117,8 +118,8 @@ def run(
         precision=precision,
         device=device,
         data=data,
+        task=task,
         objective=task.objective(config, data, device),
-        validate=task.validate,
         batch_size=batch_size,
         rank=rank,
     )
@@ -173,13 +174,18 @@ def agreed(data: TrainingData, rank: Rank, device: torch.device) -> TrainingData
 
 
 def build_for_training(
-    paths: Paths, config: Config, rank: Rank, device: torch.device, model_builder: ModelBuilder
+    paths: Paths,
+    config: Config,
+    rank: Rank,
+    device: torch.device,
+    model_builder: ModelBuilder,
+    task: Task,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model (pretrained, or the model channel's weights for incremental training) on
     ``device``, and what the training steps call: the model wrapped for data parallelism."""
     incremental = paths.channel("model").is_dir()
     model = model_builder(config, config.use_pretrained_model and not incremental)
-    start_from_model_channel(paths, config, model)
+    start_from_model_channel(paths, config, model, task)
     model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from segcontainer import model_folder
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped
-from segcontainer.metrics import Scores, metric_lines
+from segcontainer.metrics import EpochReport, ValidationScores
 from segcontainer.precision import Precision
-from segcontainer.tasks.task import Loss, Validation
+from segcontainer.tasks.task import Loss, Task
 from segcontainer.training import checkpoints, collectives, epochs
 from segcontainer.training.best import BestModel
 from segcontainer.training.checkpoints import Position, Progress
@@ -43,8 +44,8 @@ class Setup:
     precision: Precision
     device: torch.device
     data: TrainingData
-    objective: Loss  # the task's
-    validate: Validation  # the task's
+    task: Task  # validation, training scores, metric lines: the task's
+    objective: Loss  # the task's loss, built for this job's data
     batch_size: int  # per process: mini_batch_size split across the host's processes
     rank: Rank = SINGLE
 
@@ -134,6 +135,7 @@ class Run:
                 device=s.device,
                 epoch=epoch,
                 objective=s.objective,
+                metric=s.task.train_metric(s.config, s.device) if s.task.train_metric else None,
                 should_stop=self.stop,
                 done=done,
                 loss_sum=resumed.loss_sum if resumed else 0.0,
@@ -146,16 +148,16 @@ class Run:
             raise epochs.NonFiniteLoss(self.non_finite_reason(str(exc))) from exc
         return stats, rate
 
-    def validate(self, epoch: int, stats: epochs.EpochStats) -> Scores:
+    def validate(self, epoch: int, stats: epochs.EpochStats) -> ValidationScores:
         """Score the trained epoch; a stop writes a checkpoint at the epoch's end (its
         validation runs again on resume)."""
         s = self.s
         try:
             # Ranks may hold unequal validation shards, so they agree on a stop after it.
-            scores = s.validate(
+            scores = s.task.validate(
                 s.trainables.model,
                 s.data.validation_loader,
-                s.config.num_classes,
+                s.config,
                 s.precision,
                 s.device,
                 self.local_stop if not collectives.active() else lambda: False,
@@ -174,17 +176,18 @@ class Run:
         if best is not None:
             kept = (
                 f"{s.paths.model_dir} keeps the best model so far (epoch {best.epoch}, "
-                f"mIoU {best.scores.miou:.4f})"
+                f"{best.scores.headline} {best.scores.score:.4f})"
             )
         elif self.stopper.best >= 0:  # a rank other than the main one, which keeps the model
-            kept = f"the first host keeps the best model so far (mIoU {self.stopper.best:.4f})"
+            kept = f"the first host keeps the best model so far (score {self.stopper.best:.4f})"
         else:
             kept = "no epoch had finished, so there is no model"
         precision = str(s.precision.dtype).removeprefix("torch.")
         return (
             f"Training stopped: {what}. Likely causes: a learning_rate too high (this job: "
-            f"{s.config.learning_rate}), class_weights too large (this job: "
-            f"{s.config.class_weights}), or fp16 overflow (this job trains in {precision}; "
+            f"{s.config.learning_rate}), "
+            + "".join(f"{hint}, " for hint in s.config.divergence_hints())
+            + f"or fp16 overflow (this job trains in {precision}; "
             "precision=bf16 or fp32 avoids it). Lower the one that applies and train again; "
             f"{kept}."
         )
@@ -195,7 +198,6 @@ def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
     config = s.config
     run = Run(s, local_stop)
     position = run.resume()
-    names = config.class_names or tuple(str(i) for i in range(config.num_classes))
     iters_per_epoch = s.data.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
     for epoch in range(position.epoch, config.epochs):
         stats, rate = run.train(epoch, position if epoch == position.epoch else None)
@@ -205,14 +207,17 @@ def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
         stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
         if s.rank.is_main:  # one set of metric lines per epoch, so HPO and CloudWatch see one
-            report(s.host, epoch, stats, scores, names, run.curves, rate)
-        if run.stopper.update(scores.miou):
+            report(s, epoch, stats, scores, run.curves, rate)
+        if run.stopper.update(scores.score):
             run.best.keep(s.trainables.model, epoch, scores)
+        if s.rank.is_main and kept_epoch(config.checkpoint_frequency, epoch):
+            model_folder.save_epoch_weights(s.paths.model_dir, s.trainables.model, epoch)
         if run.stopper.should_stop(epoch + 1):
             log.info(
-                "early stopping after epoch %d: mIoU has not improved by more than %.3g "
+                "early stopping after epoch %d: %s has not improved by more than %.3g "
                 "for %d epochs (best %.4f)",
                 epoch,
+                scores.headline,
                 config.early_stopping_tolerance,
                 run.stopper.stale_epochs,
                 run.stopper.best,
@@ -220,6 +225,12 @@ def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
             run.checkpoint(Position(config.epochs))  # finished: a restart does not train on
             return
         run.checkpoint(Position(epoch + 1))
+
+
+def kept_epoch(frequency: int | None, epoch: int) -> bool:
+    """Whether checkpoint_frequency keeps ``epoch``'s weights in model/ (the built-in packs
+    every such epoch into model.tar.gz beside the best one)."""
+    return frequency is not None and (epoch + 1) % frequency == 0
 
 
 def fit_schedule(trainables: Trainables, epoch: int, steps: int, assumed: int) -> int:
@@ -240,34 +251,37 @@ def fit_schedule(trainables: Trainables, epoch: int, steps: int, assumed: int) -
 
 
 def report(
-    host: str,
+    s: Setup,
     epoch: int,
     stats: epochs.EpochStats,
-    scores: Scores,
-    names: tuple[str, ...],
+    scores: ValidationScores,
     curves: TrainingCurves,
     rate: float,
 ) -> None:
-    """The epoch's metric lines (stdout, for HPO and CloudWatch), its log line and curves."""
-    for line in metric_lines(host, epoch, stats.loss, scores):
+    """The epoch's metric lines (stdout, for HPO and CloudWatch; worded by the task), its log
+    line and curves."""
+    epoch_report = EpochReport(epoch, stats.loss, stats.train_values, scores, stats.seconds)
+    for line in s.task.metric_lines(s.host, epoch_report):
         print(line, flush=True)
+    names = s.config.class_names or tuple(str(i) for i in range(s.config.num_classes))
     per_class = ", ".join(
         f"{n} {'-' if v is None else f'{v:.3f}'}"
-        for n, v in zip(names, scores.per_class_iou, strict=True)
+        for n, v in zip(names, scores.per_class, strict=True)
     )
     log.info(
-        "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class IoU: %s",
+        "epoch %d: %.1f s, %.1f img/s, data loading %.0f%% of the epoch, per-class %s: %s",
         epoch,
         stats.seconds,
         stats.images_per_second,
         100 * stats.data_share,
+        scores.per_class_name,
         per_class,
     )
     curves.add(
         epoch=epoch,
         train_loss=stats.loss,
-        validation_mIOU=scores.miou,
-        validation_pixel_accuracy=scores.pixel_accuracy,
+        **{f"train_{name}": value for name, value in stats.train_values},
+        **{f"validation_{name}": value for name, value in scores.values},
         learning_rate=rate,
         epoch_seconds=stats.seconds,
         images_per_second=stats.images_per_second,

@@ -1,10 +1,13 @@
-"""Image classification's datasets in File mode: images listed by a ``.lst`` file, or the image
+"""Image classification's datasets: images listed by a ``.lst`` file or a manifest, the image
 records of a ``.rec`` file (read by offset, so a large file is never held in memory; an
-``.idx`` beside it is not needed). Each item: the transformed image and its target, a class id
-(single-label) or a float 0/1 vector of ``num_classes`` (multi-label, for the BCE loss)."""
+``.idx`` beside it is not needed), or images held in memory (Pipe mode's validation stream).
+Each item: the transformed image and its target, a class id (single-label) or a float 0/1
+vector of ``num_classes`` (multi-label, for the BCE loss). ``EpochSeeded`` makes a training
+set's augmentation a function of (seed, epoch, sample), whatever the worker count."""
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from segcontainer.data.dataset import mixed_seed
 from segcontainer.data.preprocess import to_rgb
 from segcontainer.data.recordio import iter_records
 from segcontainer.errors import UserError
@@ -39,8 +43,21 @@ def decode(data: bytes, where: str) -> Image.Image:
         raise UserError(f"{where} is not an image Pillow can read ({exc}).") from exc
 
 
-class ListDataset(Dataset):
-    """The images a ``.lst`` file lists, below ``root`` (the image channel)."""
+class Transformed(Dataset):
+    """A dataset whose items pass through ``transform``; ``with_transform`` gives the same
+    items through another (training's and validation's), without reading the list again."""
+
+    transform: Transform
+
+    def with_transform(self, transform: Transform):
+        twin = copy.copy(self)
+        twin.transform = transform
+        return twin
+
+
+class ListDataset(Transformed):
+    """The images a ``.lst`` file (or a manifest, ``source``) lists, below ``root`` (the image
+    channel; a manifest's paths are resolved already)."""
 
     def __init__(
         self,
@@ -49,12 +66,19 @@ class ListDataset(Dataset):
         transform: Transform,
         num_classes: int,
         multi_label: bool,
+        source: str = "",
     ):
         self.root, self.entries, self.transform = root, list(entries), transform
-        self.num_classes, self.multi_label = num_classes, multi_label
+        self.num_classes, self.multi_label, self.source = num_classes, multi_label, source
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def where(self, entry: ListEntry) -> str:
+        file = self.root / entry.path
+        if self.source and entry.line:
+            return f"{file} ({self.source} line {entry.line})"
+        return f"{file} (list index {entry.index})"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.entries[index]
@@ -62,12 +86,12 @@ class ListDataset(Dataset):
         try:
             data = file.read_bytes()
         except OSError as exc:
-            raise UserError(f"{file} (list index {entry.index}) cannot be read: {exc}.") from exc
-        image = decode(data, f"{file} (list index {entry.index})")
+            raise UserError(f"{self.where(entry)} cannot be read: {exc}.") from exc
+        image = decode(data, self.where(entry))
         return self.transform(image), target(entry.classes, self.num_classes, self.multi_label)
 
 
-class RecordDataset(Dataset):
+class RecordDataset(Transformed):
     """The image records of a ``.rec`` file, each read at its offset when asked for."""
 
     def __init__(self, file: Path, transform: Transform, num_classes: int, multi_label: bool):
@@ -92,3 +116,45 @@ class RecordDataset(Dataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_stream": None}  # a file handle does not cross processes
+
+
+class MemoryDataset(Transformed):
+    """Encoded images held in memory with their classes, each named for messages."""
+
+    def __init__(
+        self,
+        items: Sequence[tuple[bytes, tuple[int, ...], str]],
+        transform: Transform,
+        num_classes: int,
+        multi_label: bool,
+    ):
+        self.items, self.transform = list(items), transform
+        self.num_classes, self.multi_label = num_classes, multi_label
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data, classes, where = self.items[index]
+        image = decode(data, where)
+        return self.transform(image), target(classes, self.num_classes, self.multi_label)
+
+
+class EpochSeeded(Dataset):
+    """``dataset``'s items with the random transforms seeded by (seed, epoch, index): the
+    augmentation of a sample does not depend on the worker that loads it, so a resumed epoch
+    sees the batches it had left. DataLoader workers start per epoch and see ``epoch``."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state untouched
+            torch.manual_seed(mixed_seed(self.seed, self.epoch, index))
+            return self.dataset[index]

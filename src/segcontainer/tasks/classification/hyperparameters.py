@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from segcontainer.config.params import (
     REQUIRED,
@@ -144,6 +145,19 @@ class ClassificationConfig(TableValues):
     compile_model: str
     export: tuple[str, ...]
     given: frozenset[str] = field(default=frozenset())
+    # The built-in's batch norm is per device: no synchronised batch norm across GPUs.
+    syncbn: ClassVar[bool] = False
+
+    @property
+    def precision(self) -> str:
+        """The container's precision policy (segcontainer.precision) for precision_dtype:
+        float16 is mixed precision, in bf16 where the GPU computes it natively (as fast, and
+        no overflow), else fp16 with the gradient scaler; float32 is fp32."""
+        return "auto" if self.precision_dtype == "float16" else "fp32"
+
+    def divergence_hints(self) -> tuple[str, ...]:
+        """This table's settings that can make the loss nan, for the failure message."""
+        return ()
 
     def optimization(self) -> Optimization:
         """The optimizer and schedule settings (training.optim): a step schedule at

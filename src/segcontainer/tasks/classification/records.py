@@ -34,6 +34,7 @@ class Labelled:
 @dataclass(frozen=True)
 class ListEntry(Labelled):
     path: PurePosixPath  # relative to the image channel
+    line: int = 0  # the line of the list (or manifest) naming it; 0: none
 
 
 @dataclass(frozen=True)
@@ -70,37 +71,55 @@ def class_ids(
     return (int(value),)
 
 
-def read_list(file: Path, num_classes: int, multi_label: bool) -> list[ListEntry]:
-    """Every line of a ``.lst`` file, checked: tab-separated columns, a unique integer index,
-    labels in range, a relative path inside the channel."""
-    entries, seen = [], {}
+def list_lines(
+    file: Path, num_classes: int, multi_label: bool
+) -> tuple[list[ListEntry], list[str]]:
+    """Every line of a ``.lst`` file read and checked (tab-separated columns, a unique integer
+    index, labels in range, a relative path inside the channel): the good lines' entries and
+    one message per bad line, naming the file and line, so a data check reports them all."""
+    entries, problems, seen = [], [], {}
     text = file.read_text(encoding="utf-8", errors="replace")
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{file.name} line {number}"
-        columns = line.rstrip("\r\n").split("\t")
-        if len(columns) < 3:
-            raise UserError(
-                f"{where}: {len(columns)} tab-separated columns; a list line is "
-                "index<TAB>label(s)<TAB>path (im2rec.py --list writes them)."
-            )
         try:
-            index = int(columns[0])
-            values = [float(column) for column in columns[1:-1]]
-        except ValueError:
-            raise UserError(f"{where}: the index and labels must be numbers: {line!r}") from None
-        if index in seen:
-            raise UserError(f"{where}: index {index} is used again (first on line {seen[index]}).")
-        seen[index] = number
-        entries.append(
-            ListEntry(
-                index,
-                class_ids(values, num_classes, multi_label, where),
-                _inside(columns[-1], where),
+            entries.append(
+                _list_line(
+                    line, f"{file.name} line {number}", num_classes, multi_label, seen, number
+                )
             )
-        )
+        except UserError as exc:
+            problems.append(str(exc))
+    return entries, problems
+
+
+def read_list(file: Path, num_classes: int, multi_label: bool) -> list[ListEntry]:
+    """Every line of a ``.lst`` file, checked; UserError naming every bad line."""
+    entries, problems = list_lines(file, num_classes, multi_label)
+    if problems:
+        raise UserError(" ".join(problems))
     return entries
+
+
+def _list_line(
+    line: str, where: str, num_classes: int, multi_label: bool, seen: dict[int, int], number: int
+) -> ListEntry:
+    columns = line.rstrip("\r\n").split("\t")
+    if len(columns) < 3:
+        raise UserError(
+            f"{where}: {len(columns)} tab-separated columns; a list line is "
+            "index<TAB>label(s)<TAB>path (im2rec.py --list writes them)."
+        )
+    try:
+        index = int(columns[0])
+        values = [float(column) for column in columns[1:-1]]
+    except ValueError:
+        raise UserError(f"{where}: the index and labels must be numbers: {line!r}") from None
+    if index in seen:
+        raise UserError(f"{where}: index {index} is used again (first on line {seen[index]}).")
+    seen[index] = number
+    classes = class_ids(values, num_classes, multi_label, where)
+    return ListEntry(index, classes, _inside(columns[-1], where), number)
 
 
 def _inside(text: str, where: str) -> PurePosixPath:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from segcontainer import model_folder
+from segcontainer import metrics, model_folder
 from segcontainer.config import hyperparameters
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
@@ -53,4 +53,6 @@ SEGMENTATION = Task(
     open_predictor=Predictor.open,
     answers=answers.ANSWERS,
     default_accept=answers.PNG,
+    metric_lines=metrics.metric_lines,
+    must_match=("algorithm", "backbone", "crop_size", "num_classes"),
 )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from segcontainer import inference
+from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import TrainingStopped
 from segcontainer.metrics import ConfusionMatrix, Scores
 from segcontainer.precision import Precision
@@ -16,7 +17,7 @@ from segcontainer.precision import Precision
 def evaluate(
     model,
     loader,
-    num_classes: int,
+    config: Config,
     precision: Precision,
     device,
     should_stop: Callable[[], bool] = lambda: False,
@@ -26,7 +27,7 @@ def evaluate(
     and upsamples the logits to the mask's size in bands as the endpoint does, and the
     confusion matrix counts pixels at the mask's resolution."""
     model.eval()
-    matrix = ConfusionMatrix(num_classes, device)
+    matrix = ConfusionMatrix(config.num_classes, device)
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":
