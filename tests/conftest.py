@@ -63,7 +63,7 @@ def trained_base(trained_job, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pack_model as train packs it, and input/ with trained_job's data (8 of its 16 training
     pairs and its 4 validation pairs, 64x48) and quick settings for a further job (one epoch,
     no exports, the model's crop_size). Read it, never write into it (copy it first)."""
-    from segcontainer import model_folder
+    from segcontainer import model_folder, model_tarball
 
     base = tmp_path_factory.mktemp("trained") / "algo-1-s3rv3"
     model = base / "model"
@@ -76,7 +76,7 @@ def trained_base(trained_job, tmp_path_factory: pytest.TempPathFactory) -> Path:
     info.pop(model_folder.EXPORTS_KEY)
     (model / model_folder.INFO_FILE).write_text(json.dumps(info))
     (base / "output").mkdir()
-    model_folder.pack_model(model, base / "output" / "model.tar.gz")
+    model_tarball.pack_model(model, base / "output" / "model.tar.gz")
     data = base / "input" / "data"
     for channel in ("train", "train_annotation", "validation", "validation_annotation"):
         files = sorted((trained_job.data / channel).iterdir())

@@ -69,10 +69,16 @@ def description() -> str:
 
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("predict", help="masks for a folder of images")
+    parser = commands.add_parser(
+        "predict",
+        help="masks for a folder of images (image classification: predictions.json, each "
+        "image's probabilities and label)",
+    )
     parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
     parser.add_argument("input", type=Path, help="folder of images")
-    parser.add_argument("output", type=Path, help="folder for <name>.png masks")
+    parser.add_argument(
+        "output", type=Path, help="folder for <name>.png masks (or predictions.json)"
+    )
     parser.add_argument("--overlay", action="store_true", help="also write overlays")
 
 
@@ -116,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser("demo", help="train on a generated demo dataset")
     demo_parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     demo_parser.add_argument("--epochs", type=int, default=3)
+    demo_parser.add_argument(
+        "--task",
+        default="segmentation",
+        choices=("segmentation", "classification", "semantic-segmentation", "image-classification"),
+        help="the algorithm the demo trains (default segmentation)",
+    )
     add_data_tools(commands)
     return root
 
@@ -139,7 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from segcontainer.tools.demo import run_demo
 
-    return run_demo(args.dir, args.epochs)
+    return run_demo(args.dir, args.epochs, args.task)
 
 
 def _recordio(args: argparse.Namespace) -> int:
@@ -170,9 +182,9 @@ def _export(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from segcontainer.tools.predict import predict_folder
 
-    failed = predict_folder(args.model, args.input, args.output, args.overlay)
-    print(f"masks written to {args.output}" + (f"; {failed} files skipped" if failed else ""))
-    return 1 if failed else 0
+    done = predict_folder(args.model, args.input, args.output, args.overlay)
+    print(done.written + (f"; {done.failed} files skipped" if done.failed else ""))
+    return 1 if done.failed else 0
 
 
 RUNNERS = {

@@ -1,10 +1,11 @@
-"""Inference engines: a batch of normalised NCHW float32 images -> NCHW float32 logits.
+"""Inference engines: a batch of normalised NCHW float32 images -> the model's float32 logits.
 
-Every engine answers the same call, ``engine(batch)``: ``batch`` is what
-``data.preprocess.model_input`` makes (ImageNet-normalised, any height and width), the
-answer is the logits at the batch's height and width, on the CPU. Serving and the export
-checks both run models through this module, so the int8 file is checked exactly as it is
-served.
+Every engine answers the same call, ``engine(batch)``, whatever the task: ``batch`` is what
+the task's endpoint prepares (ImageNet-normalised; segmentation's ``data.preprocess.model_input``
+at any height and width, classification's ``eval_transform`` at ``image_shape``), the answer
+is the model's logits on the CPU (segmentation: (N, classes, H, W) at the batch's height and
+width; classification: (N, classes)). Serving and the export checks both run models through
+this module, so the int8 file is checked exactly as it is served.
 
 - ``TorchEngine``: the PyTorch model (eager), on its device; autocast as
   ``segcontainer.precision`` decides (bf16 or fp16 on a GPU), channels_last on a GPU.
@@ -44,7 +45,8 @@ class Engine(Protocol):
     file: Path | None  # the file it runs (None: a PyTorch module given in memory)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised float32 -> (N, num_classes, H, W) float32 logits (CPU)."""
+        """(N, 3, H, W) normalised float32 -> the model's float32 logits (CPU): (N, num_classes,
+        H, W) for segmentation, (N, num_classes) for classification."""
         ...
 
     def on_device(self, batch: torch.Tensor) -> torch.Tensor:

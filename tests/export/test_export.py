@@ -15,24 +15,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segcontainer import cli, model_folder
+from segcontainer import cli, model_folder, model_tarball
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.data.channels import load_image
 from segcontainer.data.preprocess import model_input
 from segcontainer.engines import OnnxEngine, TorchEngine
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.export import (
-    ExportData,
-    after_training,
-    export_model,
-    formats,
-    run,
-)
-from segcontainer.export import int8 as int8_module
+from segcontainer.export import after_training, export_model, formats, run
 from segcontainer.export.samples import ImageReader
 from segcontainer.metrics import Scores
 from segcontainer.models import build_model
 from segcontainer.tasks import load_model
+from segcontainer.tasks.segmentation import export_check
+from segcontainer.tasks.segmentation.export_check import SegmentationImages
 from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training.entry import main as train_main
@@ -54,7 +49,7 @@ def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_onnx_export_matches_eager_at_two_sizes(algorithm: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(algorithm, "resnet-50", 2).eval()
-    formats.to_onnx(model, tmp_path / "model.onnx", torch.randn(1, 3, 64, 48))
+    formats.to_onnx(model, tmp_path / "model.onnx", torch.randn(1, 3, 64, 48), dynamic_size=True)
     eager, exported = TorchEngine(model, torch.device("cpu")), OnnxEngine(tmp_path / "model.onnx")
     for shape in SIZES:
         batch = torch.randn(*shape)
@@ -115,7 +110,7 @@ def test_export_prepares_images_as_serving_does(tmp_path: Path) -> None:
     expected = hand_prepared_gradient()
     # serving's preparation of one image (Predictor.model_input at base_size 48)
     torch.testing.assert_close(model_input(load_image(file), 48), expected)
-    data = ExportData([file], [], None, 48)
+    data = SegmentationImages([file], [], None, 48)
     calibration = ImageReader(data, 1, "input").get_next()["input"]
     torch.testing.assert_close(torch.from_numpy(calibration), expected)
 
@@ -143,7 +138,9 @@ def test_int8_is_checked_and_reported_consistently(exported_model, exported_dir:
         assert "images" not in attempt
     assert not int8["tries"][-1]["problems"]  # the last try is the one that shipped
     assert int8["calibration"]["images"] == 16  # the job's 16 training images
-    assert "Please consider to run pre-processing" not in log, "not the user's concern"
+    assert "Please consider" not in log, (
+        "ONNX Runtime's pre-processing advice: not the user's concern"
+    )
     # the README's check: 99% of the labelled pixels agree, mIoU within 0.5 points (0.005)
     assert int8["pixel_agreement"] >= 0.99
     assert int8["mIOU_fp32"] - int8["mIOU_int8"] <= 0.005
@@ -261,7 +258,7 @@ def test_explicit_int8_without_training_images_fails(trained_base, tmp_path) -> 
     model_dir = tmp_path / "model"
     shutil.copytree(trained_base / "model", model_dir)
     (model_dir / "model.onnx").write_bytes(b"")  # stands in: int8 stops before reading it
-    data = ExportData([], [], None, 48)
+    data = SegmentationImages([], [], None, 48)
     with pytest.raises(UserError, match="no training images to calibrate on"):
         export_model(model_dir, ("int8",), data, explicit=True)
     exports = export_model(model_dir, ("int8",), data, explicit=False)
@@ -328,7 +325,7 @@ def tiny_tarball_without_exports(tiny: dict, tmp_path: Path) -> tuple[Path, Path
     record = model_folder.model_config(config, {"train": {"scale": 1}})
     model_folder.save_model(folder, model, record, 0, Scores(0.5, 0.5, (0.5,) * 3), ())
     tarball = tmp_path / "model.tar.gz"
-    model_folder.pack_model(folder, tarball)
+    model_tarball.pack_model(folder, tarball)
     return tarball, data
 
 
@@ -365,12 +362,12 @@ def test_int8_that_fails_its_check_is_withheld_and_onnx_is_served(
     """The withheld path, forced: a pixel agreement above 1 cannot be reached, so every try
     (the remedies too) fails its check. No model.int8.onnx ships, the reason is recorded and
     logged, the command still succeeds (int8 is a default format), and auto serves onnx."""
-    monkeypatch.setattr(int8_module, "MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(export_check, "MIN_AGREEMENT", 1.01)
     tarball, data = tiny_tarball_without_exports(tiny, tmp_path)
     code = cli.main(["export", str(tarball), "--calibration", str(data)])
     err = capsys.readouterr().err
     assert code == 0, err
-    folder = model_folder.extract_model_tarball(tarball, tmp_path / "unpacked")
+    folder = model_tarball.extract_model_tarball(tarball, tmp_path / "unpacked")
     assert (folder / "model.onnx").is_file() and not (folder / "model.int8.onnx").exists()
     int8 = model_folder.read_info(folder)["exports"]["int8"]
     assert int8["passed"] is False and int8["file"] is None

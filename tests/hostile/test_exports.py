@@ -13,7 +13,8 @@ import pytest
 
 from segcontainer import model_folder
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.export import after_training, export_model, formats, from_channels, run
+from segcontainer.export import after_training, export_model, formats, run
+from segcontainer.tasks.segmentation.export_check import from_channels
 from segcontainer.training.entry import StopSignal
 from segcontainer.training.entry import main as train_main
 from tests.support.exports import finished_job, use_default_export
@@ -31,7 +32,7 @@ def job_sigterm_handler():
     signal.signal(signal.SIGTERM, previous)
 
 
-def placeholder_onnx(model, file: Path, example) -> None:
+def placeholder_onnx(model, file: Path, example, dynamic_size: bool) -> None:
     file.write_bytes(b"not read: the session load is interrupted first")
 
 
@@ -74,7 +75,7 @@ def test_a_stop_a_library_swallowed_still_stops(
     # raised in there can vanish, and the export then completes.
     paths, config, data = finished_job(trained_base, tmp_path / "job", None)
 
-    def export_swallowing_the_stop(model, file: Path, example) -> None:
+    def export_swallowing_the_stop(model, file: Path, example, dynamic_size: bool) -> None:
         try:
             signal.raise_signal(signal.SIGTERM)
         except TrainingStopped:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from segcontainer import cli, model_folder
+from segcontainer import cli, model_folder, model_tarball
 from segcontainer.errors import UserError
-from segcontainer.model_folder import extract_model_tarball
+from segcontainer.model_tarball import extract_model_tarball
 
 # --- model.tar.gz extraction ------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ def test_tar_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     with pytest.raises(UserError) as caught:
         extract_model_tarball(bomb, destination)
     message = str(caught.value)
-    assert "more than 4 GiB" in message and "MAX_EXTRACTED_BYTES" in message
+    assert "more than 4 GiB" in message and "model_tarball.MAX_EXTRACTED_BYTES" in message
     assert "model.pt, 1000000000000 bytes" in message
     assert "extract it yourself and pass the folder" in message
     assert not destination.exists()
@@ -153,7 +153,7 @@ def test_sparse_tar_bomb_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_size_limit_counts_every_member(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(model_folder, "MAX_EXTRACTED_BYTES", 1000)
+    monkeypatch.setattr(model_tarball, "MAX_EXTRACTED_BYTES", 1000)
     tarball = tmp_path / "m.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
         for name in ("a", "b"):
@@ -191,7 +191,7 @@ def fake_model_tarball(folder: Path) -> Path:
     (model / model_folder.WEIGHTS_FILE).write_bytes(b"weights")
     (model / model_folder.CONFIG_FILE).write_text(json.dumps({"num_classes": 3, "base_size": 48}))
     tarball = folder / "model.tar.gz"
-    model_folder.pack_model(model, tarball)
+    model_tarball.pack_model(model, tarball)
     return tarball
 
 

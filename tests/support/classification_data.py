@@ -60,7 +60,9 @@ def record(index: int, label: Label, image: bytes) -> bytes:
 
 def rec_bytes(labels: dict[int, Label], images: dict[int, bytes] | None = None) -> bytes:
     images = images or {}
-    return b"".join(frame(record(i, y, images.get(i, png(i)))) for i, y in labels.items())
+    return b"".join(
+        frame(record(i, y, images[i] if i in images else png(i))) for i, y in labels.items()
+    )
 
 
 def write_rec(data: Path, split: str, labels: dict[int, Label], images=None) -> Path:
@@ -77,7 +79,7 @@ def write_lst(data: Path, split: str, labels: dict[int, Label], images=None) -> 
     for i, label in labels.items():
         path = data / split / f"class{label_columns(label)[0]}" / f"img{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(images.get(i, png(i)))
+        path.write_bytes(images[i] if i in images else png(i))
         relative = path.relative_to(data / split).as_posix()
         lines.append("\t".join([str(i), *label_columns(label), relative]))
     listing = data / f"{split}_lst" / f"{split}.lst"
@@ -93,7 +95,7 @@ def write_manifest(data: Path, split: str, labels: dict[int, Label], images=None
     store.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, label in labels.items():
-        (store / f"img{i}.png").write_bytes(images.get(i, png(i)))
+        (store / f"img{i}.png").write_bytes(images[i] if i in images else png(i))
         value = label if isinstance(label, int) else json.dumps(list(label))
         metadata = {"class-name": "x", "job-name": "labeling-job/x"}
         lines.append(
@@ -120,7 +122,7 @@ def manifest_stream(labels: dict[int, Label], images=None) -> bytes:
     parts = []
     for i, label in labels.items():
         text = str(label) if isinstance(label, int) else json.dumps(list(label))
-        parts += [frame(images.get(i, png(i))), frame(text.encode())]
+        parts += [frame(images[i] if i in images else png(i)), frame(text.encode())]
     return b"".join(parts)
 
 

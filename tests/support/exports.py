@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
-from segcontainer.export import from_channels
+from segcontainer.tasks.segmentation.export_check import from_channels
 
 
 @dataclass(frozen=True)

@@ -2,54 +2,98 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.errors import UserError
 from segcontainer.tasks import TASKS, choose_task, task_of_record
+from segcontainer.tasks.classification import CLASSIFICATION
 from segcontainer.tasks.segmentation import SEGMENTATION
 from segcontainer.training.checkpoint_owner import differences
 
-
-def claims_lst(channels, paths) -> bool:
-    return "train_lst" in channels
-
-
-# A second task as the registry would hold one: its own names beside the shared ones.
-OTHER = replace(
-    SEGMENTATION,
-    name="image-classification",
-    hyperparameter_names=frozenset({"num_classes", "epochs", "num_layers", "image_shape"}),
-    claims_channels=claims_lst,
-)
-BOTH = {SEGMENTATION.name: SEGMENTATION, OTHER.name: OTHER}
-PATHS = Paths("/nowhere")
+PATHS = Paths(Path("/nowhere"))
+CLASSIFICATION_ONLY = (
+    "num_layers image_shape multi_label top_k augmentation_type resize use_weighted_loss "
+    "precision_dtype kv_store checkpoint_frequency beta_1 beta_2 gamma"
+).split()  # the list: names the built-in Image Classification alone has
+SEGMENTATION_ONLY = (
+    "backbone algorithm crop_size base_size gamma1 gamma2 syncbn lr_scheduler "
+    "validation_mini_batch_size precision class_weights aux_loss_weight"
+).split()
 
 
-def test_a_hyperparameter_only_one_task_has_chooses_it() -> None:
-    assert choose_task({"num_layers": "18", "epochs": "3"}, {}, PATHS, BOTH) is OTHER
-    assert choose_task({"backbone": "resnet-50", "epochs": "3"}, {}, PATHS, BOTH) is SEGMENTATION
+@pytest.mark.parametrize("name", CLASSIFICATION_ONLY)
+def test_a_name_only_image_classification_has_chooses_it(name: str) -> None:
+    assert choose_task({name: "1", "epochs": "3"}, {}, PATHS) is CLASSIFICATION
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_ONLY)
+def test_a_name_only_segmentation_has_chooses_it(name: str) -> None:
+    assert choose_task({name: "1", "num_classes": "3"}, {}, PATHS) is SEGMENTATION
 
 
 def test_names_of_two_tasks_at_once_are_refused_naming_one_of_each() -> None:
     with pytest.raises(UserError) as error:
-        choose_task({"num_layers": "18", "crop_size": "240"}, {}, PATHS, BOTH)
+        choose_task({"num_layers": "18", "crop_size": "240"}, {}, PATHS)
     message = str(error.value)
     assert "'crop_size' is semantic-segmentation's" in message
     assert "'num_layers' is image-classification's" in message
 
 
-def test_with_only_shared_names_the_channels_decide_else_segmentation() -> None:
-    shared = {"num_classes": "3", "epochs": "2"}
+SHARED = {"num_classes": "3", "epochs": "2", "mini_batch_size": "4"}
+
+
+def test_with_shared_names_only_list_channels_make_it_classification(tmp_path) -> None:
+    paths = Paths(tmp_path)
     lst = {"train": ChannelConfig("train"), "train_lst": ChannelConfig("train_lst")}
-    assert choose_task(shared, lst, PATHS, BOTH) is OTHER
-    assert choose_task(shared, {"train": ChannelConfig("train")}, PATHS, BOTH) is SEGMENTATION
+    assert choose_task(SHARED, lst, paths) is CLASSIFICATION
+    assert choose_task(SHARED, {"train": ChannelConfig("train")}, paths) is SEGMENTATION
 
 
-def test_the_registry_today_makes_every_job_a_segmentation_job() -> None:
-    assert list(TASKS) == ["semantic-segmentation"]
+def test_rec_files_make_it_classification(tmp_path) -> None:
+    paths = Paths(tmp_path)
+    train = paths.channel("train")
+    train.mkdir(parents=True)
+    (train / "a.png").write_bytes(b"")
+    channels = {"train": ChannelConfig("train")}
+    assert choose_task(SHARED, channels, paths) is SEGMENTATION
+    (train / "train.rec").write_bytes(b"")
+    assert choose_task(SHARED, channels, paths) is CLASSIFICATION
+
+
+@pytest.mark.parametrize(
+    ("attribute", "task"), [("class", CLASSIFICATION), ("class-ref", SEGMENTATION)]
+)
+def test_a_manifests_label_attribute_decides(tmp_path, attribute: str, task) -> None:
+    paths = Paths(tmp_path)
+    train = paths.channel("train")
+    train.mkdir(parents=True)
+    line = {"source-ref": "a.jpg", attribute: "0", f"{attribute}-metadata": {}}
+    (train / "train.manifest").write_text(json.dumps(line) + "\n")
+    assert choose_task(SHARED, {"train": ChannelConfig("train")}, paths) is task
+    pipe = ChannelConfig(
+        "train",
+        "Pipe",
+        "application/x-recordio",
+        "RecordIO",
+        {"AttributeNames": ["source-ref", attribute]},
+    )
+    assert choose_task(SHARED, {"train": pipe}, Paths(tmp_path / "empty")) is task
+
+
+def test_a_pipe_mode_record_stream_without_annotations_is_classification() -> None:
+    stream = ChannelConfig("train", "Pipe", "application/x-recordio")
+    assert choose_task(SHARED, {"train": stream}, PATHS) is CLASSIFICATION
+    annotated = {"train": stream, "train_annotation": ChannelConfig("train_annotation", "Pipe")}
+    assert choose_task(SHARED, annotated, PATHS) is SEGMENTATION
+
+
+def test_the_registry_holds_both_tasks_and_segmentation_stays_the_default() -> None:
+    assert list(TASKS) == ["semantic-segmentation", "image-classification"]
     assert choose_task({"num_classes": "3"}, {}, PATHS) is SEGMENTATION
 
 

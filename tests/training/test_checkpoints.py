@@ -4,11 +4,8 @@ pruning."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +15,15 @@ from segcontainer.metrics import Scores
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training import checkpoints
 from segcontainer.training.checkpoints import Best, Position
-from segcontainer.training.entry import StopSignal, main
+from segcontainer.training.entry import StopSignal
 from segcontainer.training.optim import Trainables
-from tests.support.checkpoints import save_checkpoint, trainables
-from tests.support.local_mode import SAGEMAKER_JOB, write_config
+from tests.support.checkpoints import (
+    run_in_process,
+    save_checkpoint,
+    sigterm_before_batch,
+    trainables,
+)
+from tests.support.local_mode import write_config
 from tests.support.models import TINY_ENCODER, register_tiny_encoder
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}
@@ -47,31 +49,6 @@ def straight(tmp_path_factory) -> Path:
         register_tiny_encoder(patch)
         run_in_process(patch, base, 0)
     return base
-
-
-def run_in_process(patch: pytest.MonkeyPatch, base: Path, code: int) -> None:
-    patch.setenv("SAGEMAKER_BASE_DIR", str(base))
-    patch.setenv("TRAINING_JOB_NAME", SAGEMAKER_JOB)
-    assert main() == code
-
-
-def sigterm_before_batch(monkeypatch, after: Path, batch: int) -> None:
-    """A real SIGTERM to this process just before batch ``batch`` of the epoch that starts
-    once the checkpoint ``after`` is written (deterministic: counted, not timed)."""
-    original = StopSignal.__call__
-    calls = 0
-
-    def call(self: StopSignal) -> bool:
-        nonlocal calls
-        if after.exists():
-            calls += 1
-            if calls == batch + 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-                while not self.requested:  # let the handler run
-                    time.sleep(0.001)
-        return original(self)
-
-    monkeypatch.setattr(StopSignal, "__call__", call)
 
 
 def test_sigterm_then_spot_restart_resumes_bit_for_bit(

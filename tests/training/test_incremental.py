@@ -16,12 +16,8 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import resolve
 from segcontainer.errors import UserError
 from segcontainer.metrics import Scores
-from segcontainer.model_folder import (
-    extract_model_tarball,
-    model_config,
-    pack_model,
-    save_model,
-)
+from segcontainer.model_folder import model_config, save_model
+from segcontainer.model_tarball import extract_model_tarball, pack_model
 from segcontainer.models import build_model
 from segcontainer.tasks import load_model
 from segcontainer.tasks.segmentation import SEGMENTATION

@@ -8,7 +8,7 @@ checked against the eager PyTorch model before it is kept; see ``run`` and ``int
 from __future__ import annotations
 
 from segcontainer.export.run import export_model
-from segcontainer.export.samples import ExportData, from_channels
+from segcontainer.export.samples import calibration_images
 from segcontainer.export.training import after_training
 
-__all__ = ["ExportData", "after_training", "export_model", "from_channels"]
+__all__ = ["after_training", "calibration_images", "export_model"]

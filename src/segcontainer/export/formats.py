@@ -1,4 +1,5 @@
-"""Writing the model as ONNX (fp32, dynamic height and width) and as TorchScript.
+"""Writing the model as ONNX (fp32, dynamic batch, and dynamic height and width where the
+endpoint feeds any size) and as TorchScript.
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export, then onnxscript): the
 TorchScript-based exporter (``dynamo=False``, deprecated since torch 2.9) cannot export
@@ -67,11 +68,16 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def to_onnx(model: nn.Module, file: Path, example: torch.Tensor) -> None:
-    """model.onnx: input ``image`` (N, 3, H, W) float32, output ``logits`` (N, C, H, W)."""
+def to_onnx(model: nn.Module, file: Path, example: torch.Tensor, dynamic_size: bool) -> None:
+    """model.onnx: input ``image`` (N, 3, H, W) float32, output ``logits`` (the model's:
+    (N, C, H, W) for segmentation, (N, C) for classification). The batch is dynamic; height
+    and width too with ``dynamic_size``, else fixed at the example's (the one size a
+    classification endpoint feeds: fixed shapes let ONNX Runtime fold the shape arithmetic)."""
     batch = torch.export.Dim("batch", min=1, max=1024)
-    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    axes: dict[int, torch.export.Dim] = {0: batch}
+    if dynamic_size:
+        axes[2] = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+        axes[3] = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
 
     def write(tmp: Path) -> None:
         for name in QUIET_LOGGERS:  # their INFO lines (one per graph pass) would flood the log
@@ -86,7 +92,7 @@ def to_onnx(model: nn.Module, file: Path, example: torch.Tensor) -> None:
                 opset_version=OPSET,
                 input_names=["image"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
+                dynamic_shapes=(axes,),  # by position: the forward's argument name is the model's
                 external_data=False,  # one self-contained file (ResNet-101 is < 2 GB)
                 verbose=False,
             )

@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 from segcontainer import model_folder
-from segcontainer.data.channels import load_image
-from segcontainer.data.preprocess import model_input
 from segcontainer.engines import Engine, OnnxEngine, TorchEngine
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.export import formats, int8
-from segcontainer.export.samples import ExportData, spread, validation_pairs
-from segcontainer.tasks import load_model
+from segcontainer.export.samples import spread
+from segcontainer.tasks import load_model, task_of_model
+from segcontainer.tasks.task import ExportImages, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,22 @@ class ExportFailed(Exception):
     """A format could not be produced (as opposed to int8 withheld by its quality check)."""
 
 
-def _check_inputs(data: ExportData) -> list[torch.Tensor]:
+def _check_inputs(data: ExportImages) -> list[torch.Tensor]:
     """A few inputs prepared as serving prepares them: validation images, else training
-    images, else two synthetic images of different sizes (the check needs no labels)."""
-    if data.validation:
-        return [inputs for inputs, _ in validation_pairs(data, ONNX_CHECK_IMAGES)]
-    if data.calibration:
-        sources = spread(data.calibration, ONNX_CHECK_IMAGES)
-        return [model_input(load_image(s), data.long_side) for s in sources]
-    side = max(data.long_side, formats.MIN_SIDE)
-    generator = torch.Generator().manual_seed(0)
-    return [
-        torch.randn(1, 3, side, max(formats.MIN_SIDE, side * 3 // 4), generator=generator),
-        torch.randn(1, 3, max(formats.MIN_SIDE, side * 2 // 3), side, generator=generator),
-    ]
+    images, else the task's synthetic inputs (the check needs no labels)."""
+    if data.validation_count:
+        picked = spread(data.validation_count, ONNX_CHECK_IMAGES)
+        return [data.validation_input(index) for index in picked]
+    if data.calibration_count:
+        picked = spread(data.calibration_count, ONNX_CHECK_IMAGES)
+        return [data.calibration_input(index) for index in picked]
+    return data.synthetic_inputs()
+
+
+def _example(data: ExportImages) -> torch.Tensor:
+    """The input the exporters trace: the endpoint's one size, or any size (then the same
+    small one whatever the model: the traced size does not matter)."""
+    return torch.randn(1, 3, *(data.input_size or (64, 48)))
 
 
 def _max_difference(eager: Engine, candidate: Engine, inputs: list[torch.Tensor]) -> float:
@@ -84,16 +85,19 @@ def _checked(final: Path, difference: float, count: int) -> dict:
     return {"file": final.name, "max_abs_difference": difference, "check_images": count}
 
 
-def _onnx(final: Path, candidate: Path, eager: TorchEngine, inputs: list[torch.Tensor]) -> dict:
-    formats.to_onnx(eager.model, candidate, torch.randn(1, 3, 64, 48))
+def _onnx(
+    final: Path, candidate: Path, eager: TorchEngine, data: ExportImages, inputs: list[torch.Tensor]
+) -> dict:
+    dynamic_size = data.input_size is None
+    formats.to_onnx(eager.model, candidate, _example(data), dynamic_size=dynamic_size)
     difference = _max_difference(eager, OnnxEngine(candidate, name="onnx"), inputs)
     return {**_checked(final, difference, len(inputs)), "opset": formats.OPSET}
 
 
 def _torchscript(
-    final: Path, candidate: Path, eager: TorchEngine, inputs: list[torch.Tensor]
+    final: Path, candidate: Path, eager: TorchEngine, data: ExportImages, inputs: list[torch.Tensor]
 ) -> dict:
-    formats.to_torchscript(eager.model, candidate, torch.randn(1, 3, 64, 48))
+    formats.to_torchscript(eager.model, candidate, _example(data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
         traced = torch.jit.load(str(candidate), map_location="cpu")
@@ -108,10 +112,9 @@ def failed(entry: dict | None) -> bool:
     )
 
 
-def _int8(
-    final: Path, candidate: Path, eager: TorchEngine, data: ExportData, num_classes: int, onnx
-) -> dict:
+def _int8(run: _Run, final: Path, candidate: Path, onnx: dict | None) -> dict:
     """``onnx``: model.onnx's record (this run's or an earlier one's), None when there is none."""
+    data = run.data
     onnx_file = final.parent / model_folder.ONNX_FILE
     if not onnx_file.is_file():
         raise ExportFailed(f"it is quantized from {onnx_file.name}, which was not written")
@@ -121,22 +124,19 @@ def _int8(
             f"it is quantized from {onnx_file.name}, whose export failed ({why}); export onnx "
             "again first (`segcontainer export MODEL --formats onnx,int8 --calibration DIR`)"
         )
-    if not data.calibration:
+    if not data.calibration_count:
         raise ExportFailed(
             "no training images to calibrate on (Pipe mode streams them and keeps none); run "
             "`segcontainer export MODEL --formats onnx,int8 --calibration DIR` afterwards"
         )
-    if not data.validation:
-        raise ExportFailed("no validation image/mask pairs to check it on")
-    result = int8.export_int8(onnx_file, candidate, eager, data, num_classes, threads=0)
+    if not data.validation_count:
+        raise ExportFailed("no labelled validation images to check it on")
+    checked = spread(data.validation_count, int8.CHECK_IMAGES)
+    check = exporting(run.task).export_check(run.eager, data, checked, run.record)
+    result = int8.export_int8(onnx_file, candidate, check, data, threads=0)
     entry: dict = {"file": final.name if result.shipped else None, "passed": result.shipped}
     if result.agreement:
-        entry.update(
-            pixel_agreement=result.agreement.pixel_agreement,
-            mIOU_fp32=result.agreement.mIOU_fp32,
-            mIOU_int8=result.agreement.mIOU_int8,
-            check_images=result.agreement.check_images,
-        )
+        entry.update(result.agreement.figures())
     if result.shipped:
         entry["calibration"] = {
             "method": result.attempt.method,
@@ -144,13 +144,9 @@ def _int8(
         }
         entry["kept_fp32"] = list(result.attempt.keep_fp32)
         log.info(
-            "model.int8.onnx passed its check (%s): pixel agreement %.4f, mIoU %.4f vs fp32 "
-            "%.4f on %d validation images",
+            "model.int8.onnx passed its check (%s): %s",
             result.attempt.describe(),
-            result.agreement.pixel_agreement,
-            result.agreement.mIOU_int8,
-            result.agreement.mIOU_fp32,
-            result.agreement.check_images,
+            result.agreement.describe(),
         )
     else:
         entry["reason"] = result.reason
@@ -208,21 +204,21 @@ def caused_by_stop(exc: BaseException) -> bool:
     return False
 
 
-def _write_candidate(
-    name: str,
-    final: Path,
-    eager: TorchEngine,
-    data: ExportData,
-    num_classes: int,
-    inputs: Callable[[], list[torch.Tensor]],
-    onnx: dict | None,
-) -> dict:
+def _write_candidate(run: _Run, name: str, final: Path, onnx: dict | None) -> dict:
     """Write and check format ``name`` under candidate_for(final); its exports entry."""
     candidate = candidate_for(final)
     if name == "int8":
-        return _int8(final, candidate, eager, data, num_classes, onnx)
+        return _int8(run, final, candidate, onnx)
     export = _onnx if name == "onnx" else _torchscript
-    return export(final, candidate, eager, inputs())
+    return export(final, candidate, run.eager, run.data, run.inputs())
+
+
+def exporting(task: Task) -> Task:
+    """``task``, which must have exports (``Task.export_data`` and the rest); ExportFailed,
+    which the export policy words, otherwise."""
+    if task.export_data is None or task.export_calibration is None or task.export_check is None:
+        raise ExportFailed(f"the {task.name} task has no exports in this version")
+    return task
 
 
 @dataclass(frozen=True)
@@ -230,9 +226,10 @@ class _Run:
     """One export_model call: what every format works from, and the entries written so far."""
 
     model_dir: Path
+    task: Task  # the model's
+    record: dict  # its hyperparams.json
     eager: TorchEngine  # the fp32 reference
-    data: ExportData
-    num_classes: int
+    data: ExportImages
     inputs: Callable[[], list[torch.Tensor]]  # the check inputs, read on first use
     explicit: bool  # a failure fails the job (the user named the formats)
     stop_arrived: Callable[[], bool]  # see sigterm_noted
@@ -240,7 +237,7 @@ class _Run:
 
 
 def export_model(
-    model_dir: Path, wanted: tuple[str, ...], data: ExportData, explicit: bool
+    model_dir: Path, wanted: tuple[str, ...], data: ExportImages, explicit: bool
 ) -> dict[str, dict]:
     """Write ``wanted`` (of onnx, int8, torchscript) into model_dir; return the exports entry
     also written to model_info.json (merged into the entries of formats not exported now).
@@ -248,6 +245,7 @@ def export_model(
     its check passed. UserError when an ``explicit`` format fails; TrainingStopped when
     SIGTERM arrived, wherever it landed."""
     model, record = load_model(model_dir)
+    task = task_of_model(model_dir)
     checks: list[list[torch.Tensor]] = []
 
     def inputs() -> list[torch.Tensor]:
@@ -265,9 +263,10 @@ def export_model(
         with sigterm_noted() as stop_arrived:
             run = _Run(
                 model_dir=model_dir,
+                task=task,
+                record=record,
                 eager=eager,
                 data=data,
-                num_classes=record["num_classes"],
                 inputs=inputs,
                 explicit=explicit,
                 stop_arrived=stop_arrived,
@@ -290,9 +289,7 @@ def _export_one(run: _Run, name: str, onnx: dict | None) -> None:
     candidate = candidate_for(final)
     final.unlink(missing_ok=True)
     try:
-        entry = _write_candidate(
-            name, final, run.eager, run.data, run.num_classes, run.inputs, onnx
-        )
+        entry = _write_candidate(run, name, final, onnx)
         if run.stop_arrived():  # a stop some library swallowed
             raise TrainingStopped(f"stopped during the {name} export")
         if entry.get("file"):  # checked: it takes its final name only now

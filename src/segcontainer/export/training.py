@@ -9,15 +9,17 @@ from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped, UserError
-from segcontainer.export.run import caused_by_stop, export_model
-from segcontainer.export.samples import ExportData
+from segcontainer.export.run import caused_by_stop, export_model, exporting
+from segcontainer.tasks import task_of_model
 
 log = logging.getLogger(__name__)
 
 
 def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
     """Write the ``export`` formats into model/. Calibration uses the training images (File
-    mode; Pipe mode keeps none), the checks the validation pairs training validated on.
+    mode; Pipe mode keeps none), the checks the validation images training validated on: the
+    model's task (recorded in model/) says how they are read from ``data``
+    (``Task.export_data``).
 
     The policy (README, "Exports"): model.pt is complete before this runs, so with the default
     ``export`` any failure here is a warning and the job succeeds; a format the user named
@@ -34,7 +36,8 @@ def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
         "asked for: a failure fails the job" if explicit else "the default: a failure only warns",
     )
     try:
-        export_model(paths.model_dir, config.export, _export_data(config, data), explicit)
+        task = exporting(task_of_model(paths.model_dir))
+        export_model(paths.model_dir, config.export, task.export_data(config, data), explicit)
     except (UserError, TrainingStopped):
         raise  # an explicit format's failure, already worded; or SIGTERM
     except Exception as exc:  # anything outside the per-format steps (reading the data, ...)
@@ -48,12 +51,3 @@ def after_training(paths: Paths, config: Config, data: TrainingData) -> None:
                 "or add the files later with `segcontainer export`."
             ) from exc
         log.warning("the exports failed (model.pt is complete): %s", reason, exc_info=True)
-
-
-def _export_data(config: Config, data: TrainingData) -> ExportData:
-    return ExportData(
-        calibration=[sample.image for sample in data.train_samples],  # none in Pipe mode
-        validation=data.validation_samples,
-        validation_lut=data.validation_lut,
-        long_side=config.base_size,
-    )

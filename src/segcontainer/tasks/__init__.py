@@ -16,13 +16,14 @@ from torch import nn
 
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.errors import UserError
+from segcontainer.model_folder import DEFAULT_TASK_NAME, read_record
 from segcontainer.model_folder import load_model as load_with
-from segcontainer.model_folder import read_record
+from segcontainer.tasks.classification import CLASSIFICATION
 from segcontainer.tasks.segmentation import SEGMENTATION
 from segcontainer.tasks.task import TASK_KEY, Task
 
-TASKS: dict[str, Task] = {task.name: task for task in (SEGMENTATION,)}
-DEFAULT_TASK = SEGMENTATION
+TASKS: dict[str, Task] = {task.name: task for task in (SEGMENTATION, CLASSIFICATION)}
+DEFAULT_TASK = TASKS[DEFAULT_TASK_NAME]  # jobs no other task claims; models naming no task
 # Every Accept type some task answers: SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT is checked against
 # these at start-up, and against the model's own task's once the model is read.
 ACCEPT_TYPES: tuple[str, ...] = tuple(

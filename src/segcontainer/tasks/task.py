@@ -10,7 +10,7 @@ exports, the serving stack) the same way. A task is one ``Task`` value in the re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from segcontainer import model_folder
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
@@ -26,7 +27,7 @@ from segcontainer.metrics import EpochReport, ValidationScores
 from segcontainer.precision import Precision
 from segcontainer.prediction import PredictionSettings
 
-TASK_KEY = "task"  # hyperparams.json's entry naming the model's task
+TASK_KEY = model_folder.TASK_KEY  # hyperparams.json's entry naming the model's task
 
 # (count) -> this process's share of the global batch's count: training.collectives.count_share
 Share = Callable[[torch.Tensor], torch.Tensor]
@@ -82,6 +83,58 @@ class Predictor(Protocol):
 Answer = Callable[[Any, Image.Image], bytes | bytearray]
 
 
+class ExportImages(Protocol):
+    """The images the exports (export/) work from, read one at a time by index, each prepared
+    exactly as the task's endpoint prepares it: training images int8 calibrates on (none in
+    Pipe mode) and labelled validation images the checks run on."""
+
+    calibration_count: int
+    validation_count: int
+    # The one (height, width) the endpoint feeds the model (the exports keep only the batch
+    # dynamic); None: any size (height and width dynamic too).
+    input_size: tuple[int, int] | None
+
+    def calibration_input(self, index: int) -> torch.Tensor:
+        """Training image ``index`` as the model's input, (1, 3, h, w)."""
+        ...
+
+    def validation_input(self, index: int) -> torch.Tensor:
+        """Validation image ``index`` as the model's input, (1, 3, h, w)."""
+        ...
+
+    def synthetic_inputs(self) -> list[torch.Tensor]:
+        """Random inputs of the sizes the endpoint feeds: the ONNX check's without images."""
+        ...
+
+
+class ExportOutcome(Protocol):
+    """How a candidate (int8) engine's answers compare with the eager fp32 model's."""
+
+    agreement: float  # the share of answers both give alike (the task's unit: pixels, images)
+    check_images: int  # validation images compared
+
+    def problems(self) -> list[str]:
+        """What falls short of the task's requirement; empty: the candidate ships."""
+        ...
+
+    def figures(self) -> dict[str, float | int]:
+        """The figures model_info.json records, under the task's names."""
+        ...
+
+    def describe(self) -> str:
+        """The figures for the log, e.g. "pixel agreement 0.9950, mIoU 0.61 vs fp32 0.62"."""
+        ...
+
+
+class ExportCheck(Protocol):
+    """The int8 check: the eager fp32 answers on the check images, computed once, against
+    which each quantisation try is compared."""
+
+    requirement: str  # what a try must reach, for the reason when none does
+
+    def compare(self, candidate: Engine) -> ExportOutcome: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Task:
     """What differs between tasks, handed to the machinery. Each field is a function or a
@@ -109,3 +162,11 @@ class Task:
     must_match: tuple[str, ...]
     # (config, device) -> what measures training batches; None: the task reports none
     train_metric: Callable[[Config, torch.device], TrainMetric] | None = None
+    # The exports (export/); None: the task has none. A finished job's images (its File-mode
+    # samples in TrainingData's generic fields), as ExportImages:
+    export_data: Callable[[Config, TrainingData], ExportImages] | None = None
+    # `segcontainer export --calibration DIR`: (DIR, or None when not given; hyperparams.json)
+    export_calibration: Callable[[Path | None, dict], ExportImages] | None = None
+    # The int8 check: (eager fp32 engine, the images, the validation indices to check on,
+    # hyperparams.json) -> the reference each try is compared with
+    export_check: Callable[[Engine, ExportImages, Sequence[int], dict], ExportCheck] | None = None

@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Protocol
 
 from segcontainer.config import variables
+from segcontainer.errors import UserError
 from segcontainer.tools.splits import SplitOptions
 
 GROUNDTRUTH_EXAMPLE = """example:
   segcontainer groundtruth s3://bucket/my-job/manifests/output/output.manifest data/
   segcontainer groundtruth output.manifest data/ --s3-root s3://bucket/my-job=my-job/
 
-Writes data/{train,train_annotation,validation,validation_annotation}/, class_names.txt and
-train.manifest / validation.manifest, then prints num_classes and class_names for training.
+Semantic segmentation job: writes data/{train,train_annotation,validation,
+validation_annotation}/, class_names.txt and train.manifest / validation.manifest.
+Image classification job (single- or multi-label, found by its label's metadata): writes
+data/{train,validation}/ images, data/{train_lst,validation_lst}/*.lst and class_names.txt.
+Then prints num_classes, class_names (and multi_label) for training.
 """
 
 LABELME_EXAMPLE = """example:
@@ -44,7 +48,9 @@ VALIDATE_EXAMPLE = """example:
 
 Runs train's data check on data/{train,train_annotation,validation,validation_annotation}:
 prints the counts, the pixels per class and every problem with the files named; exits 0 when
-training would accept the data, 1 otherwise.
+training would accept the data, 1 otherwise. Image classification data (a .lst in
+data/{train,validation}_lst/ or a .rec in data/{train,validation}/) gets classification's
+check: every bad list line, record and image named, and the images per class.
 """
 
 EVALUATE_EXAMPLE = """example:
@@ -56,6 +62,12 @@ DATA: a layout root (its validation/ pairs are scored) or one channel folder wit
 <channel>_annotation/ beside it. Images are predicted as the endpoint predicts them. Writes
 report/metrics.json, confusion_matrix.png, overlays/ and report.html (open it in a browser),
 which name the engine: --engine torch reproduces training's validation:mIOU.
+
+An image classification model (its hyperparams.json says so) is scored on DATA's validation
+split (validation/ with validation_lst/*.lst, or validation/*.rec; or one channel: data/train):
+accuracy, top-k accuracy (--top-k K), per-class precision and recall, the confusion matrix
+and the images whose truth got the lowest probability, in the same files.
+  segcontainer evaluate model.tar.gz data/ report/ --top-k 2
 """
 
 
@@ -112,9 +124,9 @@ def _groundtruth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _groundtruth(args: argparse.Namespace) -> Summary:
-    from segcontainer.tools.groundtruth import convert
+    from segcontainer.tools.groundtruth_classes import convert_job
 
-    return convert(
+    return convert_job(
         args.manifest,
         args.out,
         SplitOptions.from_args(args),
@@ -194,9 +206,26 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a label map JSON for both splits, or a label_map folder (default: ROOT/label_map)",
     )
+    parser.add_argument(
+        "--multi-label",
+        action="store_const",
+        const=True,
+        help="image classification data: one 0/1 label per class (default: the config's "
+        "multi_label, else read off the labels)",
+    )
 
 
 def _validate(args: argparse.Namespace) -> Summary:
+    from segcontainer.tools.classification_data import data_is_classification
+
+    if data_is_classification(args.root):  # a .lst or .rec in its channels
+        if args.label_map is not None:
+            raise UserError("--label-map maps mask values: image classification data has none.")
+        from segcontainer.tools.validate_classification import validate_classification
+
+        return validate_classification(
+            args.root, args.num_classes, args.class_names, args.multi_label
+        )
     from segcontainer.tools.validate import validate
 
     return validate(args.root, args.num_classes, args.label_map, args.class_names)
@@ -220,17 +249,24 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="the class the overlays treat as background (default: the class named "
         "background, e.g. _background_, else none)",
     )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="image classification: also score top-K accuracy (default: the model's top_k)",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> Summary:
     from segcontainer.tools.evaluate import evaluate
 
-    return evaluate(args.model, args.data, args.out, args.engine, args.background)
+    return evaluate(args.model, args.data, args.out, args.engine, args.background, args.top_k)
 
 
 TOOLS = {
     "groundtruth": DataTool(
-        "Ground Truth semantic segmentation output manifest -> channel layout",
+        "Ground Truth semantic segmentation or image classification output manifest -> "
+        "channel layout",
         GROUNDTRUTH_EXAMPLE,
         _groundtruth_arguments,
         _groundtruth,

@@ -2,6 +2,8 @@
 
 train (as SageMaker's local mode lays out /opt/ml) -> serve the model with nginx + gunicorn
 -> one image to /invocations for a PNG mask and for probabilities -> stop the server.
+``--task classification``: coloured shapes in the image + list channels (demo_classification),
+a ResNet-20 trained on them, and one image's label and probabilities from the endpoint.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from segcontainer.client import decode_recordio_protobuf
+from segcontainer.tools import demo_classification
 from segcontainer.tools.demo_data import CLASS_NAMES, make_dataset, write_local_mode_config
+
+SEGMENTATION, CLASSIFICATION = "semantic-segmentation", "image-classification"
+TASKS = {"segmentation": SEGMENTATION, "classification": CLASSIFICATION}  # --task's short names
 
 DEMO_HYPERPARAMETERS = {
     "backbone": "resnet-50",
@@ -57,7 +64,37 @@ def _post(port: int, body: bytes, accept: str) -> bytes:
         return response.read()
 
 
-def _serve_and_predict(base: Path, env: dict, folder: Path) -> int:
+def _ask_segmentation(base: Path, folder: Path) -> Callable[[int], tuple[str, list[str]]]:
+    """One validation image to /invocations for a PNG mask and for probabilities."""
+
+    def ask(port: int) -> tuple[str, list[str]]:
+        image = sorted((base / "input" / "data" / "validation").iterdir())[0]
+        body = image.read_bytes()
+        (folder / "prediction.png").write_bytes(_post(port, body, "image/png"))
+        record = _post(port, body, "application/x-recordio-protobuf")
+        (folder / "prediction.recordio-protobuf").write_bytes(record)
+        shape = decode_recordio_protobuf(record).shape
+        return image.name, [
+            f"  PNG mask (image/png):                  {folder / 'prediction.png'}",
+            f"  probabilities {shape} (recordio-protobuf): "
+            f"{folder / 'prediction.recordio-protobuf'}",
+        ]
+
+    return ask
+
+
+def _ask_classification(base: Path, folder: Path) -> Callable[[int], tuple[str, list[str]]]:
+    """One validation image to /invocations for its label and probabilities."""
+
+    def ask(port: int) -> tuple[str, list[str]]:
+        image = demo_classification.first_validation_image(base / "input" / "data")
+        answer = _post(port, image.read_bytes(), demo_classification.ACCEPT)
+        return image.name, demo_classification.describe_answer(answer, folder)
+
+    return ask
+
+
+def _serve_and_predict(env: dict, folder: Path, ask: Callable[[int], tuple[str, list[str]]]) -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -80,29 +117,31 @@ def _serve_and_predict(base: Path, env: dict, folder: Path) -> int:
             else:
                 print(f"serve did not become ready; see {log_file}")
                 return 1
-            image = sorted((base / "input" / "data" / "validation").iterdir())[0]
-            body = image.read_bytes()
-            (folder / "prediction.png").write_bytes(_post(port, body, "image/png"))
-            record = _post(port, body, "application/x-recordio-protobuf")
-            (folder / "prediction.recordio-protobuf").write_bytes(record)
-            shape = decode_recordio_protobuf(record).shape
+            image_name, lines = ask(port)
         finally:
             server.terminate()
             server.wait(timeout=60)
-    print(f"\nserved the model on port {port} and sent {image.name} to /invocations:")
-    print(f"  PNG mask (image/png):                  {folder / 'prediction.png'}")
-    print(f"  probabilities {shape} (recordio-protobuf): {folder / 'prediction.recordio-protobuf'}")
+    print(f"\nserved the model on port {port} and sent {image_name} to /invocations:")
+    print("\n".join(lines))
     print(f"  server log:                            {log_file}")
     return 0
 
 
-def run_demo(folder: Path, epochs: int) -> int:
+def run_demo(folder: Path, epochs: int, task: str = SEGMENTATION) -> int:
+    """Generate ``task``'s demo data, train on it, serve the model and ask it once."""
     folder = folder.resolve()
     base = folder / "opt_ml"
     if base.exists():
         shutil.rmtree(base)
-    make_dataset(base / "input" / "data")
-    write_local_mode_config(base, {**DEMO_HYPERPARAMETERS, "epochs": str(epochs)})
+    if TASKS.get(task, task) == CLASSIFICATION:
+        demo_classification.make_dataset(base / "input" / "data")
+        values = demo_classification.hyperparameters(48, epochs)
+        write_local_mode_config(base, values, channels=demo_classification.CHANNELS)
+        ask = _ask_classification(base, folder)
+    else:
+        make_dataset(base / "input" / "data")
+        write_local_mode_config(base, {**DEMO_HYPERPARAMETERS, "epochs": str(epochs)})
+        ask = _ask_segmentation(base, folder)
     print(f"demo dataset and SageMaker config files written under {base}", flush=True)
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}
     env.pop("TRAINING_JOB_NAME", None)
@@ -117,4 +156,4 @@ def run_demo(folder: Path, epochs: int) -> int:
     if code:
         print(f"  failure reason:                    {base / 'output' / 'failure'}")
         return code
-    return _serve_and_predict(base, env, folder)
+    return _serve_and_predict(env, folder, ask)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segcontainer import model_folder
+from segcontainer import model_tarball
 from segcontainer.data import check
 from segcontainer.data.channels import FoundSamples, Sample, load_image, load_mask, pair_samples
 from segcontainer.data.label_maps import label_map_lut
@@ -44,6 +44,8 @@ from segcontainer.metrics import ConfusionMatrix, Scores, class_rates
 from segcontainer.prediction import PredictionSettings
 from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tools import report
+from segcontainer.tools.classification_data import data_is_classification, model_is_classification
+from segcontainer.tools.evaluate_classification import ClassEvaluation, evaluate_classification
 
 OVERLAY_DIR = "overlays"
 
@@ -221,31 +223,55 @@ def _score_image(
 
 
 def evaluate(
-    model: Path, data: Path, out: Path, engine: str = "auto", background: str | None = None
-) -> Evaluation:
-    images_dir, masks_dir = channel_pair(data)
+    model: Path,
+    data: Path,
+    out: Path,
+    engine: str = "auto",
+    background: str | None = None,
+    top_k: int | None = None,
+) -> Evaluation | ClassEvaluation:
+    """Score MODEL on DATA by the model's task (its hyperparams.json); OUT gets the report."""
     if out.exists() and any(out.iterdir()):
         raise UserError(
             f"{out} already holds files; write to a new OUT folder (or empty it), so the "
             "report shows this run's images only."
         )
-    with model_folder.opened(model) as model_dir:
-        # The endpoint's resize and tiles (SEGCONTAINER_INFERENCE_SIZE, SEGCONTAINER_TILE_SIZE)
-        # with the engine --engine names.
-        request = EngineRequest(asked_as="--engine {}", model=str(model))
-        settings = PredictionSettings.from_env(engine=engine, request=request)
-        predictor = Predictor.open(model_dir, settings)
-        num_classes, names = predictor.num_classes, list(predictor.class_names)
-        marked = choose_background(background, names)
-        spec = predictor.record.get("label_maps", {}).get("validation", {"scale": 1})
-        lut = label_map_lut(spec, f"the validation label map of {model}")
-        samples = _samples(images_dir, masks_dir, lut, num_classes)
-        total = ConfusionMatrix(num_classes)
-        per_image = []
-        (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
-        for sample in tqdm(samples, desc="evaluate", unit="image"):
-            name = sample.image.relative_to(images_dir).with_suffix("").as_posix()
-            per_image.append(_score_image(predictor, sample, name, lut, total, out, marked.id))
+    with model_tarball.opened(model) as model_dir:
+        if model_is_classification(model_dir):
+            if background is not None:
+                raise UserError("--background applies to segmentation models' overlays only.")
+            out.mkdir(parents=True, exist_ok=True)
+            return evaluate_classification(model, model_dir, data, out, engine, top_k)
+        if top_k is not None:
+            raise UserError("--top-k applies to image classification models only.")
+        if data_is_classification(data):
+            raise UserError(
+                f"{data} holds image classification data (.lst or .rec files) but {model} is a "
+                "semantic segmentation model: evaluate it on images with masks."
+            )
+        return _evaluate_segmentation(model, model_dir, data, out, engine, background)
+
+
+def _evaluate_segmentation(
+    model: Path, model_dir: Path, data: Path, out: Path, engine: str, background: str | None
+) -> Evaluation:
+    images_dir, masks_dir = channel_pair(data)
+    # The endpoint's resize and tiles (SEGCONTAINER_INFERENCE_SIZE, SEGCONTAINER_TILE_SIZE)
+    # with the engine --engine names.
+    request = EngineRequest(asked_as="--engine {}", model=str(model))
+    settings = PredictionSettings.from_env(engine=engine, request=request)
+    predictor = Predictor.open(model_dir, settings)
+    num_classes, names = predictor.num_classes, list(predictor.class_names)
+    marked = choose_background(background, names)
+    spec = predictor.record.get("label_maps", {}).get("validation", {"scale": 1})
+    lut = label_map_lut(spec, f"the validation label map of {model}")
+    samples = _samples(images_dir, masks_dir, lut, num_classes)
+    total = ConfusionMatrix(num_classes)
+    per_image = []
+    (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+    for sample in tqdm(samples, desc="evaluate", unit="image"):
+        name = sample.image.relative_to(images_dir).with_suffix("").as_posix()
+        per_image.append(_score_image(predictor, sample, name, lut, total, out, marked.id))
     matrix = total.matrix
     scores = Scores.from_matrix(matrix)
     per_image.sort(key=lambda item: (item["mIOU"], item["pixel_accuracy"], item["name"]))

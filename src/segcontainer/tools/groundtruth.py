@@ -1,4 +1,5 @@
-"""``segcontainer groundtruth``: a Ground Truth semantic segmentation job -> the channel layout.
+"""``segcontainer groundtruth``: a Ground Truth semantic segmentation job -> the channel layout
+(an image classification job's manifest goes to groundtruth_classes.py instead).
 
     segcontainer groundtruth s3://bucket/job/manifests/output/output.manifest data/
     segcontainer groundtruth output.manifest data/ --s3-root s3://bucket/job=downloaded/
@@ -146,7 +147,9 @@ def choose_attribute(lines: list[tuple[int, dict]], given: str | None, source: s
     if not found:
         raise UserError(
             f"{source} has no semantic segmentation label: no attribute ending in '-ref' with "
-            "'internal-color-map' in its '-metadata'. Is it a semantic segmentation job's output?"
+            "'internal-color-map' in its '-metadata', and no image classification label (an "
+            "attribute whose '-metadata' has 'class-name' or 'class-map'). Is it the output of a "
+            "semantic segmentation or image classification job?"
         )
     listed = ", ".join(f"{key} ({count} lines)" for key, count in found.most_common())
     raise UserError(

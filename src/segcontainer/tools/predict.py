@@ -1,4 +1,5 @@
-"""``segcontainer predict``: masks for a folder of images, without a server.
+"""``segcontainer predict``: masks for a folder of images, without a server (an image
+classification model's probabilities and labels: predict_classification.py).
 
     segcontainer predict model.tar.gz photos/ masks/ --overlay
 
@@ -11,18 +12,21 @@ one base name are refused before anything is written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
-from segcontainer import model_folder
+from segcontainer import model_tarball
 from segcontainer.data.channels import load_image, visible_files
 from segcontainer.data.palette import mask_image
 from segcontainer.engines import EngineRequest
 from segcontainer.errors import UserError
 from segcontainer.prediction import PredictionSettings
 from segcontainer.tasks.segmentation.prediction import Predictor
+from segcontainer.tools.classification_data import model_is_classification
+from segcontainer.tools.predict_classification import PREDICTIONS_FILE, predict_classes
 
 OVERLAY_ALPHA = 0.5
 
@@ -66,30 +70,54 @@ def check_outputs(inputs: Path, outputs: Path, planned: dict[Path, list[str]]) -
         )
 
 
-def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool) -> int:
-    """Predict every image in ``inputs``; return how many failed to decode."""
+@dataclass(frozen=True)
+class Predicted:
+    """What predict wrote (said in a sentence) and how many files it skipped."""
+
+    written: str
+    failed: int
+
+
+def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool) -> Predicted:
+    """Predict every image in ``inputs`` by the model's task: masks for a segmentation model,
+    predictions.json for an image classification model."""
     if not inputs.is_dir():
         raise UserError(f"{inputs} is not a folder of images.")
     files = visible_files(inputs, recursive=False)
     if not files:
         raise UserError(f"{inputs} holds no images.")
+    with model_tarball.opened(model) as model_dir:
+        if model_is_classification(model_dir):
+            if with_overlay:
+                raise UserError("--overlay draws masks: an image classification model has none.")
+            failed = predict_classes(model, model_dir, files, outputs)
+            return Predicted(f"predictions written to {outputs / PREDICTIONS_FILE}", failed)
+        return Predicted(
+            f"masks written to {outputs}",
+            _masks(model, model_dir, files, inputs, outputs, with_overlay),
+        )
+
+
+def _masks(
+    model: Path, model_dir: Path, files: list[Path], inputs: Path, outputs: Path, with_overlay: bool
+) -> int:
+    """Segmentation's masks (and overlays) for ``files``; how many failed to decode."""
     planned = output_names(files, with_overlay)
     check_outputs(inputs, outputs, planned)
-    with model_folder.opened(model) as model_dir:
-        settings = PredictionSettings.from_env(request=EngineRequest(model=str(model)))
-        predictor = Predictor.open(model_dir, settings)
-        outputs.mkdir(parents=True, exist_ok=True)
-        failed = 0
-        for file in tqdm(files, desc="predict", unit="image"):
-            try:
-                image = load_image(file)
-            except Exception as exc:  # keep going: one bad file must not lose the others
-                tqdm.write(f"skipped {file.name}: {exc}")
-                failed += 1
-                continue
-            mask_name, *overlay_name = planned[file]
-            mask = mask_image(predictor.class_map(image))
-            mask.save(outputs / mask_name)
-            if overlay_name:
-                overlay(image, mask).save(outputs / overlay_name[0], quality=90)
-        return failed
+    settings = PredictionSettings.from_env(request=EngineRequest(model=str(model)))
+    predictor = Predictor.open(model_dir, settings)
+    outputs.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for file in tqdm(files, desc="predict", unit="image"):
+        try:
+            image = load_image(file)
+        except Exception as exc:  # keep going: one bad file must not lose the others
+            tqdm.write(f"skipped {file.name}: {exc}")
+            failed += 1
+            continue
+        mask_name, *overlay_name = planned[file]
+        mask = mask_image(predictor.class_map(image))
+        mask.save(outputs / mask_name)
+        if overlay_name:
+            overlay(image, mask).save(outputs / overlay_name[0], quality=90)
+    return failed

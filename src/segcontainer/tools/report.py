@@ -66,9 +66,10 @@ def overlay_image(
     return out
 
 
-def confusion_plot(matrix: np.ndarray, names: list[str], file: Path) -> None:
-    """A heat map of each true class's pixels by predicted class (rows sum to 100%), with the
-    share and count in each cell when there are few classes."""
+def confusion_plot(matrix: np.ndarray, names: list[str], file: Path, unit: str = "pixels") -> None:
+    """A heat map of each true class's ``unit`` (pixels, or images for classification) by
+    predicted class (rows sum to 100%), with the share and count in each cell when there are
+    few classes."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
     count = len(names)
@@ -80,7 +81,7 @@ def confusion_plot(matrix: np.ndarray, names: list[str], file: Path) -> None:
     axes.set_xticks(range(count), names, rotation=45, ha="right")
     axes.set_yticks(range(count), names)
     axes.set(xlabel="predicted class", ylabel="true class")
-    axes.set_title("Confusion matrix (share of each true class's pixels)")
+    axes.set_title(f"Confusion matrix (share of each true class's {unit})")
     if count <= ANNOTATED_CLASSES:
         for row in range(count):
             for column in range(count):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from segcontainer import logs, model_folder
+from segcontainer import logs, model_folder, model_tarball
 from segcontainer.config.environment import (
     Paths,
     read_input_data_config,
@@ -66,7 +66,7 @@ def write_failure(file: Path, reason: str, details: str) -> None:
 def finish_artifacts(paths: Paths) -> None:
     """A docker-run user gets output/model.tar.gz; under SageMaker the platform packs model/."""
     if not running_under_sagemaker() and (paths.model_dir / model_folder.WEIGHTS_FILE).exists():
-        model_folder.pack_model(paths.model_dir, paths.output_dir / "model.tar.gz")
+        model_tarball.pack_model(paths.model_dir, paths.output_dir / "model.tar.gz")
         log.info("packed %s into %s", paths.model_dir, paths.output_dir / "model.tar.gz")
 
 

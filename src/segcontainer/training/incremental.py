@@ -20,12 +20,8 @@ from torch import nn
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import UserError
-from segcontainer.model_folder import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    extract_model_tarball,
-    read_record,
-)
+from segcontainer.model_folder import CONFIG_FILE, WEIGHTS_FILE, read_record
+from segcontainer.model_tarball import extract_model_tarball
 from segcontainer.tasks import task_of_record
 from segcontainer.tasks.task import Task
 

@@ -89,6 +89,10 @@ def prepare(
         iters_per_epoch=train.samples_per_epoch // batch,
         limit_steps=train.limit_steps,
         class_counts=counts,
+        # the exports' images (tasks.classification.export_check): calibration on the training
+        # images (File mode only), the int8 check on the validation images
+        train_samples=(checked["train"].dataset,) if "train" in checked else (),
+        validation_samples=(validation_set,),
     )
 
 

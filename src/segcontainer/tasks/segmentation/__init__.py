@@ -17,7 +17,7 @@ from segcontainer.config import hyperparameters
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData, prepare
-from segcontainer.tasks.segmentation import answers, loss, model, validation
+from segcontainer.tasks.segmentation import answers, export_check, loss, model, validation
 from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tasks.task import TASK_KEY, Task
 
@@ -55,4 +55,7 @@ SEGMENTATION = Task(
     default_accept=answers.PNG,
     metric_lines=metrics.metric_lines,
     must_match=("algorithm", "backbone", "crop_size", "num_classes"),
+    export_data=export_check.from_training,
+    export_calibration=export_check.from_calibration,
+    export_check=export_check.check,
 )
