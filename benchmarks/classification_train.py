@@ -9,7 +9,9 @@ device, same loss, same precision) in the same run.
 The data: CamVid frames (``--data``, linked, never copied) as a multi-label "which classes
 appear" task (camvid_labels.py), ``--images`` of them, resized to ``--side`` (shorter side) and
 centre-cropped to ``--side`` square. The trainer's rate is the mean of its per-epoch img/s
-after the first epoch (the first holds the warm-up), as train_end_to_end.py's.
+after the first epoch (the first holds the warm-up), as train_end_to_end.py's. The model-only
+reference runs just before and just after the job and the ratio is to the mean of the two, so
+that a machine shared with other work loads both sides alike (the two figures show the drift).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def main() -> None:
     print(f"device: {device_line()}\ncommand: python {' '.join(sys.argv)}\n", flush=True)
     print(
         f"| num_layers | segcontainer train img/s (JPEG files, {args.side} px) "
-        "| torchvision model-only img/s | ratio | epoch img/s |"
+        "| torchvision model-only img/s (before / after) | ratio | epoch img/s |"
     )
     print("| --- | --- | --- | --- | --- |")
     for layers in (int(n) for n in args.layers.split(",")):
@@ -102,6 +104,7 @@ def main() -> None:
             "export": "none",  # training time only: the exports are measured on their own
             **extra,
         }
+        before = model_only(layers, args.batch, args.side, steps, warmup, precision)
         with tempfile.TemporaryDirectory() as scratch:
             base = Path(scratch)
             lay_out_lists(args.data, base, args.images, validation_limit=args.batch)
@@ -111,10 +114,11 @@ def main() -> None:
             raise SystemExit(f"train exited {job.returncode}")
         rates = [e["images_per_second"] for e in job.epochs if "images_per_second" in e]
         rate = statistics.mean(rates[1:] or rates)
-        reference = model_only(layers, args.batch, args.side, steps, warmup, precision)
+        after = model_only(layers, args.batch, args.side, steps, warmup, precision)
+        reference = (before + after) / 2
         print(
-            f"| {layers} | {rate:.2f} | {reference:.2f} | {rate / reference:.2f}x "
-            f"| {', '.join(f'{r:.2f}' for r in rates)} |",
+            f"| {layers} | {rate:.2f} | {reference:.2f} ({before:.2f} / {after:.2f}) "
+            f"| {rate / reference:.2f}x | {', '.join(f'{r:.2f}' for r in rates)} |",
             flush=True,
         )
 
