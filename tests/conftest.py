@@ -114,7 +114,7 @@ def exported_model(trained_job, tmp_path_factory: pytest.TempPathFactory):
     runs in-process (cli.main, as `segcontainer` runs it): a subprocess would only add an
     interpreter's and torch's start."""
     from segcontainer import cli
-    from segcontainer.model_folder import extract_model_tarball
+    from segcontainer.model_tarball import extract_model_tarball
     from tests.support.exports import ExportedModel
 
     tarball = trained_job.base / "output" / "model.tar.gz"

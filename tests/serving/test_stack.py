@@ -195,6 +195,7 @@ def server_21_classes(tmp_path_factory) -> Server:
     server.stop()
 
 
+@pytest.mark.slow  # a second server, on a 21-class model, and a 4K answer (~25 s)
 def test_4k_png_answer_with_21_classes_adds_under_400_mib(server_21_classes: Server) -> None:
     server = server_21_classes
     [worker] = server.worker_pids()
@@ -229,6 +230,7 @@ def test_probabilities_too_large_for_recordio_are_refused_before_predicting(
     assert_good_request_works(server)
 
 
+@pytest.mark.slow  # a two-worker server and two long requests (~15-20 s)
 def test_two_workers_both_predict_and_ping_answers_within_2_s_while_both_are_busy_then_sigterm(
     trained_base: Path,
 ) -> None:

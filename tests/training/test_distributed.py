@@ -143,6 +143,7 @@ def _stop_on_sigterm(world: World, local_rank: int, reason_file: Path) -> int:
     return 143
 
 
+@pytest.mark.slow  # real processes, one killed (~9 s)
 def test_launcher_ends_the_others_when_a_worker_fails(monkeypatch) -> None:
     monkeypatch.setattr(launch, "FAILURE_GRACE_S", 0.5)
     written: list[tuple[str, str]] = []
@@ -154,6 +155,7 @@ def test_launcher_ends_the_others_when_a_worker_fails(monkeypatch) -> None:
     assert "rank 0 (host algo-1, process 0) was killed by SIGTERM" in written[0][1]
 
 
+@pytest.mark.slow  # real processes sent SIGTERM (~13 s)
 def test_launcher_forwards_sigterm_and_exits_143(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("READY_DIR", str(tmp_path))
     written: list[tuple[str, str]] = []

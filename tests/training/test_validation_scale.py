@@ -39,7 +39,7 @@ def test_validation_miou_is_the_miou_of_the_endpoints_class_maps(
     cpu = torch.device("cpu")
     data = prepare(paths, config, read_input_data_config(paths), cpu, lambda: False)
     model, _ = load_model(trained_base / "model")
-    scores = evaluate(model, data.validation_loader, 3, Precision.choose("fp32", cpu), cpu)
+    scores = evaluate(model, data.validation_loader, config, Precision.choose("fp32", cpu), cpu)
 
     # The same settings for the endpoint (whose defaults come from the model's own config)
     monkeypatch.setenv("SEGCONTAINER_INFERENCE_SIZE", "64")

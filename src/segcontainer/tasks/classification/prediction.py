@@ -31,7 +31,7 @@ class Predictor:
 
     @classmethod
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
-        """The predictor for a model folder (``model_folder.opened`` for a tarball too)."""
+        """The predictor for a model folder (``model_tarball.opened`` for a tarball too)."""
         opened = open_model(model_dir, settings or PredictionSettings(), rebuild)
         return cls(opened.engine, opened.record, opened.class_names)
 

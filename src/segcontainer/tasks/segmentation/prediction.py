@@ -51,7 +51,7 @@ class Predictor:
 
     @classmethod
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
-        """The predictor for a model folder (``model_folder.opened`` for a tarball too)."""
+        """The predictor for a model folder (``model_tarball.opened`` for a tarball too)."""
         settings = settings or PredictionSettings()
         opened = open_model(model_dir, settings, rebuild)
         return cls(opened.engine, opened.record, opened.class_names, settings)
