@@ -42,3 +42,12 @@ def test_the_readme_regexes_read_the_metric_lines() -> None:
     assert "Epoch[3] Time cost=12.300" in lines
     for line in lines:
         assert re.sub(r"=[0-9.]+$", "=", line) in re.sub(r"=[0-9.]+\n", "=\n", example), line
+
+
+def test_the_readme_task_rule_names_exactly_the_classification_only_hyperparameters() -> None:
+    from segcontainer.config.hyperparameters import SPEC as SEGMENTATION_SPEC
+
+    rule = task_part("image-classification").split("**Which task a job is.**", 1)[1]
+    listed = rule.split("Image Classification has (", 1)[1].split(")", 1)[0]
+    named = re.findall(r"`(\w+)`", listed)
+    assert sorted(named) == sorted(n for n in SPEC if n not in SEGMENTATION_SPEC)
