@@ -8,7 +8,7 @@
 # ml.g5 (A10G, 8.6), ml.g6/g6e (L4/L40S, 8.9: runs the 8.6 kernels) and ml.p5/p5e/p5en
 # (H100/H200, 9.0). For ml.p6 (B200, 10.0) build on a CUDA 13 base instead, which has no
 # Volta kernels:  --build-arg BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
-# DOWNLOAD_WEIGHTS=false skips the ImageNet encoder weights (offline builds); such an image
+# DOWNLOAD_WEIGHTS=false skips the ImageNet weights (offline builds); such an image
 # trains with use_pretrained_model=False only.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
 FROM ${BASE_IMAGE}
@@ -48,11 +48,14 @@ RUN python3 -c 'from importlib.metadata import version as v; print(*(f"{p}=={v(p
     && rm -rf /tmp/build /tmp/base-torch.txt \
     && chmod 0755 /opt/program/train /opt/program/serve
 
-# ImageNet weights of the ResNet-50 and ResNet-101 encoders into the cache that
-# use_pretrained_model reads (there is no network at training time).
+# ImageNet weights into the cache that use_pretrained_model reads (there is no network at
+# training time): the segmentation encoders' (ResNet-50, ResNet-101) and image classification's
+# (num_layers 18, 34, 50, 101, 152: tasks/classification/model.IMAGENET; 50 and 101 are the
+# same files as the encoders'). Each is checked present where the trainer looks for it.
 RUN if [ "${DOWNLOAD_WEIGHTS}" = "true" ]; then \
-        python3 -c "from torchvision.models import ResNet50_Weights as A, ResNet101_Weights as B; [w.get_state_dict(progress=False) for w in (A.IMAGENET1K_V1, B.IMAGENET1K_V1)]" \
+        python3 -c "from segcontainer.tasks.classification.model import IMAGENET; [w.get_state_dict(progress=False) for _, w in IMAGENET.values()]" \
         && python3 -c "from segcontainer.models import pretrained_weights_file as f; assert all(f(b).is_file() for b in ('resnet-50', 'resnet-101'))" \
+        && python3 -c "from segcontainer.models.weights import weights_file as f; from segcontainer.tasks.classification.model import IMAGENET; assert all(f(w).is_file() for _, w in IMAGENET.values())" \
         && rm -rf /tmp/torchinductor_*; \
     fi
 

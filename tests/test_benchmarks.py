@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,49 @@ def test_cpu_engines_table(learnable_data: Path, tmp_path: Path) -> None:
     assert "| shipped | " in out and "withheld" not in out  # int8 passed its check
     assert "fcn onnx: engine onnx (SEGCONTAINER_ENGINE=onnx)" in out
     assert "fcn onnx-int8: engine onnx-int8 (SEGCONTAINER_ENGINE=onnx-int8)" in out
+
+
+# Image classification's benchmarks on the segmentation demo data read as CamVid is (which
+# classes appear in each frame's mask: a multi-label task), at 32 pixels.
+TINY_CLASSIFICATION = ("image_shape=3,32,32", "resize=32", "mini_batch_size=4", "workers=0")
+
+
+def test_classification_training_throughput_table(demo_data: Path) -> None:
+    out = run(
+        "classification_train.py",
+        *("--data", str(demo_data), "--layers", "18", "--images", "8", "--batch", "4"),
+        *("--side", "32", "--epochs", "2", "--set", "workers=0"),
+    )
+    row = next(line for line in out.splitlines() if line.startswith("| 18 | "))
+    assert float(row.split("|")[4].strip().rstrip("x")) > 0, row  # the ratio of two rates
+
+
+def test_classification_camvid_accuracy_table(demo_data: Path) -> None:
+    out = run(
+        "classification_camvid.py",
+        *("--data", str(demo_data), "--budget", "600", "--set", "epochs=2"),
+        *TINY_CLASSIFICATION,
+        "num_training_samples=8",
+    )
+    assert "| 0 | " in out and "| 1 | " in out  # both epochs' accuracy lines
+    # the endpoint's Predictor gives the best epoch's validation accuracy
+    best, endpoint = (
+        float(v)
+        for v in re.search(
+            r"best validation accuracy ([0-9.]+) .* Predictor on the same frames ([0-9.]+)", out
+        ).groups()
+    )
+    assert best == endpoint, out
+    assert "| Bicyclist | " in out
+
+
+def test_classification_engines_table(demo_data: Path, tmp_path: Path) -> None:
+    out = run(
+        "classification_engines.py",
+        *("--data", str(demo_data), "--models", str(tmp_path / "model"), "--images", "8"),
+        *("--validation", "4", "--side", "32", "--requests", "2"),
+        *("--set", "epochs=1", *TINY_CLASSIFICATION),
+    )
+    for engine in ("torch", "onnx"):
+        assert re.search(rf"^\| {engine} \| [0-9.]+ \|", out, re.M), out
+    assert "| onnx-int8 | " in out  # measured, or not served with the check's reason

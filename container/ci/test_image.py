@@ -35,18 +35,37 @@ CHANNELS = ("train", "validation", "train_annotation", "validation_annotation")
 # values, as SageMaker writes them.
 HYPERPARAMETERS = json.loads((TEST_DIR / "input" / "config" / "hyperparameters.json").read_text())
 SIGTERM_GRACE = 30  # SageMaker sends SIGKILL this long after SIGTERM
+CLASSIFICATION_HEADING = "\n## Image classification\n"
+# Image classification: MXNet-written records (3 classes, 2 single-colour 8x8 JPEGs each; see
+# make_fixtures.sh there), the built-in's hyperparameters at a tiny size (a CIFAR ResNet-20).
+CLASSIFICATION_FIXTURES = REPO / "tests" / "fixtures" / "classification"
+CLASSIFICATION_HYPERPARAMETERS = {
+    "num_layers": "20",
+    "image_shape": "3,32,32",
+    "num_classes": "3",
+    "num_training_samples": "6",
+    "epochs": "1",
+    "mini_batch_size": "2",
+    "learning_rate": "0.01",
+    "top_k": "2",
+    "class_names": "cat,dog,emu",
+}
 
 
-def readme_metric_definitions() -> list[dict]:
-    """The metric_definitions the README tells users to pass (the test uses exactly those)."""
-    text = (REPO / "README.md").read_text()
+def readme_metric_definitions(task: str = "segmentation") -> list[dict]:
+    """The metric_definitions the README tells users of ``task`` to pass (the test uses exactly
+    those): segmentation's in the README outside the "Image classification" section,
+    image classification's in it."""
+    before, section = (REPO / "README.md").read_text().split(CLASSIFICATION_HEADING, 1)
+    section, after = section.split("\n## ", 1)
+    text = section if task == "image-classification" else before + after
     found = re.findall(r'"Name": "([^"]+)",\s*"Regex": r"([^"]+)"', text)
-    assert len(found) == 3, f"README metric_definitions not found: {found}"
+    assert len(found) == 3, f"README metric_definitions of {task} not found: {found}"
     return [{"Name": name, "Regex": regex} for name, regex in found]
 
 
-def assert_metric_lines(log: str, epochs: int) -> None:
-    for definition in readme_metric_definitions():
+def assert_metric_lines(log: str, epochs: int, task: str = "segmentation") -> None:
+    for definition in readme_metric_definitions(task):
         values = re.findall(definition["Regex"], log)
         assert len(values) == epochs, f"{definition['Name']}: {values} in\n{log[-3000:]}"
         assert all(np.isfinite(float(v)) for v in values), values
@@ -305,6 +324,68 @@ def test_sdk_local_mode_fit_deploy_predict(sdk_session, capfd):
         assert shape[:2] == (1, 3), shape
         values = np.array(features["target"].float32_tensor.values, dtype=np.float32)
         check_answers(png, values.reshape(shape)[0])
+    finally:
+        predictor.delete_endpoint()
+    deadline = time.monotonic() + 60
+    while image_containers():
+        assert time.monotonic() < deadline, "serving container still running after delete"
+        time.sleep(1)
+
+
+def test_sdk_local_mode_image_classification_fit_deploy_predict(sdk_session, capfd, tmp_path):
+    """The built-in Image Classification's way through the SDK: `.rec` channels with the
+    RecordIO content type, its hyperparameters (they make the job image classification), the
+    README's metric_definitions reading the log, then an endpoint answering a JPEG with a JSON
+    array of class probabilities."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.estimator import Estimator
+    from sagemaker.inputs import TrainingInput
+    from sagemaker.serializers import IdentitySerializer
+
+    session, root = sdk_session
+    channels = {}
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        shutil.copy(CLASSIFICATION_FIXTURES / "single.rec", tmp_path / split / f"{split}.rec")
+        channels[split] = TrainingInput(
+            f"file://{tmp_path / split}", content_type="application/x-recordio"
+        )
+    estimator = Estimator(
+        image_uri=IMAGE,
+        role="arn:aws:iam::111111111111:role/SageMakerRole",
+        instance_count=1,
+        instance_type="local",
+        output_path=f"file://{root}/classification",
+        sagemaker_session=session,
+        metric_definitions=readme_metric_definitions("image-classification"),
+        hyperparameters=CLASSIFICATION_HYPERPARAMETERS,
+    )
+    started = time.monotonic()
+    estimator.fit(channels)
+    log = capfd.readouterr().out
+    print(log[-3000:])
+    print(f"SDK image classification fit: {time.monotonic() - started:.0f} s")
+    assert_metric_lines(log, epochs=1, task="image-classification")
+    with tarfile.open(estimator.model_data[len("file://") :]) as tar:
+        record = json.load(tar.extractfile("hyperparams.json"))
+    assert record["task"] == "image-classification" and record["num_layers"] == 20, record
+
+    started = time.monotonic()
+    predictor = estimator.deploy(
+        1,
+        "local",
+        wait=False,
+        serializer=IdentitySerializer("image/jpeg"),
+        deserializer=JSONDeserializer(),
+    )
+    try:
+        print(f"SDK image classification deploy: {time.monotonic() - started:.0f} s")
+        probabilities = predictor.predict(
+            (CLASSIFICATION_FIXTURES / "images/dog/0.jpg").read_bytes()
+        )
+        assert isinstance(probabilities, list) and len(probabilities) == 3, probabilities
+        assert all(isinstance(p, float) and 0 <= p <= 1 for p in probabilities), probabilities
+        assert abs(sum(probabilities) - 1) < 1e-4, probabilities
     finally:
         predictor.delete_endpoint()
     deadline = time.monotonic() + 60

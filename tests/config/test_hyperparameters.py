@@ -508,27 +508,7 @@ def test_model_choices_are_the_model_registries(monkeypatch):
 def test_the_readme_table_lists_each_hyperparameter_with_its_default() -> None:
     """README's hyperparameter table agrees with the one definition, SPEC: the same names in
     the same order, and each default as the table's default column begins."""
-    import re
-    from pathlib import Path
+    from tests.support.readme import assert_table_is_spec, table_rows, task_part
 
-    from segcontainer.config.hyperparameters import SPEC
-    from segcontainer.config.params import REQUIRED
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    table = readme.split("\n## Hyperparameters\n", 1)[1].split("\n\n| name |", 1)[1]
-    rows = re.findall(r"^\| `(\w+)`[^|]*\| [^|]* \| (.*) \|$", table.split("\n\n")[0], re.M)
-    assert [name for name, _ in rows] == list(SPEC)
-    for name, default in rows:
-        expected = SPEC[name].default
-        if expected is REQUIRED:
-            assert default == "required", name
-        elif expected is None or expected == ():
-            assert default.startswith(("none", "optional")), name
-        elif isinstance(expected, tuple):
-            assert default.startswith(f"`{','.join(expected)}`"), name
-        else:
-            token = re.match(r"`?([^`\s:]+)", default).group(1)
-            if isinstance(expected, (bool, str)):
-                assert token == str(expected), name
-            else:
-                assert float(token) == expected, name
+    section = task_part("segmentation").split("\n## Hyperparameters\n", 1)[1]
+    assert_table_is_spec(table_rows(section), hyperparameters.SPEC)

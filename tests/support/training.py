@@ -17,7 +17,8 @@ from segcontainer.data.loaders import build_validation_loader
 from segcontainer.precision import Precision
 from segcontainer.tasks.segmentation.validation import evaluate
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
-from tests.support.local_mode import REPO, subprocess_env, train_command
+from tests.support.local_mode import subprocess_env, train_command
+from tests.support.readme import metric_regexes
 
 HOST = "algo-1-x7k2q"
 LEARNABLE = {
@@ -72,10 +73,8 @@ def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNAB
 
 
 def readme_metric_regexes() -> dict[str, str]:
-    """The metric_definitions exactly as the README gives them to users."""
-    text = (REPO / "README.md").read_text()
-    found = dict(re.findall(r'"Name":\s*"([^"]+)",\s*"Regex":\s*r?"([^"]+)"', text))
-    return {name: regex.replace("\\\\", "\\") for name, regex in found.items()}
+    """The metric_definitions exactly as the README gives them to segmentation's users."""
+    return metric_regexes("segmentation")
 
 
 def parse_metrics(stdout: str) -> dict[str, list[tuple[int, float]]]:
