@@ -226,3 +226,16 @@ def test_the_opt_in_keeps_all_but_the_classifier_and_rows_by_name(paths, earlier
         assert torch.equal(state[key][2], earlier[key][0])  # road
         assert torch.equal(state[key][1], fresh[key][1])  # bike: new
         assert torch.equal(state[key][3], fresh[key][3])  # tree: new
+
+
+def test_the_model_channel_starts_a_job_that_trains_an_auxiliary_head(paths, earlier_model) -> None:
+    """model.pt never holds the training-only auxiliary head: it starts fresh, the rest loads."""
+    folder, earlier = earlier_model
+    shutil.copytree(folder, paths.channel("model"))
+    job = resolve({**EARLIER, "aux_loss_weight": "0.4"})
+    model = build_model("lraspp", "mobilenet-v3-large", 3, aux=True)
+    assert start_from_model_channel(paths, job, model, SEGMENTATION)
+    state = model.state_dict()
+    assert any(key.startswith("aux_head.") for key in state)
+    for key, value in earlier.items():
+        assert torch.equal(state[key], value), key
