@@ -25,7 +25,13 @@ from torch import nn
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import UserError
-from segcontainer.model_folder import CONFIG_FILE, WEIGHTS_FILE, read_info, read_record
+from segcontainer.model_folder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_info,
+    read_record,
+    serving_state_dict,
+)
 from segcontainer.model_tarball import extract_model_tarball
 from segcontainer.models import keep_rows
 from segcontainer.tasks import task_of_record
@@ -103,12 +109,23 @@ def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, tas
         named = bool(read_info(folder).get("class_names_given")) and bool(earlier_names)
     if new_classes:
         state = _with_new_classifier(state, model, earlier_names if named else [], config)
-    model.load_state_dict(state)
+    _load(model, state)
     log.info(
         "incremental training: starting from the model channel's weights (%s)",
         ", ".join(f"{key}={getattr(config, key)}" for key in task.must_match),
     )
     return True
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``state`` into ``model``, every weight model.pt holds: the training-only ones (the
+    auxiliary head of aux_loss_weight > 0) are not in model.pt and start fresh."""
+    own = model.state_dict()
+    training_only = set(own) - set(serving_state_dict(own))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    left = [key for key in missing if key not in training_only]
+    if left or unexpected:  # the same architecture was checked: a mismatch is a bug
+        raise RuntimeError(f"model.pt does not fit the model: missing {left}, extra {unexpected}")
 
 
 def _with_new_classifier(
