@@ -65,9 +65,10 @@ def run_learnable_job(
 def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNABLE) -> float:
     """One process's mIoU at the scale of the job's ``settings`` (base_size, crop_size)."""
     samples, _, _ = pair_samples(data / "validation", data / "validation_annotation")
-    loader = build_validation_loader(samples, identity_lut(), resolve(settings))
+    config = resolve(settings)
+    loader = build_validation_loader(samples, identity_lut(), config)
     cpu = torch.device("cpu")
-    return evaluate(model, loader, 3, Precision.choose("fp32", cpu), cpu).miou
+    return evaluate(model, loader, config, Precision.choose("fp32", cpu), cpu).miou
 
 
 def readme_metric_regexes() -> dict[str, str]:

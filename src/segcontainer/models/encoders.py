@@ -134,6 +134,13 @@ def mobilenet_v3_large_encoder(
     """The MobileNetV3-Large encoder (``width_mult`` < 1: the narrower network tests build)."""
     weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained else None
     network = mobilenet_v3_large(weights=weights, dilated=True, width_mult=width_mult)
+    for module in network.features.modules():
+        # torchvision's MobileNetV3 batch norms keep 1% of each batch in their running
+        # statistics (ImageNet's long schedule); a segmentation job of a few hundred steps
+        # would then validate and serve with statistics still far from its data's. PyTorch's
+        # default 10%, as the ResNet encoders use (not in the weights: any model.pt loads).
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
     return MobileNetEncoder(network.features, levels)
 
 
