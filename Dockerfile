@@ -59,6 +59,14 @@ RUN if [ "${DOWNLOAD_WEIGHTS}" = "true" ]; then \
         && rm -rf /tmp/torchinductor_*; \
     fi
 
+# backbone=mobilenet-v3-large's ImageNet weights and pretrained_weights=coco-voc's whole-model
+# weights (torchvision's COCO_WITH_VOC_LABELS_V1 for each pair models.COCO_VOC lists), about 810 MB.
+RUN if [ "${DOWNLOAD_WEIGHTS}" = "true" ]; then \
+        python3 -c "from torchvision.models import MobileNet_V3_Large_Weights as M; from segcontainer.models import COCO_VOC; [w.get_state_dict(progress=False) for w in (M.IMAGENET1K_V1, *COCO_VOC.values())]" \
+        && python3 -c "from segcontainer.models import COCO_VOC, pretrained_weights_file as f; from segcontainer.models.weights import weights_file as w; assert f('mobilenet-v3-large').is_file() and all(w(x).is_file() for x in COCO_VOC.values())" \
+        && rm -rf /tmp/torchinductor_*; \
+    fi
+
 WORKDIR /opt/program
 EXPOSE 8080
 

@@ -21,18 +21,47 @@ from segcontainer.models import (
     pretrained_weights_file,
     register_encoder,
 )
-from tests.support.models import TinyEncoder, register_tiny_encoder, tiny_model
+from tests.support.models import (
+    TinyEncoder,
+    register_narrow_mobilenet,
+    register_tiny_encoder,
+    tiny_model,
+)
 
 # ResNet-101 differs from ResNet-50 only in layer3's depth (the same strides and channels):
 # its cases run in the slow tier, which .ci/run runs after the suite (the fast suite's budget).
-BACKBONES = [
-    pytest.param(name, marks=pytest.mark.slow) if name == "resnet-101" else name
-    for name in ENCODERS
-]
+# So do the heads added with MobileNetV3 on ResNet-50, and every head but LR-ASPP (the fast
+# path) on the full-width MobileNetV3: the fast tier runs each head on MobileNetV3 at a quarter
+# of its width (the same blocks, strides and levels) and on the tiny encoder.
+NEW_HEADS = ("lraspp", "deeplabv3plus")
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("algorithm", list(HEADS))
+def _pairing(algorithm: str, backbone: str):
+    slow = (
+        backbone == "resnet-101"
+        or (backbone == "resnet-50" and algorithm in NEW_HEADS)
+        or (backbone == "mobilenet-v3-large" and algorithm != "lraspp")
+    )
+    return (
+        pytest.param(algorithm, backbone, marks=pytest.mark.slow) if slow else (algorithm, backbone)
+    )
+
+
+PAIRINGS = [_pairing(algorithm, backbone) for backbone in ENCODERS for algorithm in HEADS]
+# output stride of each level, per encoder (dilated last stages: not 32)
+STRIDES = {
+    "resnet-50": {"low": 4, "aux": 8, "out": 8},
+    "resnet-101": {"low": 4, "aux": 8, "out": 8},
+    "mobilenet-v3-large": {"low": 4, "aux": 8, "out": 16},
+}
+
+
+def test_every_encoder_and_head_is_tested() -> None:
+    assert set(STRIDES) == set(ENCODERS)
+    assert list(HEADS) == ["fcn", "psp", "deeplab", *NEW_HEADS]
+
+
+@pytest.mark.parametrize(("algorithm", "backbone"), PAIRINGS)
 def test_output_has_input_size_at_odd_sizes(algorithm: str, backbone: str) -> None:
     torch.manual_seed(0)
     model = build_model(algorithm, backbone, num_classes=5).eval()
@@ -42,16 +71,69 @@ def test_output_has_input_size_at_odd_sizes(algorithm: str, backbone: str) -> No
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("algorithm", list(HEADS))
-def test_training_step_with_a_batch_of_one(algorithm: str) -> None:
-    """Pooling branches (ASPP image pooling, PSP's 1-bin stage) must not crash on one image."""
+@pytest.mark.parametrize(
+    ("algorithm", "backbone"), [_pairing(algorithm, "resnet-50") for algorithm in HEADS]
+)
+def test_training_step_with_a_batch_of_one(algorithm: str, backbone: str) -> None:
+    """Pooling branches (ASPP image pooling, PSP's 1-bin stage, LR-ASPP's gate) must not crash
+    on one image."""
     torch.manual_seed(0)
-    model = build_model(algorithm, "resnet-50", num_classes=3).train()
+    model = build_model(algorithm, backbone, num_classes=3).train()
     logits = model(torch.randn(1, 3, 35, 43))
     loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (1, 35, 43)))
     loss.backward()
     grads = [p.grad for p in model.head.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("algorithm", list(HEADS))
+def test_every_head_on_a_narrow_mobilenet_trains_a_batch_of_one_at_odd_sizes(
+    algorithm: str, monkeypatch
+) -> None:
+    """MobileNetV3's structure (output stride 16, the levels' blocks) at a quarter of its width:
+    a training step of one image with the auxiliary head, then logits at the input's size."""
+    torch.manual_seed(0)
+    backbone = register_narrow_mobilenet(monkeypatch)
+    model = build_model(algorithm, backbone, num_classes=3, aux=True).train()
+    logits, aux_logits = model(torch.randn(1, 3, 35, 43))
+    assert logits.shape == aux_logits.shape == (1, 3, 35, 43)
+    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (1, 35, 43)))
+    (loss + aux_logits.mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 33, 47)).shape == (2, 3, 33, 47)
+
+
+def test_mobilenet_trains_an_auxiliary_head_on_its_stride_8_level() -> None:
+    """aux_loss_weight works with MobileNetV3-Large: the FCN head on its 40-channel stride-8
+    block (torchvision's DeepLabV3-MobileNetV3 aux level), left out of the serving weights."""
+    torch.manual_seed(0)
+    model = build_model("lraspp", "mobilenet-v3-large", num_classes=3, aux=True).train()
+    assert model.aux_head[0].in_channels == 40
+    logits, aux_logits = model(torch.randn(2, 3, 33, 47))
+    assert logits.shape == aux_logits.shape == (2, 3, 33, 47)
+    plain = build_model("lraspp", "mobilenet-v3-large", num_classes=3)
+    plain.load_state_dict(serving_state_dict(model.state_dict()))  # strict: exactly fits
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "classifier"),
+    [
+        ("fcn", {"head.4"}),
+        ("psp", {"head.5"}),
+        ("deeplab", {"head.4"}),
+        ("lraspp", {"head.low_classifier", "head.high_classifier"}),
+        ("deeplabv3plus", {"head.classifier"}),
+    ],
+)
+def test_heads_name_their_classifier_layers(algorithm: str, classifier: set, monkeypatch) -> None:
+    """Exactly the layers with one output per class: what a new class set re-initialises."""
+    model = tiny_model(algorithm, num_classes=7, aux=True, monkeypatch=monkeypatch)
+    expected = {
+        f"{name}.{part}" for name in classifier | {"aux_head.4"} for part in ("weight", "bias")
+    }
+    assert set(model.classifier_keys()) == expected
+    assert all(model.state_dict()[key].shape[0] == 7 for key in expected)
 
 
 def test_batch_of_one_does_not_change_pooling_running_stats() -> None:
@@ -154,10 +236,9 @@ def test_encoders_report_the_channels_of_the_levels_they_return() -> None:
         assert set(features) == set(LEVELS)
         for level, tensor in features.items():
             assert tensor.shape[1] == encoder.out_channels[level], (name, level)
-        # the README's "output stride 8" (dilated, not strided, last stages): 32 x 48 -> 4 x 6
-        assert features["low"].shape[-2:] == (8, 12)  # stride 4
-        assert features["aux"].shape[-2:] == (4, 6)  # stride 8
-        assert features["out"].shape[-2:] == (4, 6)  # output stride 8
+            # the README's output strides (dilated, not strided, last stages)
+            stride = STRIDES[name][level]
+            assert tensor.shape[-2:] == (32 // stride, 48 // stride), (name, level)
 
 
 def test_encoder_names_are_registered_once() -> None:

@@ -44,6 +44,8 @@ DEFAULTS = {
     "compile_model": "auto",
     "aux_loss_weight": 0.0,
     "export": ("onnx", "int8"),
+    "pretrained_weights": "imagenet",
+    "incremental_new_classes": False,
 }
 
 
@@ -102,6 +104,8 @@ SPEC_ORDER = [
     "compile_model",
     "aux_loss_weight",
     "export",
+    "pretrained_weights",
+    "incremental_new_classes",
 ]
 CONTRACT_NAMES = set(SPEC_ORDER[:24])  # the built-in algorithm's 24 (contract §2.2)
 

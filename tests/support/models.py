@@ -9,6 +9,8 @@ tests that use it, never by the product, so it is no ``backbone`` choice users s
 
 ``register_tiny_encoder()`` without monkeypatch leaves it registered for the whole process
 (for session-scoped fixtures); ``tiny_model`` builds a model on it in one call.
+``register_narrow_mobilenet(monkeypatch)``: MobileNetV3-Large at a quarter of its width, for
+the fast tier's runs of every head on the MobileNetV3 encoder's real structure.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from segcontainer.models import (
     build_model,
     register_encoder,
 )
+from segcontainer.models.encoders import mobilenet_v3_large_encoder
 
 TINY_ENCODER = "tiny"
+NARROW_MOBILENET = "mobilenet-v3-large-x0.25"
 
 
 def _block(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1):
@@ -74,6 +78,16 @@ def register_tiny_encoder(monkeypatch: pytest.MonkeyPatch | None = None) -> str:
     else:
         register_encoder(TINY_ENCODER, TINY_ENTRY)
     return TINY_ENCODER
+
+
+def register_narrow_mobilenet(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register MobileNetV3-Large at a quarter of its width (torchvision's ``width_mult``: the
+    same blocks, strides and levels, 8/16/240 channels) until the test ends; its name."""
+    entry = EncoderEntry(
+        build=lambda pretrained, levels: mobilenet_v3_large_encoder(False, levels, width_mult=0.25)
+    )
+    monkeypatch.setitem(ENCODERS, NARROW_MOBILENET, entry)
+    return NARROW_MOBILENET
 
 
 def tiny_model(

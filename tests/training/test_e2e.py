@@ -37,7 +37,12 @@ def test_train_end_to_end_fcn_resnet50(trained_job: Job) -> None:
 @pytest.mark.slow  # the other architectures, ResNet-101 and the SageMaker layout: a minute or
 @pytest.mark.parametrize(  # more each on 2 cores, so they run with the slow checks (.ci/run)
     ("algorithm", "backbone", "under_sagemaker"),
-    [("psp", "resnet-50", False), ("deeplab", "resnet-50", False), ("fcn", "resnet-101", True)],
+    [
+        ("psp", "resnet-50", False),
+        ("deeplab", "resnet-50", False),
+        ("fcn", "resnet-101", True),
+        ("deeplabv3plus", "resnet-50", False),
+    ],
 )
 def test_train_end_to_end(tmp_path: Path, algorithm: str, backbone: str, under_sagemaker: bool):
     # The default export (onnx,int8) costs about a minute: the fcn/resnet-50 run covers it.

@@ -28,7 +28,7 @@ from segcontainer.config.params import (
     real,
     registered,
 )
-from segcontainer.models import ENCODERS, HEADS
+from segcontainer.models import COCO_VOC, ENCODERS, HEADS, PRETRAINED_WEIGHTS, coco_voc_pairs
 from segcontainer.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,18 @@ EXTRA: dict[str, Param] = {
         0.0, real(0, 10), "auxiliary FCN head on layer3 while training; 0 = off, as the built-in"
     ),
     "export": SHARED["export"],
+    "pretrained_weights": Param(
+        "imagenet",
+        choice(*PRETRAINED_WEIGHTS),
+        "imagenet: the built-in's meaning of use_pretrained_model (encoder only); coco-voc: "
+        "torchvision's whole-model segmentation weights, where published",
+    ),
+    "incremental_new_classes": Param(
+        False,
+        boolean,
+        "the built-in refuses a model channel with another class set; opting in keeps encoder "
+        "and decoder and re-initialises the classifier",
+    ),
 }
 
 SPEC: dict[str, Param] = {**BUILTIN, **EXTRA}
@@ -136,6 +148,8 @@ class Config(TableValues):
     compile_model: str
     aux_loss_weight: float
     export: tuple[str, ...]
+    pretrained_weights: str
+    incremental_new_classes: bool
     given: frozenset[str] = field(default=frozenset())
     # The built-in keeps the best epoch only (image classification's checkpoint_frequency
     # keeps more); the epoch loop reads this of any task's config.
@@ -200,4 +214,26 @@ def _cross_checks(values: dict[str, object], given: Mapping[str, str]) -> list[s
             f"{values['mini_batch_size']}: not one full batch per epoch (the last partial batch "
             "is dropped). Give the real number of training pairs, or lower mini_batch_size"
         )
-    return problems + class_names_problems(values["class_names"], values["num_classes"])
+    return (
+        problems
+        + _pretrained_problems(values)
+        + class_names_problems(values["class_names"], values["num_classes"])
+    )
+
+
+def _pretrained_problems(values: dict[str, object]) -> list[str]:
+    if values["pretrained_weights"] != "coco-voc":
+        return []
+    if not values["use_pretrained_model"]:
+        return [
+            "pretrained_weights=coco-voc loads pretrained weights but use_pretrained_model is "
+            "False (train from scratch): set use_pretrained_model=True, or leave "
+            "pretrained_weights at imagenet"
+        ]
+    if (values["algorithm"], values["backbone"]) not in COCO_VOC:
+        return [
+            f"pretrained_weights=coco-voc: torchvision publishes no COCO-with-VOC weights for "
+            f"algorithm={values['algorithm']} with backbone={values['backbone']}; it does for "
+            f"{coco_voc_pairs()}. Choose one of those pairs, or pretrained_weights=imagenet"
+        ]
+    return []

@@ -1,13 +1,16 @@
-"""Encoders: the registry behind the ``backbone`` hyperparameter, and the dilated ResNets.
+"""Encoders: the registry behind the ``backbone`` hyperparameter; the dilated ResNets and
+MobileNetV3-Large.
 
 An encoder is an ``nn.Module`` whose forward returns a dict of feature maps by level name, and
 which reports every level it offers with its channel count in ``out_channels`` (as
 segmentation_models.pytorch's encoders report ``out_channels``), so heads are built from what
 the encoder says rather than from constants. The levels:
 
-- ``"low"``: stride 4, early features (what DeepLabV3+ and LR-ASPP decoders read beside "out");
-- ``"aux"``: stride 8, the stage before the last (where the auxiliary training head reads);
-- ``"out"``: stride 8, the last stage (what every head reads).
+- ``"low"``: stride 4, early features (what the DeepLabV3+ decoder reads beside "out");
+- ``"aux"``: stride 8, the stage before the last (where the auxiliary training head and
+  LR-ASPP's low-level branch read);
+- ``"out"``: the last stage (what every head reads): stride 8 on the dilated ResNets, 16 on
+  MobileNetV3-Large (its last stage dilated, as torchvision's segmentation builders use it).
 
 A builder takes ``(pretrained, levels)`` and returns an encoder whose forward returns exactly
 ``levels`` (features nobody reads are not kept alive). Adding an encoder is one
@@ -21,13 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from torchvision.models import ResNet50_Weights, ResNet101_Weights, WeightsEnum, resnet50, resnet101
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    WeightsEnum,
+    mobilenet_v3_large,
+    resnet50,
+    resnet101,
+)
 from torchvision.models._utils import IntermediateLayerGetter
 
 from segcontainer.errors import UserError
 from segcontainer.models.weights import cached, unreadable, weights_file
 
-LEVELS = ("low", "aux", "out")  # stride 4, stride 8 (stage before the last), stride 8 (last)
+LEVELS = ("low", "aux", "out")  # stride 4, stride 8 (stage before the last), the last stage
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,44 @@ register_encoder(
     EncoderEntry(
         _resnet(resnet101, ResNet101_Weights.IMAGENET1K_V1), ResNet101_Weights.IMAGENET1K_V1
     ),
+)
+
+
+class MobileNetEncoder(IntermediateLayerGetter):
+    """torchvision's MobileNetV3-Large ``features`` with the last stage dilated (output stride
+    16), returning the requested levels. Its blocks keep torchvision's names ("encoder.0.0.weight"
+    ... "encoder.16.0.weight"), those of the ``backbone`` of torchvision's segmentation models,
+    so their COCO-with-VOC-labels weights map onto it by prefix (models.pretrained)."""
+
+    def __init__(self, features: nn.Sequential, levels: Collection[str]):
+        # torchvision's segmentation builders: the strided blocks start the stages; "aux" is
+        # the first block at stride 8 (their aux and LR-ASPP low level), "out" the last block.
+        starts = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)]
+        stride8 = starts[-3]
+        index = {"low": stride8 - 1, "aux": stride8, "out": len(features) - 1}
+        super().__init__(features, return_layers={str(index[level]): level for level in levels})
+        self.out_channels = {level: features[i].out_channels for level, i in index.items()}
+
+
+def mobilenet_v3_large_encoder(
+    pretrained: bool, levels: Collection[str], width_mult: float = 1.0
+) -> MobileNetEncoder:
+    """The MobileNetV3-Large encoder (``width_mult`` < 1: the narrower network tests build)."""
+    weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained else None
+    network = mobilenet_v3_large(weights=weights, dilated=True, width_mult=width_mult)
+    for module in network.features.modules():
+        # torchvision's MobileNetV3 batch norms keep 1% of each batch in their running
+        # statistics (ImageNet's long schedule); a segmentation job of a few hundred steps
+        # would then validate and serve with statistics still far from its data's. PyTorch's
+        # default 10%, as the ResNet encoders use (not in the weights: any model.pt loads).
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    return MobileNetEncoder(network.features, levels)
+
+
+register_encoder(
+    "mobilenet-v3-large",
+    EncoderEntry(mobilenet_v3_large_encoder, MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 )
 
 

@@ -18,12 +18,14 @@ AUX_PREFIX = "aux_head."  # training-only weights: never in model.pt or the expo
 
 
 class SegmentationModel(nn.Module):
-    """Encoder features at stride 8 -> head -> logits bilinearly upsampled to the input size.
+    """Encoder features -> head -> logits bilinearly upsampled to the input size.
 
     ``reads``/``aux_reads``: the encoder levels each head's forward takes, in order. With
     ``aux_head`` (training only, as GluonCV's models behind the built-in and torchvision's
     reference recipe train), training mode returns ``(logits, aux_logits)``; evaluation mode
     always returns the logits alone, so validation, serving and the exports see one forward.
+    ``classifier``: the module names (in this model) of the layers with one output channel per
+    class, see ``classifier_keys``.
     """
 
     def __init__(
@@ -34,12 +36,20 @@ class SegmentationModel(nn.Module):
         reads: tuple[str, ...] = ("out",),
         aux_head: nn.Module | None = None,
         aux_reads: tuple[str, ...] = AUX_HEAD.reads,
+        classifier: tuple[str, ...] = (),
     ):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.aux_head = aux_head
         self.reads, self.aux_reads = reads, aux_reads
+        self.classifier = classifier
+
+    def classifier_keys(self) -> tuple[str, ...]:
+        """The state-dict keys of the classifier layers (weights and biases, one row per class):
+        what a new class set re-initialises (training.incremental, models.pretrained)."""
+        prefixes = tuple(f"{name}." for name in self.classifier)
+        return tuple(key for key in self.state_dict() if key.startswith(prefixes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder(x)
@@ -75,9 +85,13 @@ def build_model(
     head = HEADS[algorithm]
     levels = set(head.reads) | (set(AUX_HEAD.reads) if aux else set())
     encoder = build_encoder(backbone, pretrained, levels)
+    classifier = tuple(f"head.{name}" for name in head.classifier)
+    if aux:
+        classifier += tuple(f"{AUX_PREFIX}{name}" for name in AUX_HEAD.classifier)
     return SegmentationModel(
         encoder,
         _build_head(head, encoder, num_classes),
         reads=head.reads,
         aux_head=_build_head(AUX_HEAD, encoder, num_classes) if aux else None,
+        classifier=classifier,
     )

@@ -5,6 +5,11 @@ files). It is unpacked safely; it must be a model of this job's task, sharing th
 ``must_match`` hyperparameters (segmentation: algorithm, backbone, crop_size, num_classes;
 image classification: num_layers, image_shape, num_classes), and training starts from its
 weights.
+
+A new class set is an explicit opt-in (``incremental_new_classes=True`` in a task's table that
+offers it): every weight but the classifier's is kept; the classifier layers, which the model
+names (``classifier_keys()``), start as the new model initialised them, except the rows of
+classes both models name alike (case-insensitive), which keep their trained row.
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ from torch import nn
 from segcontainer.config.environment import Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.errors import UserError
-from segcontainer.model_folder import CONFIG_FILE, WEIGHTS_FILE, read_record
+from segcontainer.model_folder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_info,
+    read_record,
+    serving_state_dict,
+)
 from segcontainer.model_tarball import extract_model_tarball
+from segcontainer.models import keep_rows
 from segcontainer.tasks import task_of_record
 from segcontainer.tasks.task import Task
 
 log = logging.getLogger(__name__)
+
+NEW_CLASSES = "incremental_new_classes"  # the opt-in, in the tables of the tasks that offer it
+CLASS_COUNT = "num_classes"  # the must_match entry the opt-in lets differ
 
 
 def _model_folder(channel: Path, scratch: Path) -> Path:
@@ -57,7 +72,10 @@ def _as_recorded(value: object) -> object:
 def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, task: Task) -> bool:
     """Load the model channel's weights into ``model``; False when there is no such channel."""
     channel = paths.channel("model")
+    new_classes = bool(getattr(config, NEW_CLASSES, False))
     if not channel.is_dir():
+        if new_classes:
+            log.warning("%s is ignored: there is no model channel to start from", NEW_CLASSES)
         return False
     with tempfile.TemporaryDirectory() as scratch:
         folder = _model_folder(channel, Path(scratch))
@@ -69,21 +87,69 @@ def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, tas
                 f"{origin} is a {earlier_task.name} model but this job trains {task.name}: give "
                 f"the model.tar.gz of an earlier {task.name} job, or no model channel."
             )
+        must_match = tuple(k for k in task.must_match if not (new_classes and k == CLASS_COUNT))
         mismatches = [
             f"{key} is {earlier.get(key)!r} in the model but {getattr(config, key)!r} in this job"
-            for key in task.must_match
+            for key in must_match
             if earlier.get(key) != _as_recorded(getattr(config, key))
         ]
         if mismatches:
+            opt_in = (
+                f" To train the model on another class set, set {NEW_CLASSES}=True."
+                if CLASS_COUNT in task.must_match and hasattr(config, NEW_CLASSES)
+                else ""
+            )
             raise UserError(
-                f"Incremental training needs the same {_listed(task.must_match)} as the "
+                f"Incremental training needs the same {_listed(must_match)} as the "
                 "earlier model: " + "; ".join(mismatches) + ". Change the hyperparameters or "
-                "the model channel."
+                "the model channel." + opt_in
             )
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+        earlier_names = read_info(folder).get("class_names", []) if new_classes else []
+        named = bool(read_info(folder).get("class_names_given")) and bool(earlier_names)
+    if new_classes:
+        state = _with_new_classifier(state, model, earlier_names if named else [], config)
+    _load(model, state)
     log.info(
         "incremental training: starting from the model channel's weights (%s)",
         ", ".join(f"{key}={getattr(config, key)}" for key in task.must_match),
     )
     return True
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``state`` into ``model``, every weight model.pt holds: the training-only ones (the
+    auxiliary head of aux_loss_weight > 0) are not in model.pt and start fresh."""
+    own = model.state_dict()
+    training_only = set(own) - set(serving_state_dict(own))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    left = [key for key in missing if key not in training_only]
+    if left or unexpected:  # the same architecture was checked: a mismatch is a bug
+        raise RuntimeError(f"model.pt does not fit the model: missing {left}, extra {unexpected}")
+
+
+def _with_new_classifier(
+    state: dict[str, torch.Tensor], model: nn.Module, earlier_names: list[str], config: Config
+) -> dict[str, torch.Tensor]:
+    """``state`` with the classifier layers for this job's classes: ``model``'s own fresh
+    tensors, with the rows of the classes both models name alike taken from ``state``."""
+    if not hasattr(model, "classifier_keys"):
+        raise UserError(
+            f"{NEW_CLASSES}=True: this task's model does not name its classifier layers, so "
+            f"its class set cannot change; set {NEW_CLASSES}=False and keep num_classes."
+        )
+    keys = [key for key in model.classifier_keys() if key in state]
+    names = [str(name).lower() for name in getattr(config, "class_names", ())]
+    earlier_rows = {str(name).lower(): row for row, name in enumerate(earlier_names)}
+    rows = {i: earlier_rows[name] for i, name in enumerate(names) if name in earlier_rows}
+    new_state = {**state, **keep_rows(model.state_dict(), state, keys, rows)}
+    log.info(
+        "%s=True: kept every weight of the model channel's model but its classifier (%s), "
+        "re-initialised for %d classes; rows kept by class name: %s",
+        NEW_CLASSES,
+        ", ".join(keys),
+        getattr(config, CLASS_COUNT),
+        ", ".join(names[i] for i in rows)
+        or "none (both models need class_names, and none matched)",
+    )
+    return new_state
