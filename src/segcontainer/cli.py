@@ -128,6 +128,12 @@ def parser() -> argparse.ArgumentParser:
         choices=("segmentation", "classification", "semantic-segmentation", "image-classification"),
         help="the algorithm the demo trains (default segmentation)",
     )
+    demo_parser.add_argument(
+        "--algorithm", default="fcn", help="segmentation's head (e.g. lraspp: the fast CPU path)"
+    )
+    demo_parser.add_argument(
+        "--backbone", default="resnet-50", help="segmentation's encoder (e.g. mobilenet-v3-large)"
+    )
     add_data_tools(commands)
     return root
 
@@ -151,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from segcontainer.tools.demo import run_demo
 
-    return run_demo(args.dir, args.epochs, args.task)
+    return run_demo(args.dir, args.epochs, args.task, args.algorithm, args.backbone)
 
 
 def _recordio(args: argparse.Namespace) -> int:

@@ -16,8 +16,10 @@ from PIL import Image
 
 from segcontainer.cli import main as cli
 from segcontainer.cli import parser
+from segcontainer.config.hyperparameters import resolve as resolve_segmentation
 from segcontainer.tasks.classification.hyperparameters import resolve
 from segcontainer.tools import demo_classification
+from segcontainer.tools.demo import segmentation_settings
 from segcontainer.tools.demo_data import write_local_mode_config
 from tests.support.local_mode import subprocess_env
 
@@ -74,3 +76,17 @@ def test_classification_demo_trains_serves_and_predicts(tmp_path: Path) -> None:
     assert str(run / "prediction.json") in out and str(run / "serve.log") in out
     sent = demo_classification.first_validation_image(run / "opt_ml" / "input" / "data")
     assert f"sent {sent.name} to /invocations" in out
+
+
+def test_demo_flags_choose_the_segmentation_model() -> None:
+    """`segcontainer demo --algorithm lraspp --backbone mobilenet-v3-large`: the fast CPU
+    path's settings, which the segmentation table accepts as given."""
+    args = parser().parse_args(
+        ["demo", "--algorithm", "lraspp", "--backbone", "mobilenet-v3-large"]
+    )
+    settings = segmentation_settings(args.epochs, args.algorithm, args.backbone)
+    config = resolve_segmentation(settings)
+    assert (config.algorithm, config.backbone) == ("lraspp", "mobilenet-v3-large")
+    assert config.learning_rate == 0.01  # MobileNetV3's step from scratch
+    default = parser().parse_args(["demo"])
+    assert (default.algorithm, default.backbone) == ("fcn", "resnet-50")

@@ -43,6 +43,21 @@ DEMO_HYPERPARAMETERS = {
 }
 
 
+# From scratch, MobileNetV3 needs a larger step than the ResNets on the demo's few images.
+LEARNING_RATES = {"mobilenet-v3-large": "0.01"}
+
+
+def segmentation_settings(epochs: int, algorithm: str, backbone: str) -> dict[str, str]:
+    """The demo's hyperparameters for ``algorithm`` on ``backbone``."""
+    return {
+        **DEMO_HYPERPARAMETERS,
+        "algorithm": algorithm,
+        "backbone": backbone,
+        "learning_rate": LEARNING_RATES.get(backbone, DEMO_HYPERPARAMETERS["learning_rate"]),
+        "epochs": str(epochs),
+    }
+
+
 def _run_logged(command: list[str], env: dict, log_file: Path) -> int:
     with open(log_file, "w") as log:
         process = subprocess.Popen(
@@ -127,8 +142,15 @@ def _serve_and_predict(env: dict, folder: Path, ask: Callable[[int], tuple[str, 
     return 0
 
 
-def run_demo(folder: Path, epochs: int, task: str = SEGMENTATION) -> int:
-    """Generate ``task``'s demo data, train on it, serve the model and ask it once."""
+def run_demo(
+    folder: Path,
+    epochs: int,
+    task: str = SEGMENTATION,
+    algorithm: str = "fcn",
+    backbone: str = "resnet-50",
+) -> int:
+    """Generate ``task``'s demo data, train on it, serve the model and ask it once
+    (segmentation: ``algorithm`` on ``backbone``)."""
     folder = folder.resolve()
     base = folder / "opt_ml"
     if base.exists():
@@ -140,7 +162,7 @@ def run_demo(folder: Path, epochs: int, task: str = SEGMENTATION) -> int:
         ask = _ask_classification(base, folder)
     else:
         make_dataset(base / "input" / "data")
-        write_local_mode_config(base, {**DEMO_HYPERPARAMETERS, "epochs": str(epochs)})
+        write_local_mode_config(base, segmentation_settings(epochs, algorithm, backbone))
         ask = _ask_segmentation(base, folder)
     print(f"demo dataset and SageMaker config files written under {base}", flush=True)
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PYTHONUNBUFFERED": "1"}
