@@ -266,3 +266,47 @@ def test_a_pipe_mode_job_trains_on_record_streams(tmp_path: Path, monkeypatch, c
     assert f"segcontainer training {NAME}" in out
     assert len(metric_values(out)["validation:accuracy"]) == 2
     assert task_of_model(base / "model").name == NAME
+
+
+def two_colours(left: int, right: int, seed: int) -> bytes:
+    """A 16x16 PNG: colour ``left`` on the left half, colour ``right`` on the right, noised."""
+    noise = np.random.default_rng(seed).integers(-25, 25, (16, 16, 3))
+    pixels = np.zeros((16, 16, 3), np.int64)
+    pixels[:, :8], pixels[:, 8:] = COLOURS[left], COLOURS[right]
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.slow  # a second job
+def test_a_multi_label_job_learns_which_colours_appear_and_answers_per_class(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """multi_label=1 from .rec records with 0/1 vectors (im2rec --pack-label): BCE training,
+    accuracy over (image, class) decisions, and an endpoint whose probabilities are per-class
+    sigmoids (an image of two colours gets two probabilities near 1)."""
+    base = tmp_path / "algo-1-ggggg"
+    data = base / "input" / "data"
+    pairs = [(i, j) for i in range(3) for j in range(3)]
+    for split, count, offset in (("train", 72, 0), ("validation", 18, 1000)):
+        picks = {offset + k: pairs[k % len(pairs)] for k in range(count)}
+        labels = {k: [int(c in pair) for c in range(3)] for k, pair in picks.items()}
+        write_rec(data, split, labels, {k: two_colours(*pair, k) for k, pair in picks.items()})
+    settings = {
+        **SETTINGS,
+        "multi_label": "1",
+        "use_weighted_loss": "1",
+        "num_training_samples": "72",
+        "epochs": "8",
+        "top_k": "none",
+        "checkpoint_frequency": "none",
+    }
+    write_local_mode_config(base, settings, host=base.name, channels=("train", "validation"))
+    run_in_process(monkeypatch, base, 0)
+    accuracy = metric_values(capsys.readouterr().out)["validation:accuracy"]
+    # always answering "present" is right on 5 of 9 decisions (each pair shows 1 or 2 colours)
+    assert max(accuracy) > 0.9 > 5 / 9, accuracy
+    predictor = Predictor.open(base / "model")
+    both = predictor.probabilities(Image.open(io.BytesIO(two_colours(0, 2, 7))))
+    assert both[0] > 0.5 and both[2] > 0.5 and both[1] < 0.5, both
+    assert both.sum() > 1.0  # sigmoids, not a softmax

@@ -22,7 +22,8 @@ CLASSIFICATION_ONLY = (
 ).split()  # the list: names the built-in Image Classification alone has
 SEGMENTATION_ONLY = (
     "backbone algorithm crop_size base_size gamma1 gamma2 syncbn lr_scheduler "
-    "validation_mini_batch_size precision class_weights aux_loss_weight"
+    "validation_mini_batch_size precision class_weights aux_loss_weight pretrained_weights "
+    "incremental_new_classes"
 ).split()
 
 
