@@ -184,3 +184,22 @@ def test_the_optimizers_take_the_classification_names() -> None:
     assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
     constant = build_scheduler(ic.resolve(REQUIRED).optimization(), optimizer, 2)
     assert [constant.lr_lambdas[0](i) for i in (0, 50, 10_000)] == [1.0, 1.0, 1.0]
+
+
+def test_training_decodes_a_large_jpeg_no_larger_than_it_resizes_to() -> None:
+    """Training's decode uses the JPEG's DCT scaling down to the side it resizes to (a 4K
+    frame costs more to decode than a small network's step); validation and the endpoint
+    decode in full, so they stay identical."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from segcontainer.tasks.classification.dataset import decode
+
+    out = BytesIO()
+    Image.new("RGB", (640, 480), (90, 30, 200)).save(out, "JPEG")
+    assert decode(out.getvalue(), "x").size == (640, 480)
+    assert decode(out.getvalue(), "x", draft_side=100).size == (160, 120)  # 1/4: both >= 100
+    png = BytesIO()
+    Image.new("RGB", (640, 480)).save(png, "PNG")
+    assert decode(png.getvalue(), "x", draft_side=100).size == (640, 480)  # no DCT to scale

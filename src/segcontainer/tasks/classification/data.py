@@ -64,7 +64,10 @@ def prepare(
     batch = parallel.batch_size or config.mini_batch_size
     augmented = train_transform(config.image_shape, config.resize, config.augmentation_type)
     if "train" in checked:
-        train_set = checked["train"].dataset.with_transform(augmented)
+        # decoded no larger than training resizes to (the shorter side: resize, else the
+        # input's shorter side)
+        draft_side = config.resize or min(config.image_shape[1:])
+        train_set = checked["train"].dataset.with_transform(augmented, draft_side)
         train = _file_batches(train_set, config.seed, batch, workers, common, parallel)
     else:
         train = _pipe_batches(

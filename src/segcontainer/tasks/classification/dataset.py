@@ -34,10 +34,17 @@ def target(classes: Sequence[int], num_classes: int, multi_label: bool) -> torch
     return vector
 
 
-def decode(data: bytes, where: str) -> Image.Image:
-    """Encoded image bytes as RGB (EXIF orientation applied), or UserError naming ``where``."""
+def decode(data: bytes, where: str, draft_side: int | None = None) -> Image.Image:
+    """Encoded image bytes as RGB (EXIF orientation applied), or UserError naming ``where``.
+
+    ``draft_side`` (training only): a JPEG is decoded at the smallest of its DCT scales (1/2,
+    1/4, 1/8) whose sides stay at least that long, Pillow's ``draft``. Training then resizes
+    to that side anyway, and decoding a 4K frame at full size costs more than the step of a
+    small network. Validation and the endpoint decode in full, so they stay identical."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if draft_side and image.format == "JPEG":
+                image.draft("RGB", (draft_side, draft_side))
             return to_rgb(image)
     except Exception as exc:  # Pillow raises several types for broken or truncated files
         raise UserError(f"{where} is not an image Pillow can read ({exc}).") from exc
@@ -48,10 +55,11 @@ class Transformed(Dataset):
     items through another (training's and validation's), without reading the list again."""
 
     transform: Transform
+    draft_side: int | None = None  # decode's: training's reduced JPEG decoding
 
-    def with_transform(self, transform: Transform):
+    def with_transform(self, transform: Transform, draft_side: int | None = None):
         twin = copy.copy(self)
-        twin.transform = transform
+        twin.transform, twin.draft_side = transform, draft_side
         return twin
 
 
@@ -87,7 +95,7 @@ class ListDataset(Transformed):
             data = file.read_bytes()
         except OSError as exc:
             raise UserError(f"{self.where(entry)} cannot be read: {exc}.") from exc
-        image = decode(data, self.where(entry))
+        image = decode(data, self.where(entry), self.draft_side)
         return self.transform(image), target(entry.classes, self.num_classes, self.multi_label)
 
 
@@ -111,7 +119,7 @@ class RecordDataset(Transformed):
         payload = next(iter_records(self._stream))
         where = f"{self.file.name} record {index}"
         record = unpack_record(payload, self.num_classes, self.multi_label, where)
-        image = decode(record.image, where)
+        image = decode(record.image, where, self.draft_side)
         return self.transform(image), target(record.classes, self.num_classes, self.multi_label)
 
     def __getstate__(self) -> dict:
@@ -136,7 +144,7 @@ class MemoryDataset(Transformed):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         data, classes, where = self.items[index]
-        image = decode(data, where)
+        image = decode(data, where, self.draft_side)
         return self.transform(image), target(classes, self.num_classes, self.multi_label)
 
 
