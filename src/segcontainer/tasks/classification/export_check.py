@@ -30,6 +30,7 @@ from segcontainer.engines import Engine
 from segcontainer.errors import UserError
 from segcontainer.tasks.classification.dataset import ListDataset, RecordDataset
 from segcontainer.tasks.classification.records import read_list
+from segcontainer.tasks.classification.scores import right_decisions
 from segcontainer.tasks.classification.transforms import eval_transform
 
 MIN_AGREEMENT = 0.99  # share of validation images whose top-1 class int8 and fp32 share
@@ -183,9 +184,9 @@ class Agreement:
 def correctness(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> float:
     """1 or 0 for a single-label answer (top-1); the share of right per-class decisions
     (logit >= 0: probability >= 0.5) for a multi-label one."""
-    if multi_label:
-        return float(((logits >= 0).float() == target).float().mean())
-    return float(int(logits.argmax()) == int(target))
+    # one image as a batch of one: the same decisions training's accuracy counts
+    target = target.reshape(1, -1) if multi_label else target.reshape(1).long()
+    return float(right_decisions(logits.reshape(1, -1), target).float().mean())
 
 
 class Reference:
