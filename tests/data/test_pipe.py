@@ -330,3 +330,15 @@ def test_pipe_mode_training_masks_of_0_and_255_get_the_hint(base_dir: Path) -> N
         next(iter(data.train_loader))  # before the first step: the stream fits the buffer
 
     assert "hold only the values 0 and 255, and num_classes is 2" in str(info.value)
+
+
+def test_auto_loader_workers_count_the_cores_the_job_may_run_on(monkeypatch) -> None:
+    """A container pinned to 3 cores of a 64-core host (--cpuset-cpus): two training processes
+    get no more loader workers than those 3 cores hold, not 31 each."""
+    from segcontainer.data.loaders import worker_count
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert worker_count("auto", processes=1) == 2
+    assert worker_count("auto", processes=2) == 1
+    assert worker_count("3", processes=2) == 3

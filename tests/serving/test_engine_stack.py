@@ -156,7 +156,7 @@ def test_start_log_names_engine_threads_and_file(served: Served) -> None:
     file = "model.pt" if engine == "torch" else f"model{'.int8' if 'int8' in engine else ''}.onnx"
     # the README: each worker runs as many intra-op threads as its share of the cores (the
     # CPU count divided by the workers), whatever the engine, on a CPU host
-    threads = max(1, os.cpu_count() // served.workers)
+    threads = max(1, len(os.sched_getaffinity(0)) // served.workers)
     assert f"engine {engine} (" in log
     assert f"{file}, {threads} intra-op threads in each of {served.workers} workers" in log
     assert f"engine {engine}, {threads} intra-op threads, file" in log  # the worker's line
@@ -242,7 +242,9 @@ def test_serve_stops_at_start_for_a_missing_or_unknown_engine(
 
 @pytest.mark.parametrize(("cpus", "workers", "threads"), [(2, None, 2), (8, None, 2), (8, "2", 4)])
 def test_each_worker_gets_its_share_of_the_cores(monkeypatch, cpus, workers, threads) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    # the cores the process may run on (a container's --cpuset-cpus), not the host's 64
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
     monkeypatch.setattr("segcontainer.serving.settings.gpu_count", lambda: 0)
     monkeypatch.delenv("MODEL_SERVER_WORKERS", raising=False)
     monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)

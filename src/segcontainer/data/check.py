@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageOps
 
+from segcontainer.cpus import usable_cpus
 from segcontainer.data.channels import (
     FoundSamples,
     Sample,
@@ -130,7 +130,7 @@ def check_samples(
     if len(samples) == 1:  # a streamed Pipe-mode pair: no pool per pair
         results = [check(samples[0])]
     else:
-        threads = min(8, (os.cpu_count() or 1) * 2)  # Pillow decodes with the GIL released
+        threads = min(8, usable_cpus() * 2)  # Pillow decodes with the GIL released
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(check, samples))
     for problems, sample_hist, values in results:

@@ -11,7 +11,6 @@ count, so a resumed job sees exactly the batches it had left.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
+from segcontainer.cpus import usable_cpus
 from segcontainer.data import check as datacheck
 from segcontainer.data import pipe
 from segcontainer.data.augment import SizeGroupCollate
@@ -70,7 +70,7 @@ def worker_count(setting: str | int, processes: int = 1) -> int:
     training processes (one per GPU), leaving a core to each of them."""
     if setting != "auto":
         return int(setting)
-    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
+    return max(1, min(8, usable_cpus() // processes - 1))
 
 
 def _check_count(config: Config, count: int, parallel: Parallel) -> None:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from segcontainer.config import variables
 from segcontainer.config.environment import Paths
+from segcontainer.cpus import usable_cpus
 from segcontainer.prediction import PredictionSettings
 from segcontainer.tasks import ACCEPT_TYPES
 
@@ -57,7 +57,7 @@ class ServingSettings:
 
     @classmethod
     def from_env(cls) -> ServingSettings:
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         gpus = gpu_count()
         # One worker per GPU (each loads the model); on a CPU host a few workers sharing the
         # cores, each with its own slice of torch threads so they do not oversubscribe.

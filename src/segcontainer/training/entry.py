@@ -13,7 +13,6 @@ torch.distributed job (training.distributed).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import traceback
 from functools import partial
@@ -28,6 +27,7 @@ from segcontainer.config.environment import (
     read_resource_config,
     running_under_sagemaker,
 )
+from segcontainer.cpus import usable_cpus
 from segcontainer.errors import TrainingStopped, UserError
 from segcontainer.training import distributed, epochs, launch
 from segcontainer.training.distributed import Rank, World
@@ -117,7 +117,7 @@ def worker(
     logs.configure()
     # Share the cores (torchrun's habit too): N processes each with every core's worth of
     # OpenMP threads oversubscribe the CPU many times over.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+    torch.set_num_threads(max(1, usable_cpus() // world.local_size))
     return train_process(Paths.from_env(), Rank(world, local_rank), reason_file, model_builder)
 
 

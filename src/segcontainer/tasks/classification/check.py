@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segcontainer.cpus import usable_cpus
 from segcontainer.data.dataset import Parallel
 from segcontainer.errors import UserError
 
@@ -85,7 +85,7 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 def check_images(items: Iterable[tuple[ImageSource, str]], problems: Problems) -> None:
     """Every (image, where) checked on a few threads (Pillow releases the GIL), CHUNK at a time."""
-    threads = min(8, (os.cpu_count() or 1) * 2)
+    threads = min(8, usable_cpus() * 2)
     with ThreadPoolExecutor(threads) as pool:
         for chunk in _chunks(items, CHUNK):
             for problem in pool.map(lambda item: image_problem(*item), chunk):
