@@ -118,10 +118,12 @@ def save_model(
     scores: ValidationScores,
     class_names: tuple[str, ...],
     trained_on: dict | None = None,
+    started_from: dict | None = None,
 ) -> None:
     """Write model/ from a model or its state_dict (a resumed job restores the best epoch's
     weights from its checkpoint, not from the model it is training). `trained_on` records the
-    hosts and processes that trained it (data parallel), for the user and for audits."""
+    hosts and processes that trained it (data parallel), `started_from` the model channel's
+    model an incremental job started from (and a class-set change), for the user and audits."""
     weights = model.state_dict() if isinstance(model, nn.Module) else model
     # Exports were made from the weights replaced here: left behind (a local rerun into the same
     # folder), `SEGCONTAINER_ENGINE=auto` would serve the old model's model.onnx.
@@ -146,6 +148,7 @@ def save_model(
             "torch_version": torch.__version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **({"trained_on": trained_on} if trained_on else {}),
+            **({"started_from": started_from} if started_from else {}),
         },
     )
 

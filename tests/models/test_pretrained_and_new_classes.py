@@ -211,12 +211,16 @@ def test_the_opt_in_keeps_all_but_the_classifier_and_rows_by_name(paths, earlier
     torch.manual_seed(5)
     model = build_model("lraspp", "mobilenet-v3-large", 4)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    assert start_from_model_channel(paths, job, model, SEGMENTATION)
+    started_from = start_from_model_channel(paths, job, model, SEGMENTATION)
     state = model.state_dict()
     classifier = set(model.classifier_keys())
     assert classifier == {
         f"head.{c}.{p}" for c in ("low_classifier", "high_classifier") for p in ("weight", "bias")
     }
+    # what model_info.json records of the change (the job passes it to save_model)
+    assert started_from["model_channel"]["num_classes"] == 3
+    assert set(started_from["incremental_new_classes"]["reinitialised"]) == classifier
+    assert started_from["incremental_new_classes"]["rows_kept_by_name"] == ["Sky", "road"]
     for key, value in state.items():
         if key not in classifier:
             assert torch.equal(value, earlier[key]), key  # encoder and decoder kept

@@ -217,6 +217,11 @@ def test_incremental_training_from_a_model_tar_gz_of_train(trained_base: Path, t
         extract_model_tarball(trained_base / "output" / "model.tar.gz", tmp_path / "earlier")
     )
     later, _ = load_model(second / "model")
+    # model_info.json says which model it started from (the earlier one's must-match values)
+    record = json.loads((tmp_path / "earlier" / "hyperparams.json").read_text())
+    info = json.loads((second / "model" / "model_info.json").read_text())
+    must_match = ("algorithm", "backbone", "crop_size", "num_classes")
+    assert info["started_from"] == {"model_channel": {key: record[key] for key in must_match}}
     earlier_weights = dict(earlier.named_parameters())
     for name, value in later.named_parameters():
         assert torch.allclose(value, earlier_weights[name], atol=1e-6, rtol=0), name

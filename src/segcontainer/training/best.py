@@ -22,11 +22,18 @@ class BestModel:
     (``is_current``: a checkpoint then stores them once)."""
 
     def __init__(
-        self, *, model_dir: Path, record: dict, class_names: tuple[str, ...], rank: Rank
+        self,
+        *,
+        model_dir: Path,
+        record: dict,
+        class_names: tuple[str, ...],
+        rank: Rank,
+        started_from: dict | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.record = record  # the resolved configuration, written as hyperparams.json
         self.class_names = class_names
+        self.started_from = started_from  # the model channel's model it started from, if any
         self.rank = rank
         self.best: Best | None = None
         self.is_current = False
@@ -70,6 +77,7 @@ class BestModel:
             best.scores,
             self.class_names,
             self._trained_on(),
+            self.started_from,
         )
 
     def _trained_on(self) -> dict:

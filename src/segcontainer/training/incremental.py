@@ -69,14 +69,17 @@ def _as_recorded(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
-def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, task: Task) -> bool:
-    """Load the model channel's weights into ``model``; False when there is no such channel."""
+def start_from_model_channel(
+    paths: Paths, config: Config, model: nn.Module, task: Task
+) -> dict | None:
+    """Load the model channel's weights into ``model``; what model_info.json records of that
+    start (``started_from``), or None when there is no such channel."""
     channel = paths.channel("model")
     new_classes = bool(getattr(config, NEW_CLASSES, False))
     if not channel.is_dir():
         if new_classes:
             log.warning("%s is ignored: there is no model channel to start from", NEW_CLASSES)
-        return False
+        return None
     with tempfile.TemporaryDirectory() as scratch:
         folder = _model_folder(channel, Path(scratch))
         origin = "The model channel's model"
@@ -107,14 +110,18 @@ def start_from_model_channel(paths: Paths, config: Config, model: nn.Module, tas
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         earlier_names = read_info(folder).get("class_names", []) if new_classes else []
         named = bool(read_info(folder).get("class_names_given")) and bool(earlier_names)
+    started_from = {"model_channel": {key: earlier.get(key) for key in task.must_match}}
     if new_classes:
-        state = _with_new_classifier(state, model, earlier_names if named else [], config)
+        state, classifier = _with_new_classifier(
+            state, model, earlier_names if named else [], config
+        )
+        started_from[NEW_CLASSES] = classifier
     _load(model, state)
     log.info(
         "incremental training: starting from the model channel's weights (%s)",
         ", ".join(f"{key}={getattr(config, key)}" for key in task.must_match),
     )
-    return True
+    return started_from
 
 
 def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -130,9 +137,10 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def _with_new_classifier(
     state: dict[str, torch.Tensor], model: nn.Module, earlier_names: list[str], config: Config
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict]:
     """``state`` with the classifier layers for this job's classes: ``model``'s own fresh
-    tensors, with the rows of the classes both models name alike taken from ``state``."""
+    tensors, with the rows of the classes both models name alike taken from ``state``; and
+    the record of that change for model_info.json."""
     if not hasattr(model, "classifier_keys"):
         raise UserError(
             f"{NEW_CLASSES}=True: this task's model does not name its classifier layers, so "
@@ -152,4 +160,8 @@ def _with_new_classifier(
         ", ".join(names[i] for i in rows)
         or "none (both models need class_names, and none matched)",
     )
-    return new_state
+    record = {
+        "reinitialised": keys,
+        "rows_kept_by_name": [str(config.class_names[i]) for i in rows],
+    }
+    return new_state, record

@@ -105,7 +105,7 @@ def run(
     data = agreed(data, rank, device)
     precision = Precision.choose(config.precision, device)
     log.info("device %s, precision %s", device, precision.dtype)
-    model, step_model = build_for_training(
+    model, step_model, started_from = build_for_training(
         paths, config, rank, device, model_builder or task.build_model, task
     )
     trainables = trainables_for(config, model, step_model, precision, data.iters_per_epoch)
@@ -122,6 +122,7 @@ def run(
         objective=task.objective(config, data, device),
         batch_size=batch_size,
         rank=rank,
+        started_from=started_from,
     )
     stop.in_loop = True
     fit(setup, stop)
@@ -180,15 +181,16 @@ def build_for_training(
     device: torch.device,
     model_builder: ModelBuilder,
     task: Task,
-) -> tuple[torch.nn.Module, torch.nn.Module]:
+) -> tuple[torch.nn.Module, torch.nn.Module, dict | None]:
     """The model (pretrained, or the model channel's weights for incremental training) on
-    ``device``, and what the training steps call: the model wrapped for data parallelism."""
+    ``device``, what the training steps call (the model wrapped for data parallelism), and
+    the record of a start from the model channel (None without one)."""
     incremental = paths.channel("model").is_dir()
     model = model_builder(config, config.use_pretrained_model and not incremental)
-    start_from_model_channel(paths, config, model, task)
+    started_from = start_from_model_channel(paths, config, model, task)
     model = syncbn.convert(model, config.syncbn, rank.size, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # Data parallel: compile the DDP wrapper (torch.compile(DDP(model))), so DDP's graph
     # splitting at gradient buckets keeps overlapping communication with the backward pass.
-    return model, collectives.wrap(model, device)
+    return model, collectives.wrap(model, device), started_from

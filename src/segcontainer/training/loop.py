@@ -48,6 +48,7 @@ class Setup:
     objective: Loss  # the task's loss, built for this job's data
     batch_size: int  # per process: mini_batch_size split across the host's processes
     rank: Rank = SINGLE
+    started_from: dict | None = None  # incremental training: model_info.json records it
 
 
 class Run:
@@ -70,6 +71,7 @@ class Run:
             record=s.record,
             class_names=config.class_names,
             rank=s.rank,
+            started_from=s.started_from,
         )
 
     def resume(self) -> Position:
