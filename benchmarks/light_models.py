@@ -85,7 +85,12 @@ MODELS = {
 def train(args, key: str) -> dict:
     model = MODELS[key]
     base = lay_out(args.data, args.models / key)
-    hyperparameters = {**RECIPE, "algorithm": model.algorithm, "backbone": model.backbone}
+    hyperparameters = {
+        **RECIPE,
+        "algorithm": model.algorithm,
+        "backbone": model.backbone,
+        **dict(item.split("=", 1) for item in args.set),
+    }
     job = run_train(base, hyperparameters, budget_s=args.budget)
     (base / "train.log").write_text(job.log)
     if job.returncode not in (0, 143) or not (base / "model" / "model.pt").is_file():
@@ -176,7 +181,7 @@ def accuracy_table(args, keys: list[str]) -> None:
             f"| {parameters(base / 'model'):.1f} | {int8_cell} |"
         )
         per_class[key] = info["validation_per_class_IOU"]
-    names = CLASSES.split(",")
+    names = list(next(iter(per_class.values())))
     print("\n| model | " + " | ".join(names) + " |")
     print("| --- " * (1 + len(names)) + "|")
     for key, iou in per_class.items():
@@ -193,6 +198,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=900, help="seconds per training job")
     parser.add_argument("--size", type=int, default=512, help="request side in pixels")
     parser.add_argument("--requests", type=int, default=12, help="1-client requests")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides k=v")
     args = parser.parse_args()
     keys = args.only.split(",")
     started = time.monotonic()
@@ -205,7 +211,8 @@ def main() -> None:
         for key in keys:
             measure(args, key)
         print(f"\ndevice: {device_line()}\ncommand: python {' '.join(sys.argv)}")
-        print(f"recipe: {json.dumps(RECIPE)}, budget {args.budget:.0f} s per job\n")
+        print(f"recipe: {json.dumps(RECIPE)} (+ {' '.join(args.set) or 'no --set'}), ", end="")
+        print(f"budget {args.budget:.0f} s per job\n")
         latency_table(args, keys)
         accuracy_table(args, keys)
     print(f"\nbenchmark wall time {time.monotonic() - started:.0f} s")

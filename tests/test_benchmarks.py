@@ -130,6 +130,28 @@ def test_cpu_engines_table(learnable_data: Path, tmp_path: Path) -> None:
 TINY_CLASSIFICATION = ("image_shape=3,32,32", "resize=32", "mini_batch_size=4", "workers=0")
 
 
+def test_light_models_table(learnable_data: Path, tmp_path: Path) -> None:
+    """LR-ASPP-MobileNetV3 beside FCN-ResNet50: trained at one budget, then each served with
+    its engines (auto says what it chose), the ratios against FCN's PyTorch p50."""
+    out = run(
+        "light_models.py",
+        *("--data", str(learnable_data), "--models", str(tmp_path / "models")),
+        *("--only", "fcn-resnet-50,lraspp-mobilenet-v3-large", "--size", "64"),
+        *("--requests", "2", "--budget", "600", "--set", "epochs=2", "crop_size=48"),
+        *("base_size=64", "mini_batch_size=4", "validation_mini_batch_size=4", "workers=0"),
+        *("class_weights=none", "num_classes=3", "class_names=bg,rect,ellipse"),
+    )
+    assert re.search(
+        r"^\| FCN-ResNet50 \| torch \| [0-9.]+ \| [0-9.]+ \| \*\*1\.000\*\*", out, re.M
+    )
+    assert re.search(r"^\| LR-ASPP-MobileNetV3-Large \| auto \(chose onnx", out, re.M), out
+    for engine in ("torch", "onnx"):
+        assert re.search(rf"^\| LR-ASPP-MobileNetV3-Large \| {engine} \| [0-9.]+ \|", out, re.M)
+    assert "| LR-ASPP-MobileNetV3-Large | onnx-int8 | " in out  # served, or why not
+    assert "| bg | rect | ellipse |" in out
+    assert re.search(r"^\| LR-ASPP-MobileNetV3-Large \| \d+ \| 2 \| [0-9.]+ \| [0-9.]+", out, re.M)
+
+
 def test_classification_training_throughput_table(demo_data: Path) -> None:
     out = run(
         "classification_train.py",
