@@ -54,6 +54,8 @@ def test_per_class_lines_match_the_readme_and_the_chosen_loss_trains(
     assert [name for name, _ in found] == ["background", "car", "traffic_light"] * EPOCHS
     assert all(0.0 <= iou <= 1.0 for _, iou in found)
 
+    record = json.loads((base_dir / "model" / "hyperparams.json").read_text())
+    assert record["loss"] == "lovasz"  # the model records what it was trained with
     info = json.loads((base_dir / "model" / "model_info.json").read_text())
     best = info["best_epoch"]
     per_class = {
