@@ -23,6 +23,12 @@ def readme_general_pattern() -> str:
     return re.search(r"The general pattern is\s+`([^`]+)`", task_part("segmentation")).group(1)
 
 
+def readme_template() -> str:
+    """The README's definition for every class at once: its rf-string's regex, {name} left in."""
+    found = re.search(r'"Regex":\s*rf"([^"]+)"', task_part("segmentation")).group(1)
+    return found.replace("\\\\", "\\")
+
+
 def test_per_class_lines_match_the_readme_and_the_chosen_loss_trains(
     base_dir: Path, small_dataset, tiny, monkeypatch, capsys
 ) -> None:
@@ -53,6 +59,10 @@ def test_per_class_lines_match_the_readme_and_the_chosen_loss_trains(
     # the demo task's validation masks hold every class: a line per class and epoch
     assert [name for name, _ in found] == ["background", "car", "traffic_light"] * EPOCHS
     assert all(0.0 <= iou <= 1.0 for _, iou in found)
+    for name in dict(found):  # the README's one-definition-per-class form finds the same
+        regex = readme_template().format(name=name)
+        values = [float(m.group(1)) for line in lines if (m := re.search(regex, line))]
+        assert values == [iou for other, iou in found if other == name], name
 
     record = json.loads((base_dir / "model" / "hyperparams.json").read_text())
     assert record["loss"] == "lovasz"  # the model records what it was trained with
