@@ -92,6 +92,13 @@ def test_camvid_recipe_table_with_the_torchvision_reference(demo_data: Path) -> 
     assert "reference model: torchvision deeplabv3_resnet50(aux_loss=True)" in out
 
 
+def test_loss_cost_table() -> None:
+    out = run("losses.py", *("--batch", "2", "--size", "32", "--classes", "3", "--repeats", "1"))
+    for kind in ("cross_entropy", "dice", "focal", "lovasz", "cross_entropy+dice"):
+        assert f"| {kind} | " in out
+    assert "model fcn/resnet-50 forward + backward: " in out
+
+
 def test_serving_latency_table() -> None:
     out = run("serve_latency.py", "--requests", "1", "--size", "96x64")
     assert "bare forward 1x3x341x512" in out and "1 client(s): p50" in out

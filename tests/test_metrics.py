@@ -13,6 +13,7 @@ from segcontainer.metrics import (
     EpochReport,
     Scores,
     class_rates,
+    metric_class_names,
     metric_lines,
 )
 from tests.support.training import readme_metric_regexes
@@ -65,30 +66,70 @@ def test_update_ignores_255_and_accumulates_over_batches() -> None:
     assert matrix.scores().pixel_accuracy == pytest.approx(4 / 8)
 
 
+def general_and_per_class(definitions: dict[str, str]) -> tuple[dict, dict]:
+    """The README's definitions split: the three every job prints, the per-class examples."""
+    per_class = {n: r for n, r in definitions.items() if n.startswith("validation:IoU_")}
+    return {n: r for n, r in definitions.items() if n not in per_class}, per_class
+
+
 def test_readme_gives_the_three_metric_definitions_the_code_uses() -> None:
-    readme = readme_metric_regexes()
-    assert set(readme) == {"train:loss", "validation:mIOU", "validation:pixel_accuracy"}
-    assert readme == {d["Name"]: d["Regex"] for d in METRIC_DEFINITIONS}
+    general, per_class = general_and_per_class(readme_metric_regexes())
+    assert set(general) == {"train:loss", "validation:mIOU", "validation:pixel_accuracy"}
+    assert general == {d["Name"]: d["Regex"] for d in METRIC_DEFINITIONS}
+    # and examples of per-class ones (their lines: tests/training/test_class_metric_lines.py)
+    assert set(per_class) == {"validation:IoU_car", "validation:IoU_traffic_light"}
 
 
 def test_metric_lines_parse_with_the_readme_regexes() -> None:
-    scores = Scores(miou=0.6123, pixel_accuracy=0.9123, per_class_iou=(0.5, 0.7))
-    lines = metric_lines("algo-1", EpochReport(3, 0.4123, (), scores, 1.0))
+    """The three lines, then one per class with a defined IoU (traffic light's is undefined
+    this epoch: no line, so its README regex finds nothing)."""
+    scores = Scores(miou=0.6123, pixel_accuracy=0.9123, per_class_iou=(0.9, 0.41, None))
+    names = ("background", "car", "traffic light")
+    lines = metric_lines("algo-1", EpochReport(3, 0.4123, (), scores, 1.0, names))
     assert lines == [
         "#quality_metric: host=algo-1, epoch=3, train loss <loss>=0.4123",
         "#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6123",
         "#quality_metric: host=algo-1, epoch=3, validation pixel_accuracy <score>=0.9123",
+        "#quality_metric: host=algo-1, epoch=3, validation IoU_background <score>=0.9000",
+        "#quality_metric: host=algo-1, epoch=3, validation IoU_car <score>=0.4100",
     ]
     values = {}
     for name, regex in readme_metric_regexes().items():
         matches = [m.group(1) for line in lines if (m := re.search(regex, line))]
-        assert len(matches) == 1, name
-        values[name] = float(matches[0])
+        assert len(matches) <= 1, name
+        if matches:
+            values[name] = float(matches[0])
     assert values == {
         "train:loss": 0.4123,
         "validation:mIOU": 0.6123,
         "validation:pixel_accuracy": 0.9123,
+        "validation:IoU_car": 0.41,
     }
+
+
+def test_per_class_lines_without_class_names_name_class_ids() -> None:
+    scores = Scores(miou=0.5, pixel_accuracy=0.8, per_class_iou=(None, 0.25))
+    lines = metric_lines("algo-2", EpochReport(0, 1.0, (), scores, 1.0))
+    assert lines[3:] == [
+        "#quality_metric: host=algo-2, epoch=0, validation IoU_class_1 <score>=0.2500"
+    ]
+
+
+def test_metric_class_names_are_regex_safe_and_unique() -> None:
+    names = ("car", "traffic light", "traffic-light", "Car", "traffic_light_2", "a.b*c", "ö")
+    safe = metric_class_names(names, len(names))
+    # anything but an ASCII letter, digit or _ becomes _; a name taken gets _2, _3, ...
+    assert safe == (
+        "car",
+        "traffic_light",
+        "traffic_light_2",
+        "Car",  # names differ in case: different metrics
+        "traffic_light_2_2",  # its own name was taken by the third class's
+        "a_b_c",
+        "_",
+    )
+    assert all(re.fullmatch(r"\w+", name, re.ASCII) for name in safe)
+    assert metric_class_names((), 3) == ("class_0", "class_1", "class_2")
 
 
 def test_class_rates_and_undefined_ones() -> None:

@@ -9,6 +9,8 @@ Pixels labelled 255 are ignored everywhere.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +79,7 @@ class EpochReport:
     train: tuple[tuple[str, float], ...]  # scores measured while training (train accuracy)
     validation: ValidationScores
     seconds: float
+    class_names: tuple[str, ...] = ()  # the job's class_names; () when it gave none
 
 
 class ConfusionMatrix:
@@ -157,11 +160,39 @@ def class_rates(matrix: torch.Tensor) -> dict[str, tuple[float | None, ...]]:
     }
 
 
+def metric_class_names(class_names: Sequence[str], num_classes: int) -> tuple[str, ...]:
+    """Each class's name in metric names, safe in a regex and a CloudWatch metric name: its
+    class_names entry with every character other than an ASCII letter, digit or underscore
+    made "_" ("traffic light" -> "traffic_light"), a name taken already getting "_2", "_3"...
+    in class order; ``class_<id>`` without class_names."""
+    if not class_names:
+        return tuple(f"class_{i}" for i in range(num_classes))
+    taken: set[str] = set()
+    safe = []
+    for name in class_names:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        unique, suffix = base, 2
+        while unique in taken:
+            unique, suffix = f"{base}_{suffix}", suffix + 1
+        taken.add(unique)
+        safe.append(unique)
+    return tuple(safe)
+
+
 def metric_lines(host: str, report: EpochReport) -> list[str]:
-    """Segmentation's lines: train loss, then each validation score (mIOU, pixel_accuracy)."""
+    """Segmentation's lines: train loss, each validation score (mIOU, pixel_accuracy), then
+    each class's IoU (``IoU_<metric_class_names>``); a class with no defined IoU this epoch
+    (neither in the validation truth nor predicted) has no line."""
+    per_class = report.validation.per_class
+    names = metric_class_names(report.class_names, len(per_class))
     values = [
         ("train", "loss", "loss", report.train_loss),
         *(("validation", name, "score", value) for name, value in report.validation.values),
+        *(
+            ("validation", f"IoU_{name}", "score", iou)
+            for name, iou in zip(names, per_class, strict=True)
+            if iou is not None
+        ),
     ]
     return [
         METRIC_LINE.format(host=host, epoch=report.epoch, split=s, name=n, kind=k, value=v)

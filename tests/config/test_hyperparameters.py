@@ -37,6 +37,7 @@ DEFAULTS = {
     # this project's additions
     "precision": "auto",
     "workers": "auto",
+    "loss": "cross_entropy",
     "class_weights": "none",
     "class_names": (),
     "seed": 0,
@@ -97,6 +98,7 @@ SPEC_ORDER = [
     "weight_decay",
     "precision",
     "workers",
+    "loss",
     "class_weights",
     "class_names",
     "seed",

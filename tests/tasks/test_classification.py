@@ -64,7 +64,7 @@ def test_the_names_that_tell_the_two_tasks_apart() -> None:
     assert set(SEGMENTATION_SPEC) - set(ic.SPEC) == {
         "backbone", "algorithm", "crop_size", "base_size", "gamma1", "gamma2", "syncbn",
         "lr_scheduler", "validation_mini_batch_size", "precision", "class_weights",
-        "aux_loss_weight", "pretrained_weights", "incremental_new_classes",
+        "aux_loss_weight", "pretrained_weights", "incremental_new_classes", "loss",
     }  # fmt: skip
 
 

@@ -23,7 +23,7 @@ CLASSIFICATION_ONLY = (
 SEGMENTATION_ONLY = (
     "backbone algorithm crop_size base_size gamma1 gamma2 syncbn lr_scheduler "
     "validation_mini_batch_size precision class_weights aux_loss_weight pretrained_weights "
-    "incremental_new_classes"
+    "incremental_new_classes loss"
 ).split()
 
 

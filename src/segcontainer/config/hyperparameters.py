@@ -33,6 +33,9 @@ from segcontainer.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
+# The training losses (tasks.segmentation.losses); "a+b" is their sum.
+LOSSES = ("cross_entropy", "dice", "focal", "lovasz", "cross_entropy+dice")
+
 # --- the hyperparameters ---------------------------------------------------------------------
 
 BUILTIN: dict[str, Param] = {
@@ -80,6 +83,9 @@ EXTRA: dict[str, Param] = {
         "auto", choice(*PRECISIONS), "auto: bf16 (fp16 before Ampere) on GPU, fp32 on CPU"
     ),
     "workers": SHARED["workers"],
+    "loss": Param(
+        "cross_entropy", choice(*LOSSES), "the built-in's; the others favour rare classes"
+    ),
     "class_weights": Param("none", class_weights, "none: plain cross-entropy, as the built-in"),
     "class_names": SHARED["class_names"],
     "seed": SHARED["seed"],
@@ -141,6 +147,7 @@ class Config(TableValues):
     # this project's additions
     precision: str
     workers: str | int
+    loss: str
     class_weights: str | tuple[float, ...]
     class_names: tuple[str, ...]
     seed: int

@@ -262,7 +262,9 @@ def report(
 ) -> None:
     """The epoch's metric lines (stdout, for HPO and CloudWatch; worded by the task), its log
     line and curves."""
-    epoch_report = EpochReport(epoch, stats.loss, stats.train_values, scores, stats.seconds)
+    epoch_report = EpochReport(
+        epoch, stats.loss, stats.train_values, scores, stats.seconds, s.config.class_names
+    )
     for line in s.task.metric_lines(s.host, epoch_report):
         print(line, flush=True)
     names = s.config.class_names or tuple(str(i) for i in range(s.config.num_classes))
