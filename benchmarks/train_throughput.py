@@ -6,7 +6,8 @@ already on the device: the ceiling the input pipeline is measured against (the t
 its own end-to-end rate). On a GPU both sides run the trainer's precision=auto (the autocast
 dtype segcontainer.precision picks for this GPU, bf16 or fp16 with the gradient scaler) with
 channels_last, and torchvision also in fp32 for the plain reference; on the CPU all run fp32.
-torchvision has no PSPNet, so PSP has no reference.
+torchvision has no PSPNet and no DeepLabV3+, and builds LR-ASPP on MobileNetV3 only: those
+pairings have no reference.
 
     python benchmarks/train_throughput.py                      # crop 512, batch 16
     python benchmarks/train_throughput.py --crop 64 --batch 2 --iters 1 --warmup 1  # tiny
@@ -35,6 +36,8 @@ REFERENCES = {
     ("fcn", "resnet-101"): tv.fcn_resnet101,
     ("deeplab", "resnet-50"): tv.deeplabv3_resnet50,
     ("deeplab", "resnet-101"): tv.deeplabv3_resnet101,
+    ("deeplab", "mobilenet-v3-large"): tv.deeplabv3_mobilenet_v3_large,
+    ("lraspp", "mobilenet-v3-large"): tv.lraspp_mobilenet_v3_large,
 }
 
 
