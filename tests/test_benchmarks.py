@@ -57,9 +57,12 @@ def test_model_only_throughput_table() -> None:
     out = run(
         "train_throughput.py",
         *("--crop", "32", "--batch", "2", "--iters", "1", "--warmup", "0"),
-        *("--algorithms", "fcn,psp", "--backbones", "resnet-50"),
+        *("--algorithms", "fcn,psp,lraspp", "--backbones", "resnet-50,mobilenet-v3-large"),
     )
     assert "| fcn-resnet-50 |" in out and "| psp-resnet-50 |" in out
+    # torchvision's LR-ASPP on MobileNetV3 is the new model's reference; PSP has none
+    assert re.search(r"^\| lraspp-mobilenet-v3-large \|.* [0-9.]+x \|", out, re.M), out
+    assert re.search(r"^\| psp-mobilenet-v3-large \|.* no torchvision model \|", out, re.M)
 
 
 def test_end_to_end_training_table(demo_data: Path) -> None:
