@@ -6,8 +6,10 @@ classification's figures: tests/tasks/test_classification_job.py."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from segcontainer.metrics import Scores
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training.tensorboard import Board
 from tests.support.checkpoints import run_in_process
-from tests.support.local_mode import write_config
+from tests.support.local_mode import REPO, write_config
 from tests.support.models import register_tiny_encoder
 from tests.support.tensorboard import pictures, read_events, scalars
 
@@ -169,3 +171,18 @@ def test_a_resumed_job_replaces_the_epochs_it_trains_again(tmp_path: Path) -> No
     with Board.open(tmp_path, first_epoch=1) as board:
         write_epoch(board, 1, 0.5)
     assert scalars(read_events(tmp_path), "train/loss") == {0: 1.0, 1: 0.5}
+
+
+def test_the_readmes_estimator_config_reaches_this_reader(tmp_path: Path) -> None:
+    """The README's TensorBoardOutputConfig, as the SageMaker Python SDK puts it in the
+    CreateTrainingJob request (the object SageMaker writes to tensorboardoutputconfig.json),
+    names the folder this reader returns."""
+    from sagemaker.debugger import TensorBoardOutputConfig
+
+    text = (REPO / "README.md").read_text().split("### TensorBoard\n", 1)[1]
+    call = re.search(r"TensorBoardOutputConfig\((.*?)\n    \)", text, re.DOTALL).group(1)
+    arguments = {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(\S+?),", call)}
+    request = TensorBoardOutputConfig(**arguments)._to_request_dict()
+    assert request["S3OutputPath"].startswith("s3://")
+    paths = config_file(tmp_path, json.dumps(request))
+    assert read_tensorboard_dir(paths) == Path("/opt/ml/output/tensorboard")
