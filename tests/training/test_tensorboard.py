@@ -186,3 +186,9 @@ def test_the_readmes_estimator_config_reaches_this_reader(tmp_path: Path) -> Non
     assert request["S3OutputPath"].startswith("s3://")
     paths = config_file(tmp_path, json.dumps(request))
     assert read_tensorboard_dir(paths) == Path("/opt/ml/output/tensorboard")
+
+
+def test_an_unwritable_folder_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="a-file/tb.*TensorBoardOutputConfig's LocalPath"):
+        Board.open(tmp_path / "a-file" / "tb", first_epoch=0)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from segcontainer.errors import UserError
 from segcontainer.metrics import ValidationScores
 
 if TYPE_CHECKING:
@@ -60,9 +61,17 @@ class Board:
         (purge_step), e.g. an epoch reported before a stop whose checkpoint came before it."""
         from torch.utils.tensorboard import SummaryWriter  # rank 0 alone imports it
 
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writer = SummaryWriter(str(folder), purge_step=first_epoch)
+        except OSError as exc:
+            raise UserError(
+                f"TensorBoard's event files cannot be written in {folder}: {exc}. Set "
+                "TensorBoardOutputConfig's LocalPath (container_local_output_path) to a "
+                "writable folder, or leave it out (/opt/ml/output/tensorboard)."
+            ) from exc
         log.info("TensorBoard event files in %s", folder)
-        return cls(SummaryWriter(str(folder), purge_step=first_epoch))
+        return cls(writer)
 
     def __enter__(self) -> Board:
         return self
