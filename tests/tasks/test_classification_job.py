@@ -31,6 +31,7 @@ from tests.support.checkpoints import run_in_process, sigterm_before_batch
 from tests.support.classification_data import feed_fifo, rec_bytes, write_rec
 from tests.support.serving_stack import Server
 from tests.support.serving_stack import request as http
+from tests.support.tensorboard import read_events, scalars
 
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))  # class c: colour c
 SETTINGS = {
@@ -97,6 +98,24 @@ def test_the_job_reports_mxnet_lines_and_learns(straight) -> None:
     assert [int(e) for e in re.findall(r"Epoch\[(\d+)\] Time cost=", out)] == [0, 1, 2]
     assert values["validation:accuracy"][-1] == 1.0  # a dominant colour: learnt in 3 epochs
     assert "#quality_metric" not in out  # segmentation's lines are not classification's
+
+
+def test_tensorboard_holds_each_epochs_scores_and_no_pictures(straight) -> None:
+    base, out = straight
+    events = read_events(base / "output" / "tensorboard")
+    reported = metric_values(out)
+    for metric, tag in (
+        ("validation:accuracy", "validation/accuracy"),
+        ("validation:top_k_accuracy", "validation/top_k_accuracy_2"),
+        ("train:accuracy", "train/accuracy"),
+    ):  # the metric lines' 4 decimals
+        assert scalars(events, tag) == pytest.approx(dict(enumerate(reported[metric])), abs=1e-4)
+    for tag in ("train/loss", "train/learning_rate", "speed/images_per_second"):
+        assert set(scalars(events, tag)) == {0, 1, 2}, tag
+    assert {f"validation_recall/{n}" for n in ("red", "green", "blue")} <= set(
+        events.Tags()["scalars"]
+    )
+    assert events.Tags()["images"] == []  # the task supplies no pictures
 
 
 def test_the_model_folder_serves_what_validation_scored(straight) -> None:

@@ -25,6 +25,7 @@ from tests.support.checkpoints import (
 )
 from tests.support.local_mode import write_config
 from tests.support.models import TINY_ENCODER, register_tiny_encoder
+from tests.support.tensorboard import read_events, scalars
 
 RESUME_SETTINGS = {"epochs": "3", "mini_batch_size": "4", "workers": "0", "seed": "7"}
 
@@ -63,6 +64,8 @@ def test_sigterm_then_spot_restart_resumes_bit_for_bit(
     reason = (interrupted / "output" / "failure").read_text().split("\n\n")[0]
     assert "stopped by SIGTERM" in reason and "best model so far" in reason
     assert (interrupted / "model" / "model.pt").exists()  # the best epoch so far is kept
+    events = read_events(interrupted / "output" / "tensorboard")  # flushed as each was reported
+    assert set(scalars(events, "validation/mIOU")) == {0, 1}
     newest = checkpoints.listed(checkpoints_dir)[0].name
     assert newest == "checkpoint-e0002-i000002.pt"  # mid-epoch: 2 of its 4 batches done
     capsys.readouterr()
@@ -84,6 +87,9 @@ def test_sigterm_then_spot_restart_resumes_bit_for_bit(
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
     assert_same_model_folder(straight / "model", interrupted / "model")
+    # the new instance's TensorBoard folder: the epoch trained after the restart
+    events = read_events(interrupted / "output" / "tensorboard")
+    assert set(scalars(events, "validation/mIOU")) == {2}
     curves = (interrupted / "output" / "data" / "training_curves.csv").read_text()
     assert len(curves.splitlines()) == 1 + 3  # the curves carried over the restart
 

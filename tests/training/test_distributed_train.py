@@ -19,6 +19,7 @@ from segcontainer.tasks import load_model
 from segcontainer.tools.demo_data import make_dataset, write_local_mode_config
 from tests.support.local_mode import FAST_HYPERPARAMETERS, subprocess_env, train_command
 from tests.support.network import free_port
+from tests.support.tensorboard import read_events, scalars
 from tests.support.training import validation_miou
 
 HOSTS = ("127.0.0.1", "localhost")  # both resolve to this machine; sorted, 127.0.0.1 is master
@@ -92,6 +93,10 @@ def test_two_cpu_workers_on_one_host(tmp_path: Path) -> None:
         "written_by": "rank 0 on algo-1-x7k2q",
     }
     assert "[rank 1]" not in result.stdout  # rank 1 logs nothing below a warning
+    # TensorBoard: the host's two processes share output/, and one event file is there: rank 0's
+    (events,) = (base / "output" / "tensorboard").iterdir()
+    assert events.name.startswith("events.out.tfevents.")
+    assert set(scalars(read_events(events.parent), "validation/mIOU")) == {0}
     assert len(list((base / "checkpoints").glob("checkpoint-*.pt"))) == 1
     assert (base / "output" / "success").exists()
 
@@ -143,6 +148,7 @@ def test_two_hosts_on_loopback_stopped_by_sigterm_resume_and_finish(tmp_path: Pa
     assert "#quality_metric" not in outputs[1]
     assert list((bases[1] / "model").iterdir()) == []
     assert not (bases[1] / "output" / "data").exists()
+    assert not (bases[1] / "output" / "tensorboard").exists()
     assert all((b / "output" / "success").exists() for b in bases), outputs
 
 

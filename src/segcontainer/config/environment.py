@@ -38,6 +38,7 @@ class Paths:
     hyperparameters_file = _Below("input", "config", "hyperparameters.json")
     input_data_config_file = _Below("input", "config", "inputdataconfig.json")
     resource_config_file = _Below("input", "config", "resourceconfig.json")
+    tensorboard_config_file = _Below("input", "config", "tensorboardoutputconfig.json")
     data_dir = _Below("input", "data")
     model_dir = _Below("model")
     output_dir = _Below("output")
@@ -45,6 +46,7 @@ class Paths:
     failure_file = _Below("output", "failure")
     success_file = _Below("output", "success")
     checkpoints_dir = _Below("checkpoints")
+    tensorboard_dir = _Below("output", "tensorboard")  # TensorBoardOutputConfig's default
 
     @classmethod
     def from_env(cls) -> Paths:
@@ -162,6 +164,33 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
     current = str(raw["current_host"])
     hosts = tuple(str(h) for h in raw.get("hosts", [current]))
     return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+
+
+def read_tensorboard_dir(paths: Paths) -> Path:
+    """Where TensorBoard's event files go: the job's TensorBoardOutputConfig LocalPath, else
+    its default, output/tensorboard.
+
+    A job created with TensorBoardOutputConfig (the SageMaker Python SDK's
+    ``TensorBoardOutputConfig(s3_output_path, container_local_output_path)``; the API's
+    ``LocalPath`` "defaults to /opt/ml/output/tensorboard", API_TensorBoardOutputConfig)
+    finds it in input/config/tensorboardoutputconfig.json as ``{"LocalPath": ...,
+    "S3OutputPath": ...}``: the file SageMaker Debugger's library reads for the same purpose
+    (awslabs/sagemaker-debugger, smdebug/core/config_constants.py
+    DEFAULT_SAGEMAKER_TENSORBOARD_PATH and json_config.get_tensorboard_dir_from_json_config).
+    SageMaker uploads what is written under that path to S3OutputPath while the job runs."""
+    path = paths.tensorboard_config_file
+    if not path.exists():
+        return paths.tensorboard_dir
+    raw = _read_json(path, "TensorBoard output config")
+    if not isinstance(raw, dict):
+        raise UserError(f'{path} must hold a JSON object such as {{"LocalPath": "/path"}}.')
+    local = raw.get("LocalPath")
+    if local is not None and not isinstance(local, str):
+        raise UserError(
+            f"{path} has LocalPath {local!r}, not a path. Set TensorBoardOutputConfig's "
+            "LocalPath (container_local_output_path) to a folder, or leave it out."
+        )
+    return Path(local) if local else paths.tensorboard_dir
 
 
 def running_under_sagemaker() -> bool:

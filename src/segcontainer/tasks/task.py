@@ -57,6 +57,22 @@ class Validation(Protocol):
     ) -> ValidationScores: ...
 
 
+class Preview(Protocol):
+    """Up to ``count`` of this process's labelled validation images as pictures of the
+    model's answers (TensorBoard shows them each epoch): (name, (3, H, W) uint8 RGB tensor)
+    pairs, named the same each epoch so that TensorBoard lines them up."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        data: TrainingData,
+        config: Config,
+        precision: Precision,
+        device: torch.device,
+        count: int,
+    ) -> list[tuple[str, torch.Tensor]]: ...
+
+
 class TrainMetric(Protocol):
     """Scores measured on the training batches as they train (the built-in's train accuracy),
     accumulated on the device without a sync per step."""
@@ -162,6 +178,9 @@ class Task:
     must_match: tuple[str, ...]
     # (config, device) -> what measures training batches; None: the task reports none
     train_metric: Callable[[Config, torch.device], TrainMetric] | None = None
+    # Validation images with the model's answers drawn on them, for TensorBoard; None: the
+    # task shows none (its scalars are still written)
+    preview: Preview | None = None
     # The exports (export/); None: the task has none. A finished job's images (its File-mode
     # samples in TrainingData's generic fields), as ExportImages:
     export_data: Callable[[Config, TrainingData], ExportImages] | None = None

@@ -1,8 +1,8 @@
 """The epoch loop: train, validate, report, keep the best model, checkpoint, stop early.
 
 Data parallel: every rank trains and validates its shard; global rank 0 alone writes the
-metric lines, curves, model/ and checkpoints. Every rank sees the same (summed) scores, so all
-take the same decisions.
+metric lines, curves, TensorBoard's event files, model/ and checkpoints. Every rank sees the
+same (summed) scores, so all take the same decisions.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from segcontainer import model_folder
-from segcontainer.config.environment import Paths
+from segcontainer.config.environment import Paths, read_tensorboard_dir
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData
 from segcontainer.errors import TrainingStopped
@@ -28,6 +28,7 @@ from segcontainer.training.collectives import CoordinatedStop
 from segcontainer.training.curves import TrainingCurves
 from segcontainer.training.distributed import SINGLE, Rank
 from segcontainer.training.optim import Trainables, resize_schedule
+from segcontainer.training.tensorboard import PICTURES, Board
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,17 @@ class Run:
 
 def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
     """Train every epoch left, validating, reporting and checkpointing after each."""
-    config = s.config
     run = Run(s, local_stop)
     position = run.resume()
+    board = Board.open(read_tensorboard_dir(s.paths), position.epoch) if s.rank.is_main else Board()
+    with board:  # closed however the loop ends; each epoch was flushed when written
+        train_epochs(s, run, position, board)
+
+
+def train_epochs(s: Setup, run: Run, position: Position, board: Board) -> None:
+    """The epochs left from ``position``: each trained, validated, reported (rank 0, to the
+    metric lines, curves and ``board``) and checkpointed."""
+    config = s.config
     iters_per_epoch = s.data.iters_per_epoch  # what the schedule assumes; Pipe mode measures it
     for epoch in range(position.epoch, config.epochs):
         stats, rate = run.train(epoch, position if epoch == position.epoch else None)
@@ -209,7 +218,7 @@ def fit(s: Setup, local_stop: Callable[[], bool]) -> None:
         stats.loss = collectives.all_reduce_mean(stats.loss, s.device)
         stats.images *= s.rank.size  # every rank trains on as many: the job's throughput
         if s.rank.is_main:  # one set of metric lines per epoch, so HPO and CloudWatch see one
-            report(s, epoch, stats, scores, run.curves, rate)
+            report(s, epoch, stats, scores, run.curves, rate, board)
         if run.stopper.update(scores.score):
             run.best.keep(s.trainables.model, epoch, scores)
         if s.rank.is_main and kept_epoch(config.checkpoint_frequency, epoch):
@@ -259,9 +268,10 @@ def report(
     scores: ValidationScores,
     curves: TrainingCurves,
     rate: float,
+    board: Board,
 ) -> None:
     """The epoch's metric lines (stdout, for HPO and CloudWatch; worded by the task), its log
-    line and curves."""
+    line, curves and TensorBoard figures and pictures."""
     epoch_report = EpochReport(
         epoch, stats.loss, stats.train_values, scores, stats.seconds, s.config.class_names
     )
@@ -281,7 +291,7 @@ def report(
         scores.per_class_name,
         per_class,
     )
-    curves.add(
+    row = dict(
         epoch=epoch,
         train_loss=stats.loss,
         **{f"train_{name}": value for name, value in stats.train_values},
@@ -290,3 +300,11 @@ def report(
         epoch_seconds=stats.seconds,
         images_per_second=stats.images_per_second,
     )
+    curves.add(**row)
+    preview = s.task.preview if board.active else None
+    pictures = (
+        preview(s.trainables.model, s.data, s.config, s.precision, s.device, PICTURES)
+        if preview
+        else []
+    )
+    board.epoch(row, scores, names, stats.data_share, pictures)

@@ -17,7 +17,14 @@ from segcontainer.config import hyperparameters
 from segcontainer.config.environment import ChannelConfig, Paths
 from segcontainer.config.hyperparameters import Config
 from segcontainer.data.loaders import TrainingData, prepare
-from segcontainer.tasks.segmentation import answers, export_check, loss, model, validation
+from segcontainer.tasks.segmentation import (
+    answers,
+    export_check,
+    loss,
+    model,
+    preview,
+    validation,
+)
 from segcontainer.tasks.segmentation.prediction import Predictor
 from segcontainer.tasks.task import TASK_KEY, Task
 
@@ -58,4 +65,5 @@ SEGMENTATION = Task(
     export_data=export_check.from_training,
     export_calibration=export_check.from_calibration,
     export_check=export_check.check,
+    preview=preview.preview,
 )
