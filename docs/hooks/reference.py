@@ -1,11 +1,13 @@
 """MkDocs hook: the reference tables that must not drift from the code are generated from it at
-build time. A page line `<!-- generated: environment-variables -->` becomes the table of every
-variable of segcontainer.config.variables.VARIABLES (name, older names, default, what is allowed,
-why), so the site can never list a variable the container does not read or miss one it does."""
+build time, and the included READMEs are found from the repository root. A page line
+`<!-- generated: environment-variables -->` becomes the table of every variable of
+segcontainer.config.variables.VARIABLES (name, older names, default, what is allowed, why), so
+the site can never list a variable the container does not read or miss one it does."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.M)
 
@@ -50,6 +52,14 @@ def expand(markdown: str) -> str:
         return GENERATORS[name]()
 
     return MARKER.sub(table, markdown)
+
+
+def on_config(config, **kwargs):
+    """The snippets' base path is the repository root (where mkdocs.yml is), not the folder
+    mkdocs was started from: `mkdocs build -f ../repo/mkdocs.yml` finds the included READMEs."""
+    root = str(Path(config.config_file_path).resolve().parent)
+    config.mdx_configs.setdefault("pymdownx.snippets", {})["base_path"] = [root]
+    return config
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
