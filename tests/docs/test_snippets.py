@@ -1,7 +1,8 @@
 """Every snippet marked runnable in the README and the site (`<!-- runnable -->` on the line
 before its fence) runs as written, in a fresh folder holding what the documentation assumes: a
-`.venv` (this test environment), `data/` (a small dataset in the channel layout) and, for the
-slow ones, `demo-run/opt_ml` (a trained model, as `segcontainer demo` leaves it). Snippets marked
+`.venv` (this test environment, activated), `data/` (a small dataset in the channel layout)
+and, where a snippet names it, `demo-run/opt_ml` (a trained model, as `segcontainer demo`
+leaves it). `<!-- runnable: slow -->` snippets run in the slow tier. Snippets marked
 `<!-- runnable: needs WHAT -->` need what this machine lacks (AWS, Docker): they are reported as
 skipped with that reason, and are still checked for syntax and undefined names."""
 
@@ -42,6 +43,8 @@ def _folder(tmp_path: Path) -> Path:
 def _run(language: str, code: str, folder: Path, timeout: float, **env: str):
     command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER")}
+    # the pages' commands run in the activated venv (`. .venv/bin/activate`, Getting started)
+    environment["PATH"] = f"{folder / '.venv' / 'bin'}:{environment.get('PATH', '')}"
     return subprocess.run(
         command,
         cwd=folder,
