@@ -1,4 +1,4 @@
-"""The command line: start-up checks, --help, the executables and the README's commands."""
+"""The command line: start-up checks, --help, the executables and the documented commands."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from PIL import Image
 from segcontainer.cli import MINIMUM_VERSIONS, main, version_problem
 from segcontainer.tools.demo_data import make_dataset
 from tests.support.local_mode import FAST_HYPERPARAMETERS, REPO
+from tests.support.readme import docs_text, page
 
 
 @pytest.mark.parametrize("command", ["train", "serve"])
@@ -47,9 +48,9 @@ def test_declared_minimums_match_the_start_up_check() -> None:
 
 
 def test_readme_states_the_start_up_checks_minimums() -> None:
-    """Every "torch >= X" / "torchvision >= X" in the README is the enforced minimum (it once
-    said 2.4 in the image section and 2.6 in the set-up)."""
-    said = re.findall(r"`?(torch|torchvision)`? >= ([\d.]+)", (REPO / "README.md").read_text())
+    """Every "torch >= X" / "torchvision >= X" in the README and the site is the enforced
+    minimum (it once said 2.4 in the image section and 2.6 in the set-up)."""
+    said = re.findall(r"`?(torch|torchvision)`? >= ([\d.]+)", docs_text())
     assert {name for name, _ in said} == set(MINIMUM_VERSIONS)
     for name, version in said:
         assert version == ".".join(map(str, MINIMUM_VERSIONS[name])), (name, version)
@@ -88,9 +89,9 @@ def test_executables_without_segcontainer_say_how_to_fix_it(command: str) -> Non
     assert "`. .venv/bin/activate`" in result.stderr
 
 
-def readme_commands(heading: str) -> list[str]:
-    """The lines of the first bash block under ``heading`` in README.md."""
-    section = (REPO / "README.md").read_text().split(f"\n{heading}\n", 1)[1]
+def documented_commands(name: str, heading: str) -> list[str]:
+    """The lines of the first bash block under ``heading`` in the site's page ``name``."""
+    section = page(name).split(f"\n{heading}\n", 1)[1]
     section = re.split(r"\n##", section, maxsplit=1)[0]  # up to the next heading
     block = re.search(r"```bash\n(.*?)\n```", section, re.DOTALL)
     assert block, f"no bash block under {heading}"
@@ -113,13 +114,13 @@ def _listing(folder: Path) -> list[tuple[str, float]]:
 
 @pytest.mark.slow
 def test_without_sagemaker_commands_run_as_written(tmp_path: Path) -> None:
-    """README's "Without SageMaker" block, run by bash in a checkout whose .venv is this
+    """The training page's "Without SageMaker" block, run by bash in a checkout whose .venv is this
     test's environment, from a shell where python3 is not the venv's: activation, symlinked
     channels, validate with the config, train, serve, one prediction, SIGTERM."""
     from tests.support.network import free_port
 
     assert sys.prefix != sys.base_prefix, "run the tests from the venv of the README's set-up"
-    lines = readme_commands("### Without SageMaker")
+    lines = documented_commands("training", "### Without SageMaker")
     assert lines[0] == ". .venv/bin/activate"
     checkout = tmp_path / "checkout"
     checkout.mkdir()

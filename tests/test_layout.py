@@ -1,17 +1,19 @@
-"""The README's Layout section stays true: the tree names every module of the package, and
-every file the newcomer's four changes point to exists."""
+"""The architecture page's Layout section (docs/architecture.md) stays true: the tree names
+every module of the package, and every file the newcomer's four changes point to exists."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from tests.support.readme import page
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "segcontainer"
 
 
 def _layout() -> str:
-    return (REPO / "README.md").read_text().split("\n## Layout\n", 1)[1]
+    return page("architecture").split("\n## Layout\n", 1)[1]
 
 
 def test_the_layout_tree_lists_every_module() -> None:

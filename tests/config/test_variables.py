@@ -1,26 +1,24 @@
 """config/variables.py: one definition per environment variable, one error type, and the
-README's tables of variables in agreement with the definitions."""
+documentation's tables of variables (README.md and docs/) in agreement with the definitions."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from segcontainer.config import variables
 from segcontainer.config.variables import VARIABLES, EnvironmentVariableError
 from segcontainer.errors import UserError
-
-README = Path(__file__).resolve().parents[2] / "README.md"
+from tests.support.readme import docs_text
 
 
 def readme_variables() -> dict[str, tuple[tuple[str, ...], str]]:
-    """name -> (aliases, default cell) of every row of the README's `| variable | default |`
-    tables."""
+    """name -> (aliases, default cell) of every row of the `| variable | default |` tables of
+    README.md and the site's pages (each variable in one row of one of them)."""
     found: dict[str, tuple[tuple[str, ...], str]] = {}
     in_table = False
-    for line in README.read_text().splitlines():
+    for line in docs_text().splitlines():
         if line.startswith("| variable | default |"):
             in_table = True
             continue

@@ -73,7 +73,8 @@ def validation_miou(model: torch.nn.Module, data: Path, settings: dict = LEARNAB
 
 
 def readme_metric_regexes() -> dict[str, str]:
-    """The metric_definitions exactly as the README gives them to segmentation's users."""
+    """The metric_definitions exactly as the documentation gives them to segmentation's users
+    (the training page; tests/docs checks the README shows the same)."""
     return metric_regexes("segmentation")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from segcontainer.tasks.segmentation import losses
 from segcontainer.training.entry import main
 from tests.support.local_mode import write_config
-from tests.support.readme import task_part
+from tests.support.readme import page
 from tests.support.training import readme_metric_regexes
 
 CLASS_NAMES = "background,car,traffic light"  # the README's example
@@ -19,13 +19,13 @@ EPOCHS = 1
 
 
 def readme_general_pattern() -> str:
-    """The per-class lines' general pattern as the README's "Per-class IoU lines" gives it."""
-    return re.search(r"The general pattern is\s+`([^`]+)`", task_part("segmentation")).group(1)
+    """The per-class lines' general pattern as the training page's section gives it."""
+    return re.search(r"The general pattern is\s+`([^`]+)`", page("training")).group(1)
 
 
 def readme_template() -> str:
     """The README's definition for every class at once: its rf-string's regex, {name} left in."""
-    found = re.search(r'"Regex":\s*rf"([^"]+)"', task_part("segmentation")).group(1)
+    found = re.search(r'"Regex":\s*rf"([^"]+)"', page("training")).group(1)
     return found.replace("\\\\", "\\")
 
 

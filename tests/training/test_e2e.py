@@ -64,7 +64,7 @@ def check_job(
     assert json.loads((base / "input/config/hyperparameters.json").read_text())[
         "_tuning_objective_metric"
     ]
-    # three metric lines per epoch, parsed with the README's regexes
+    # three metric lines per epoch, parsed with the documented regexes (docs/training.md)
     metrics = parse_metrics(job.stdout)
     epochs = list(range(4))
     for name in ("train:loss", "validation:mIOU", "validation:pixel_accuracy"):

@@ -22,8 +22,9 @@ from segcontainer.metrics import Scores
 from segcontainer.tools.demo_data import make_dataset
 from segcontainer.training.tensorboard import Board
 from tests.support.checkpoints import run_in_process
-from tests.support.local_mode import REPO, write_config
+from tests.support.local_mode import write_config
 from tests.support.models import register_tiny_encoder
+from tests.support.readme import page
 from tests.support.tensorboard import pictures, read_events, scalars
 
 CLASSES = ("bg", "rect", "ellipse")
@@ -173,13 +174,13 @@ def test_a_resumed_job_replaces_the_epochs_it_trains_again(tmp_path: Path) -> No
     assert scalars(read_events(tmp_path), "train/loss") == {0: 1.0, 1: 0.5}
 
 
-def test_the_readmes_estimator_config_reaches_this_reader(tmp_path: Path) -> None:
-    """The README's TensorBoardOutputConfig, as the SageMaker Python SDK puts it in the
+def test_the_docs_estimator_config_reaches_this_reader(tmp_path: Path) -> None:
+    """The training page's TensorBoardOutputConfig, as the SageMaker Python SDK puts it in the
     CreateTrainingJob request (the object SageMaker writes to tensorboardoutputconfig.json),
     names the folder this reader returns."""
     from sagemaker.debugger import TensorBoardOutputConfig
 
-    text = (REPO / "README.md").read_text().split("### TensorBoard\n", 1)[1]
+    text = page("training").split("### TensorBoard\n", 1)[1]
     call = re.search(r"TensorBoardOutputConfig\((.*?)\n    \)", text, re.DOTALL).group(1)
     arguments = {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(\S+?),", call)}
     request = TensorBoardOutputConfig(**arguments)._to_request_dict()
