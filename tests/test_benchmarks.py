@@ -163,6 +163,20 @@ def test_light_models_table(learnable_data: Path, tmp_path: Path) -> None:
     assert re.search(r"^\| LR-ASPP-MobileNetV3-Large \| \d+ \| 2 \| [0-9.]+ \| [0-9.]+", out, re.M)
 
 
+def test_camvid_losses_table(learnable_data: Path, tmp_path: Path) -> None:
+    """One job per loss at the same budget, each row from its job's model_info.json."""
+    out = run(
+        "camvid_losses.py",
+        *("--data", str(learnable_data), "--models", str(tmp_path / "losses")),
+        *("--losses", "cross_entropy,lovasz", "--budget", "600", "--set", "epochs=1"),
+        *("crop_size=48", "base_size=64", "mini_batch_size=4", "validation_mini_batch_size=4"),
+        *("workers=0", "class_weights=none", "num_classes=3", "class_names=bg,rect,ellipse"),
+    )
+    for loss in ("cross_entropy", "lovasz"):
+        assert re.search(rf"^\| `{loss}` \| \d+ \| 1 \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out
+    assert "| bg | rect | ellipse |" in out
+
+
 def test_classification_training_throughput_table(demo_data: Path) -> None:
     out = run(
         "classification_train.py",
