@@ -56,12 +56,21 @@ class Predictor:
         opened = open_model(model_dir, settings, rebuild)
         return cls(opened.engine, opened.record, opened.class_names, settings)
 
+    @torch.inference_mode()
     def warm_up(self) -> None:
-        """One forward pass at start-up, so the first request does not pay for lazy set-up. A
-        square image is the largest model input (or tile) a request can bring, so the worker
-        reserves its forward-pass memory here, once, and requests add only their own data."""
-        side = self.long_side or 256
-        self.class_map(Image.new("RGB", (side, side)))
+        """One forward pass at start-up, so the first request does not pay for lazy set-up,
+        over the largest model input a request can bring: one tile (tiling bounds every
+        forward), or the resized image's square when that is smaller. The worker reserves its
+        forward-pass memory here, once, and start-up stays quick whatever the inference size
+        (a whole 6000x6000 image would be minutes of tiles before /ping answers 200)."""
+        side = self.largest_input_side
+        self.engine.on_device(torch.zeros(1, 3, side, side))
+
+    @property
+    def largest_input_side(self) -> int:
+        """The longest side of any one forward's input: a tile, or the long side the image is
+        resized to when that is smaller (0, the image's own size: a tile)."""
+        return min(self.tile_size, self.long_side) if self.long_side else self.tile_size
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, h, w): the image as the model sees it (data.preprocess.model_input)."""
