@@ -53,6 +53,14 @@ def tiled_logits(forward: Forward, inputs: torch.Tensor, tile: int) -> torch.Ten
     return total.div_(count)
 
 
+def resized_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, C, h, w) logits bilinearly resized to height x width (a test-time scale's logits
+    brought to the plain model input's size; unchanged when already that size)."""
+    if logits.shape[-2:] == (height, width):
+        return logits
+    return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
+
 def upsampled_bands(
     logits: torch.Tensor, height: int, width: int, band_rows: int = BAND_ROWS
 ) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -73,6 +73,7 @@ class Predictor(Protocol):
 
     engine: Engine
     device: torch.device
+    augmentation: str  # the test-time augmentation in effect, in words, for the start-up log
 
     def warm_up(self) -> None:
         """One forward pass of the largest single model input a request can bring (for
