@@ -249,3 +249,11 @@ def test_a_classification_endpoint_says_it_ignores_the_tta(tmp_path: Path, caplo
         slot.load(settings_for(model, prediction=prediction, default_accept=None), CPU)
     assert slot.error is None
     assert "test-time augmentation none (image classification ignores flip)" in caplog.text
+
+
+def test_serve_refuses_a_bad_value_before_any_worker_starts(monkeypatch, base_dir) -> None:
+    from segcontainer.serving.server import check_at_start
+
+    monkeypatch.setenv("SEGCONTAINER_TTA", "flip,scales=0.5,3")
+    with pytest.raises(UserError, match=r"^SEGCONTAINER_TTA='flip,scales=0.5,3' is not a test"):
+        check_at_start()
