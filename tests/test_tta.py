@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from segcontainer.config.tta import NONE, Tta, parse
 from segcontainer.engines import OnnxEngine
 from segcontainer.errors import UserError
+from segcontainer.inference import tiled_logits
 from segcontainer.model_folder import read_record
 from segcontainer.prediction import PredictionSettings
 from segcontainer.tasks.segmentation.prediction import Predictor
@@ -86,6 +87,24 @@ def test_the_environment_and_a_commands_option(monkeypatch) -> None:
         PredictionSettings.from_env()
     with pytest.raises(UserError, match=r"^--tta 'x' is not a test-time augmentation"):
         PredictionSettings.from_env(tta="x", tta_said="--tta {!r}")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 70, 52), (1, 3, 30, 20), (1, 3, 33, 97)])
+def test_mirrored_tiles_equal_tiling_the_mirrored_input(shape: tuple[int, ...]) -> None:
+    """Each window mirrored on its own gives exactly what tiling the mirrored input and
+    mirroring the logits back gives, on grids that are not symmetric (70 = 0, 21, 38 + 32)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 5, padding=2)  # not mirror-symmetric
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return conv(batch) + torch.arange(batch.shape[-1], dtype=torch.float32)  # position too
+
+    inputs = torch.randn(*shape)
+    with torch.no_grad():
+        expected = tiled_logits(forward, inputs.flip(-1), 32).flip(-1)
+        mirrored = tiled_logits(forward, inputs, 32, mirrored=True)
+        assert not torch.allclose(mirrored, tiled_logits(forward, inputs, 32), atol=1e-3)
+    torch.testing.assert_close(mirrored, expected, atol=1e-6, rtol=1e-6)
 
 
 # --- The answers, on every engine ------------------------------------------------------------

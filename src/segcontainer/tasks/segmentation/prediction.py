@@ -13,12 +13,14 @@ Test-time augmentation (``config.tta``: SEGCONTAINER_TTA, ``--tta``) averages lo
 probabilities: tiles already average logits where they overlap, and the one averaged array then
 goes through the one banded upsampling to both answers, so the PNG stays the argmax of the
 probabilities. It stays inside the same bounds, one forward of at most one tile at a time:
-``flip`` predicts the mirrored model input in the same tiles and mirrors its logits back (exactly
-the average of the answers for the image and for its mirror); each of ``scales`` prepares the
-image at that multiple of the long side, predicts it in the same tiles and resizes its logits to
-the plain model input's size before they are summed, so memory grows with the model-scale logits
-(1.25^2 of them at scale 1.25), never with the request image's size. Training's validation
-runs without it, as the endpoint does by default.
+``flip`` predicts the mirrored model input in its own tiles, each window mirrored on its own
+(``inference.tiled_logits``), so the answer is exactly the average of the answers for the image
+and for its mirror; each of ``scales`` prepares the image at that multiple of the long side,
+predicts it in the same tiles and resizes its logits to the plain model input's size before they
+are summed. Memory beyond the forwards is model-scale logits, never the request image's size:
+the sum and one view's (2x the plain logits with flip; about 3.6x at scale 1.25, whose logits
+are 1.5625x and are resized to a 1x copy). Training's validation runs without it, as the
+endpoint does by default.
 """
 
 from __future__ import annotations
@@ -99,15 +101,11 @@ class Predictor:
         views' logits."""
         long_side = self.long_side or max(image.size)
         height, width = resized_size(image.height, image.width, long_side)
-        total: torch.Tensor | None = None
-        views = 0
+        forward, total, views = self.engine.on_device, None, 0
         for side in self.tta.long_sides(long_side):
             inputs = model_input(image, side).to(self.device)
             for mirrored in (False, True) if self.tta.flip else (False,):
-                if mirrored:  # replaces the input: one scale's input at a time
-                    inputs = inputs.flip(-1)
-                logits = inference.tiled_logits(self.engine.on_device, inputs, self.tile_size)
-                logits = logits.flip(-1) if mirrored else logits
+                logits = inference.tiled_logits(forward, inputs, self.tile_size, mirrored)
                 logits = inference.resized_logits(logits, height, width)
                 total = logits if total is None else total.add_(logits)
                 views += 1
