@@ -7,9 +7,10 @@
     scales=0.75,1.0,1.25        the scales without mirrors
 
 A scale multiplies the long side the model sees (``SEGCONTAINER_INFERENCE_SIZE``, else the
-model's ``base_size``), so a view costs about scale^2 of one forward: the three scales with
-flips cost 2 x (0.5625 + 1 + 1.5625) = 6.25x. How the views are averaged (logits, per tile) is
-``tasks.segmentation.prediction``'s; this module only parses and describes the setting.
+model's ``base_size``; at 0, the image's own long side), so a view costs about scale^2 of one
+forward: the three scales with flips cost 2 x (0.5625 + 1 + 1.5625) = 6.25x. How the views are
+averaged (logits, per tile) is ``tasks.segmentation.prediction``'s; this module only parses and
+describes the setting.
 """
 
 from __future__ import annotations
