@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from segcontainer.errors import UserError
-from segcontainer.tools.commands import DATA_TOOLS, add_data_tools, run_data_tool
+from segcontainer.tools.commands import DATA_TOOLS, add_data_tools, add_tta_option, run_data_tool
 
 # Keep in step with pyproject.toml (a test checks): torchvision 0.21 made transforms.v2's
 # make_params/transform public (augment.py overrides them; older releases never call them),
@@ -80,6 +80,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         "output", type=Path, help="folder for <name>.png masks (or predictions.json)"
     )
     parser.add_argument("--overlay", action="store_true", help="also write overlays")
+    add_tta_option(parser)
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -188,7 +189,7 @@ def _export(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from segcontainer.tools.predict import predict_folder
 
-    done = predict_folder(args.model, args.input, args.output, args.overlay)
+    done = predict_folder(args.model, args.input, args.output, args.overlay, args.tta)
     print(done.written + (f"; {done.failed} files skipped" if done.failed else ""))
     return 1 if done.failed else 0
 

@@ -32,25 +32,42 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts + [length - tile] if starts[-1] != length - tile else starts
 
 
-def tiled_logits(forward: Forward, inputs: torch.Tensor, tile: int) -> torch.Tensor:
+def tiled_logits(
+    forward: Forward, inputs: torch.Tensor, tile: int, mirrored: bool = False
+) -> torch.Tensor:
     """(N, C, h, w) logits of (N, 3, h, w) model inputs, predicted in overlapping tile x tile
-    windows (logits averaged where they overlap) when the input is larger than ``tile``."""
+    windows (logits averaged where they overlap) when the input is larger than ``tile``.
+
+    ``mirrored`` (test-time augmentation's flip): the logits of the horizontally mirrored
+    inputs, mirrored back: exactly ``tiled_logits(forward, inputs.flip(-1), tile).flip(-1)``
+    (the mirrored input's own windows, added in the same order), but each window is mirrored
+    on its own, so neither the input nor the logits are ever copied whole."""
     height, width = inputs.shape[-2:]
     if height <= tile and width <= tile:
-        return forward(inputs)
+        return forward(inputs.flip(-1)).flip(-1) if mirrored else forward(inputs)
     stride = max(1, int(tile * (1 - TILE_OVERLAP)))
     total: torch.Tensor | None = None
     count = torch.zeros(1, 1, height, width, device=inputs.device)
     for top in tile_starts(height, tile, stride):
         for left in tile_starts(width, tile, stride):
-            window = inputs[..., top : top + tile, left : left + tile]
-            logits = forward(window)
+            h, w = min(tile, height - top), min(tile, width - left)
+            if mirrored:  # the mirrored input's window at ``left``, in this input's columns
+                left = width - left - w
+            window = inputs[..., top : top + h, left : left + w]
+            logits = forward(window.flip(-1)).flip(-1) if mirrored else forward(window)
             if total is None:
                 total = logits.new_zeros(*logits.shape[:2], height, width)
-            h, w = window.shape[-2:]
             total[..., top : top + h, left : left + w] += logits
             count[..., top : top + h, left : left + w] += 1
     return total.div_(count)
+
+
+def resized_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, C, h, w) logits bilinearly resized to height x width (a test-time scale's logits
+    brought to the plain model input's size; unchanged when already that size)."""
+    if logits.shape[-2:] == (height, width):
+        return logits
+    return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
 
 
 def upsampled_bands(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from segcontainer.config import tta as test_time
 from segcontainer.config import variables
 from segcontainer.engines import Engine, EngineRequest
 from segcontainer.model_folder import Rebuild, open_engine, read_class_names, read_record
@@ -25,6 +26,7 @@ class PredictionSettings:
     device: torch.device | None = None  # PyTorch's device; None: CUDA when present
     inference_size: int | None = None  # SEGCONTAINER_INFERENCE_SIZE; None: base_size
     tile_size: int | None = None  # SEGCONTAINER_TILE_SIZE; None: 2 x crop_size
+    tta: test_time.Tta = test_time.NONE  # SEGCONTAINER_TTA, or --tta (segmentation only)
 
     @classmethod
     def from_env(
@@ -34,9 +36,14 @@ class PredictionSettings:
         request: EngineRequest | None = None,
         threads: int = 0,
         device: torch.device | None = None,
+        tta: str | None = None,
+        tta_said: str = variables.TTA.name + "={!r}",
     ) -> PredictionSettings:
-        """The endpoint's settings from the environment; ``engine`` given (a command's
-        option) replaces SEGCONTAINER_ENGINE."""
+        """The endpoint's settings from the environment; ``engine`` or ``tta`` given (a
+        command's option, named in messages by ``tta_said``) replaces SEGCONTAINER_ENGINE or
+        SEGCONTAINER_TTA."""
+        if tta is None:
+            tta, tta_said = variables.TTA.read(), variables.TTA.name + "={!r}"
         return cls(
             engine=variables.ENGINE.read() if engine is None else engine,
             request=request or EngineRequest(),
@@ -44,6 +51,7 @@ class PredictionSettings:
             device=device,
             inference_size=variables.INFERENCE_SIZE.read(),
             tile_size=variables.TILE_SIZE.read() or None,  # 0: the default too
+            tta=test_time.parse(tta, tta_said),
         )
 
 

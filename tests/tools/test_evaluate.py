@@ -31,6 +31,7 @@ def endpoint_defaults(monkeypatch) -> None:
     """The endpoint's settings from the model alone, whatever the calling shell has set."""
     monkeypatch.delenv("SEGCONTAINER_INFERENCE_SIZE", raising=False)
     monkeypatch.delenv("SEGCONTAINER_TILE_SIZE", raising=False)
+    monkeypatch.delenv("SEGCONTAINER_TTA", raising=False)
 
 
 def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_path: Path) -> None:
@@ -51,7 +52,13 @@ def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_p
     assert list(ious) == ["bg", "rect", "ellipse"]  # the model's class names
     for name, iou in info["validation_per_class_IOU"].items():
         assert ious[name] == pytest.approx(iou, abs=1e-6)
-    assert metrics["inference"] == {"long_side": 64, "tile_size": 96}  # base_size, 2 x crop
+    # base_size, 2 x crop_size, and no test-time augmentation (training validates without)
+    assert metrics["inference"] == {
+        "long_side": 64,
+        "tile_size": 96,
+        "tta": "none",
+        "tta_forward_cost": 1.0,
+    }
     order = [(i["mIOU"], i["pixel_accuracy"]) for i in metrics["per_image"]]
     assert order == sorted(order)  # worst first
     # Every file the page shows exists, under a relative path.
@@ -61,8 +68,9 @@ def test_numbers_match_the_trainers_validation_metrics(trained_base: Path, tmp_p
     assert sources[1:] == [i["overlay"] for i in metrics["per_image"]]
     for source in sources:
         assert not source.startswith("/") and Image.open(out / source).size[0] > 0
-    assert page.count("<tr><td>") == 5 + 3  # the summary's rows and one per class
+    assert page.count("<tr><td>") == 6 + 3  # the summary's rows and one per class
     assert "<tr><td>engine</td><td>torch</td></tr>" in page
+    assert "<tr><td>test-time augmentation</td><td>none</td></tr>" in page
     assert html.escape(metrics["engine_note"]) in page
     # No class is named background (bg, rect, ellipse): the overlays mark every pixel.
     assert metrics["background"] == {

@@ -44,7 +44,8 @@ def test_report_renders_its_tables_and_images(trained_base: Path, tmp_path: Path
         assert [i for i in images if not i["shown"]] == []
         classes = page.locator("#classes tbody tr td:nth-child(2)").all_inner_texts()
         assert classes == ["bg", "rect", "ellipse"]  # a row per class, named
-        assert page.locator("#summary tbody tr").count() == 5  # engine, mIoU, accuracy, counts
+        # engine, test-time augmentation, mIoU, accuracy, counts
+        assert page.locator("#summary tbody tr").count() == 6
         assert "Numbers from engine torch" in page.locator("#engine").inner_text()
         page.screenshot(path=tmp_path / "report.png", full_page=True)
 

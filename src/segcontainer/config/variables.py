@@ -196,6 +196,12 @@ ENGINE = Choice(
     note="auto: int8, else ONNX, else PyTorch on a CPU host; PyTorch on a GPU host",
     reason="what runs the model (engines.choose_engine)",
 )
+TTA = Text(
+    name="SEGCONTAINER_TTA",
+    default="none",  # the answer as trained: test-time augmentation multiplies the forward work
+    reason="segmentation's test-time augmentation: none, flip (~2x the forward) or "
+    "flip,scales=0.75,1.0,1.25 (~6.25x); config/tta.py parses it",
+)
 # An 8K UHD frame (33 MP) fits; a PNG answer costs a worker about 15 bytes a pixel, so at most
 # ~600 MiB each, while a 157 KB PNG can declare 81 MP (2.8 GB).
 MAX_IMAGE_PIXELS = Integer(
@@ -240,6 +246,7 @@ VARIABLES: tuple[Variable, ...] = (
     INFERENCE_SIZE,
     TILE_SIZE,
     ENGINE,
+    TTA,
     MAX_IMAGE_PIXELS,
     GPU_COUNT,
     WORKER_GPU,

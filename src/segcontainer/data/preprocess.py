@@ -119,11 +119,18 @@ class LongSideResize(v2.Transform):
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
         height, width = inpt.shape[-2:]
-        if not self.long_side or max(height, width) == self.long_side:
+        size = resized_size(height, width, self.long_side)
+        if size == (height, width):
             return inpt
-        scale = self.long_side / max(height, width)
-        size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        return v2.functional.resize(inpt, size, antialias=True)
+        return v2.functional.resize(inpt, list(size), antialias=True)
+
+
+def resized_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(height, width) of an image once LongSideResize(long_side) has resized it."""
+    if not long_side or max(height, width) == long_side:
+        return height, width
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def model_input_transform(long_side: int) -> v2.Transform:

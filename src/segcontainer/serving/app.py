@@ -90,7 +90,7 @@ class ModelSlot:
             engine = predictor.engine
             log.info(
                 "model from %s ready on %s in %.1f s (pid %d): engine %s, %d intra-op "
-                "threads, file %s",
+                "threads, file %s, test-time augmentation %s",
                 model_dir,
                 predictor.device,
                 time.monotonic() - start,
@@ -98,6 +98,7 @@ class ModelSlot:
                 engine.name,
                 engine.threads,
                 engine.file,
+                predictor.augmentation,
             )
         except Exception as exc:  # any failure must leave /ping at 503, not kill the worker
             self.error = f"{type(exc).__name__}: {exc}"

@@ -89,10 +89,12 @@ class Predictor(Protocol):
 
     engine: Engine
     device: torch.device
+    augmentation: str  # the test-time augmentation in effect, in words, for the start-up log
 
     def warm_up(self) -> None:
-        """One forward pass at the largest input a request can bring (start-up, not the first
-        request, pays for lazy set-up and reserves the memory)."""
+        """One forward pass of the largest single model input a request can bring (for
+        segmentation at most one tile: start-up stays quick whatever the inference size;
+        start-up, not the first request, pays for lazy set-up and reserves the memory)."""
 
 
 # (predictor, image) -> the response body in one Accept type

@@ -231,6 +231,17 @@ def _validate(args: argparse.Namespace) -> Summary:
     return validate(args.root, args.num_classes, args.label_map, args.class_names)
 
 
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    """--tta, SEGCONTAINER_TTA's syntax (config/tta.py parses both)."""
+    parser.add_argument(
+        "--tta",
+        metavar="none|flip|flip,scales=S1,S2,...",
+        help="semantic segmentation's test-time augmentation (default: SEGCONTAINER_TTA, else "
+        "none): flip averages the image and its mirror (~2x the forward); "
+        "flip,scales=0.75,1.0,1.25 adds those multiples of the inference size (~6.25x)",
+    )
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="model folder or model.tar.gz")
     parser.add_argument("data", type=Path, help="layout root, or a channel folder (data/train)")
@@ -255,12 +266,15 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="image classification: also score top-K accuracy (default: the model's top_k)",
     )
+    add_tta_option(parser)
 
 
 def _evaluate(args: argparse.Namespace) -> Summary:
     from segcontainer.tools.evaluate import evaluate
 
-    return evaluate(args.model, args.data, args.out, args.engine, args.background, args.top_k)
+    return evaluate(
+        args.model, args.data, args.out, args.engine, args.background, args.top_k, args.tta
+    )
 
 
 TOOLS = {

@@ -9,8 +9,9 @@ and ``validation_annotation/`` are scored) or one channel folder whose masks are
 Each image is predicted as the endpoint predicts it: ``data.preprocess`` resizes its long side
 to the model's ``base_size`` (or ``SEGCONTAINER_INFERENCE_SIZE``) and normalises it,
 ``inference`` predicts it in tiles of 2 x ``crop_size`` (or ``SEGCONTAINER_TILE_SIZE``) and
-upsamples the logits to the mask's size band by band, through an ``engines`` engine. Masks are
-read through the model's own validation label map, and pixels are counted by ``metrics``'
+upsamples the logits to the mask's size band by band, through an ``engines`` engine, with the
+endpoint's test-time augmentation (``SEGCONTAINER_TTA``, or ``--tta``; the report records it).
+Masks are read through the model's own validation label map, and pixels are counted by ``metrics``'
 confusion matrix, as the trainer's validation counts them: on the model's validation images,
 with ``--engine torch``, mIoU and per-class IoU are those of its model_info.json
 (``validation:mIOU``). The default engine is the one ``serve`` runs on this host (on a CPU
@@ -53,9 +54,15 @@ OVERLAY_DIR = "overlays"
 TRAINING_ENGINE = "torch"  # training's validation runs the eager PyTorch model
 
 
-def engine_note(engine: str, chosen: str) -> str:
+def engine_note(engine: str, chosen: str, tta: str = "none") -> str:
     """Which engine produced the numbers, and whether they are training's validation:mIOU."""
     how = "auto, what serve runs on this host" if chosen == "auto" else f"--engine {chosen}"
+    if tta != "none":  # training validates without test-time augmentation
+        return (
+            f"Numbers from engine {engine} ({how}) with test-time augmentation {tta}: they "
+            "differ from training's validation:mIOU, which is measured without it; --tta none "
+            "--engine torch reproduces validation:mIOU on the model's own validation images."
+        )
     if engine == TRAINING_ENGINE:
         return (
             f"Numbers from engine {engine} ({how}): the model runs as training's validation "
@@ -118,7 +125,8 @@ class Evaluation:
     def lines(self) -> list[str]:
         m = self.metrics
         out = [
-            f"evaluated {m['model']} on {m['images']} images of {m['data']} ({m['engine']}):",
+            f"evaluated {m['model']} on {m['images']} images of {m['data']} ({m['engine']}, "
+            f"test-time augmentation {m['inference']['tta']}):",
             f"  {m['engine_note']}",
             f"  mIoU {m['mIOU']:.4f}, pixel accuracy {m['pixel_accuracy']:.4f}",
             "  per class: IoU / precision / recall",
@@ -229,8 +237,10 @@ def evaluate(
     engine: str = "auto",
     background: str | None = None,
     top_k: int | None = None,
+    tta: str | None = None,
 ) -> Evaluation | ClassEvaluation:
-    """Score MODEL on DATA by the model's task (its hyperparams.json); OUT gets the report."""
+    """Score MODEL on DATA by the model's task (its hyperparams.json); OUT gets the report.
+    ``tta``: --tta (None: SEGCONTAINER_TTA, as the endpoint answers)."""
     if out.exists() and any(out.iterdir()):
         raise UserError(
             f"{out} already holds files; write to a new OUT folder (or empty it), so the "
@@ -240,6 +250,8 @@ def evaluate(
         if model_is_classification(model_dir):
             if background is not None:
                 raise UserError("--background applies to segmentation models' overlays only.")
+            if tta is not None:
+                raise UserError("--tta applies to semantic segmentation models only.")
             out.mkdir(parents=True, exist_ok=True)
             return evaluate_classification(model, model_dir, data, out, engine, top_k)
         if top_k is not None:
@@ -249,17 +261,29 @@ def evaluate(
                 f"{data} holds image classification data (.lst or .rec files) but {model} is a "
                 "semantic segmentation model: evaluate it on images with masks."
             )
-        return _evaluate_segmentation(model, model_dir, data, out, engine, background)
+        settings = _settings(model, engine, tta)
+        return _evaluate_segmentation(model, model_dir, data, out, settings, background)
+
+
+def _settings(model: Path, engine: str, tta: str | None) -> PredictionSettings:
+    """The endpoint's resize, tiles and test-time augmentation (SEGCONTAINER_INFERENCE_SIZE,
+    SEGCONTAINER_TILE_SIZE, SEGCONTAINER_TTA unless --tta is given) with the engine --engine
+    names."""
+    request = EngineRequest(asked_as="--engine {}", model=str(model))
+    return PredictionSettings.from_env(
+        engine=engine, request=request, tta=tta, tta_said="--tta {!r}"
+    )
 
 
 def _evaluate_segmentation(
-    model: Path, model_dir: Path, data: Path, out: Path, engine: str, background: str | None
+    model: Path,
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    settings: PredictionSettings,
+    background: str | None,
 ) -> Evaluation:
     images_dir, masks_dir = channel_pair(data)
-    # The endpoint's resize and tiles (SEGCONTAINER_INFERENCE_SIZE, SEGCONTAINER_TILE_SIZE)
-    # with the engine --engine names.
-    request = EngineRequest(asked_as="--engine {}", model=str(model))
-    settings = PredictionSettings.from_env(engine=engine, request=request)
     predictor = Predictor.open(model_dir, settings)
     num_classes, names = predictor.num_classes, list(predictor.class_names)
     marked = choose_background(background, names)
@@ -279,9 +303,14 @@ def _evaluate_segmentation(
         "model": str(model),
         "data": str(images_dir),
         "engine": predictor.engine.name,
-        "engine_note": engine_note(predictor.engine.name, engine),
+        "engine_note": engine_note(predictor.engine.name, settings.engine, predictor.tta.name),
         "background": asdict(marked),
-        "inference": {"long_side": predictor.long_side, "tile_size": predictor.tile_size},
+        "inference": {
+            "long_side": predictor.long_side,
+            "tile_size": predictor.tile_size,
+            "tta": predictor.tta.name,  # test-time augmentation: none, flip, flip,scales=...
+            "tta_forward_cost": predictor.tta.forward_cost,  # x the forward without it
+        },
         "images": len(samples),
         "labelled_pixels": int(matrix.sum()),
         "mIOU": scores.miou,

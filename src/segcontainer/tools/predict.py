@@ -5,7 +5,8 @@ classification model's probabilities and labels: predict_classification.py).
 
 Writes ``<name>.png`` (palette PNG of class ids, the endpoint's image/png answer) and with
 ``--overlay`` ``<name>_overlay.jpg`` (the mask's colours blended over the photo). The engine
-is the endpoint's: SEGCONTAINER_ENGINE, ``auto`` by default. It never overwrites: an output
+is the endpoint's: SEGCONTAINER_ENGINE, ``auto`` by default; so is the test-time augmentation,
+SEGCONTAINER_TTA unless ``--tta`` gives one. It never overwrites: an output
 folder that is the input folder, that already holds a file it would write, or two inputs of
 one base name are refused before anything is written.
 """
@@ -78,9 +79,12 @@ class Predicted:
     failed: int
 
 
-def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool) -> Predicted:
+def predict_folder(
+    model: Path, inputs: Path, outputs: Path, with_overlay: bool, tta: str | None = None
+) -> Predicted:
     """Predict every image in ``inputs`` by the model's task: masks for a segmentation model,
-    predictions.json for an image classification model."""
+    predictions.json for an image classification model. ``tta``: --tta (None:
+    SEGCONTAINER_TTA, as the endpoint)."""
     if not inputs.is_dir():
         raise UserError(f"{inputs} is not a folder of images.")
     files = visible_files(inputs, recursive=False)
@@ -90,21 +94,30 @@ def predict_folder(model: Path, inputs: Path, outputs: Path, with_overlay: bool)
         if model_is_classification(model_dir):
             if with_overlay:
                 raise UserError("--overlay draws masks: an image classification model has none.")
+            if tta is not None:
+                raise UserError("--tta applies to semantic segmentation models only.")
             failed = predict_classes(model, model_dir, files, outputs)
             return Predicted(f"predictions written to {outputs / PREDICTIONS_FILE}", failed)
         return Predicted(
             f"masks written to {outputs}",
-            _masks(model, model_dir, files, inputs, outputs, with_overlay),
+            _masks(model, model_dir, files, inputs, outputs, with_overlay, tta),
         )
 
 
 def _masks(
-    model: Path, model_dir: Path, files: list[Path], inputs: Path, outputs: Path, with_overlay: bool
+    model: Path,
+    model_dir: Path,
+    files: list[Path],
+    inputs: Path,
+    outputs: Path,
+    with_overlay: bool,
+    tta: str | None,
 ) -> int:
     """Segmentation's masks (and overlays) for ``files``; how many failed to decode."""
     planned = output_names(files, with_overlay)
     check_outputs(inputs, outputs, planned)
-    settings = PredictionSettings.from_env(request=EngineRequest(model=str(model)))
+    request = EngineRequest(model=str(model))
+    settings = PredictionSettings.from_env(request=request, tta=tta, tta_said="--tta {!r}")
     predictor = Predictor.open(model_dir, settings)
     outputs.mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -127,6 +127,7 @@ figcaption { font-size: 0.9em; } .swatch { display: inline-block; width: 1em; he
 def _summary_table(metrics: dict) -> str:
     cells = [
         ["engine", metrics["engine"]],
+        ["test-time augmentation", metrics["inference"]["tta"]],
         ["mIoU", _number(metrics["mIOU"])],
         ["pixel accuracy", _number(metrics["pixel_accuracy"])],
         ["images", str(metrics["images"])],
@@ -191,7 +192,9 @@ def write_html(out: Path, metrics: dict) -> Path:
 <p>Model <code>{html.escape(metrics["model"])}</code> on <code>{html.escape(metrics["data"])}</code>
 ({metrics["images"]} images), engine <code>{html.escape(metrics["engine"])}</code>; images
 resized to a long side of {info["long_side"]} and predicted in tiles of {info["tile_size"]}
-as the endpoint does. Pixels labelled 255 are ignored.</p>
+as the endpoint does, with test-time augmentation
+<code id="tta">{html.escape(info["tta"])}</code> ({info["tta_forward_cost"]:g}x the forward work
+without it). Pixels labelled 255 are ignored.</p>
 <p id="engine">{html.escape(metrics["engine_note"])}</p>
 <h2>Summary</h2>
 {_summary_table(metrics)}

@@ -20,8 +20,14 @@ from segcontainer.tasks.classification.transforms import eval_transform
 class Predictor:
     """One model's class probabilities for one RGB image, on any ``engines.Engine``."""
 
-    def __init__(self, engine: Engine, record: dict, class_names: list[str]):
+    def __init__(
+        self, engine: Engine, record: dict, class_names: list[str], asked_tta: str = "none"
+    ):
         self.engine, self.device = engine, engine.device
+        # SEGCONTAINER_TTA is segmentation's: a classification model answers without it.
+        self.augmentation = "none" + (
+            "" if asked_tta == "none" else f" (image classification ignores {asked_tta})"
+        )
         self.record = record  # hyperparams.json
         self.num_classes: int = record["num_classes"]
         self.multi_label = bool(record["multi_label"])
@@ -32,8 +38,9 @@ class Predictor:
     @classmethod
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
         """The predictor for a model folder (``model_tarball.opened`` for a tarball too)."""
-        opened = open_model(model_dir, settings or PredictionSettings(), rebuild)
-        return cls(opened.engine, opened.record, opened.class_names)
+        settings = settings or PredictionSettings()
+        opened = open_model(model_dir, settings, rebuild)
+        return cls(opened.engine, opened.record, opened.class_names, settings.tta.name)
 
     def warm_up(self) -> None:
         """One forward pass at start-up (every request's input has this one size)."""

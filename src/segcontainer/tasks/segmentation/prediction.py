@@ -8,6 +8,19 @@ training's validation shares (batched on its device; ``validation.evaluate``), s
 ``validation:mIOU`` measures these answers. Memory beyond the model input grows only with the
 answer itself (a uint8 mask, or the float32 probabilities the client asked for) and a band of
 rows.
+
+Test-time augmentation (``config.tta``: SEGCONTAINER_TTA, ``--tta``) averages logits, not
+probabilities: tiles already average logits where they overlap, and the one averaged array then
+goes through the one banded upsampling to both answers, so the PNG stays the argmax of the
+probabilities. It stays inside the same bounds, one forward of at most one tile at a time:
+``flip`` predicts the mirrored model input in its own tiles, each window mirrored on its own
+(``inference.tiled_logits``), so the answer is exactly the average of the answers for the image
+and for its mirror; each of ``scales`` prepares the image at that multiple of the long side,
+predicts it in the same tiles and resizes its logits to the plain model input's size before they
+are summed. Memory beyond the forwards is model-scale logits, never the request image's size:
+the sum and one view's (2x the plain logits with flip; about 3.6x at scale 1.25, whose logits
+are 1.5625x and are resized to a 1x copy). Training's validation runs without it, as the
+endpoint does by default.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import torch
 from PIL import Image
 
 from segcontainer import inference
-from segcontainer.data.preprocess import model_input, tile_size
+from segcontainer.data.preprocess import model_input, resized_size, tile_size
 from segcontainer.engines import Engine
 from segcontainer.prediction import PredictionSettings, open_model
 from segcontainer.tasks.segmentation.model import rebuild
@@ -48,6 +61,8 @@ class Predictor:
         size = settings.inference_size
         self.long_side: int = record["base_size"] if size is None else size
         self.tile_size = tile_size(record["crop_size"], settings.tile_size)
+        self.tta = settings.tta
+        self.augmentation = self.tta.name  # for the start-up log
 
     @classmethod
     def open(cls, model_dir: Path, settings: PredictionSettings | None = None) -> Predictor:
@@ -56,12 +71,24 @@ class Predictor:
         opened = open_model(model_dir, settings, rebuild)
         return cls(opened.engine, opened.record, opened.class_names, settings)
 
+    @torch.inference_mode()
     def warm_up(self) -> None:
-        """One forward pass at start-up, so the first request does not pay for lazy set-up. A
-        square image is the largest model input (or tile) a request can bring, so the worker
-        reserves its forward-pass memory here, once, and requests add only their own data."""
-        side = self.long_side or 256
-        self.class_map(Image.new("RGB", (side, side)))
+        """One forward pass at start-up, so the first request does not pay for lazy set-up,
+        over the largest model input a request can bring: one tile (tiling bounds every
+        forward), or the resized image's square when that is smaller. The worker reserves its
+        forward-pass memory here, once, and start-up stays quick whatever the inference size
+        (a whole 6000x6000 image would be minutes of tiles before /ping answers 200)."""
+        side = self.largest_input_side
+        self.engine.on_device(torch.zeros(1, 3, side, side))
+
+    @property
+    def largest_input_side(self) -> int:
+        """The longest side of any one forward's input: a tile, or the longest side an image
+        is resized to (at test-time augmentation's largest scale) when that is smaller (0, the
+        image's own size: a tile)."""
+        if not self.long_side:
+            return self.tile_size
+        return min(self.tile_size, max(self.tta.long_sides(self.long_side)))
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, h, w): the image as the model sees it (data.preprocess.model_input)."""
@@ -69,10 +96,20 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, image: Image.Image) -> torch.Tensor:
-        """(C, h, w) logits at model scale on the engine's device, tiled when larger than
-        tile_size."""
-        inputs = self.model_input(image).to(self.device)
-        return inference.tiled_logits(self.engine.on_device, inputs, self.tile_size)[0]
+        """(C, h, w) logits at model scale (the model input's size) on the engine's device,
+        tiled when larger than tile_size; with test-time augmentation, the average of its
+        views' logits."""
+        long_side = self.long_side or max(image.size)
+        height, width = resized_size(image.height, image.width, long_side)
+        forward, total, views = self.engine.on_device, None, 0
+        for side in self.tta.long_sides(long_side):
+            inputs = model_input(image, side).to(self.device)
+            for mirrored in (False, True) if self.tta.flip else (False,):
+                logits = inference.tiled_logits(forward, inputs, self.tile_size, mirrored)
+                logits = inference.resized_logits(logits, height, width)
+                total = logits if total is None else total.add_(logits)
+                views += 1
+        return total[0] if views == 1 else total[0].div_(views)
 
     @torch.inference_mode()
     def class_map(self, image: Image.Image) -> np.ndarray:
