@@ -164,7 +164,8 @@ MODEL_SERVER_TIMEOUT = Integer(
     aliases=("MODEL_SERVER_TIMEOUT",),
     default=60,
     low=1,
-    reason="seconds a request may take (nginx, gunicorn and the app's queue)",
+    reason="seconds a request may take (nginx, gunicorn, the app's queue); 600 by default "
+    "when SAGEMAKER_BATCH is true",
 )
 # The timeout's default under SAGEMAKER_BATCH=true: as long as SageMaker waits by default.
 BATCH_TIMEOUT_S = 600
@@ -175,7 +176,7 @@ BATCH = Choice(
     name="SAGEMAKER_BATCH",
     default="false",
     choices=("true", "false"),
-    reason="set by SageMaker in batch transform: the timeout's default becomes BATCH_TIMEOUT_S",
+    reason="set by SageMaker in batch transform: the timeout's default becomes 600 s",
 )
 # A 4K PNG frame fits in 20 MB; batch transform allows up to 100.
 MAX_PAYLOAD_IN_MB = Integer(
