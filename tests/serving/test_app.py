@@ -124,6 +124,27 @@ def test_settings_from_environment(monkeypatch, tmp_path: Path) -> None:
         ServingSettings.from_env()
 
 
+def test_batch_transform_waits_600_s_by_default_and_endpoints_keep_60(monkeypatch, tmp_path):
+    """SAGEMAKER_BATCH=true (set by SageMaker in batch transform, which waits 600 s for each
+    invocation unless ModelClientConfig says otherwise): the timeout's default is 600 s; an
+    endpoint keeps 60 s; an explicit SAGEMAKER_MODEL_SERVER_TIMEOUT wins in both."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    for name in ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT", "SAGEMAKER_BATCH"):
+        monkeypatch.delenv(name, raising=False)
+    endpoint = ServingSettings.from_env()
+    assert (endpoint.timeout, endpoint.batch) == (60, False)
+    for value in ("true", "True"):  # SageMaker's spelling and the SDK local mode's
+        monkeypatch.setenv("SAGEMAKER_BATCH", value)
+        batch = ServingSettings.from_env()
+        assert (batch.timeout, batch.batch) == (600, True)
+        assert nginx_config(batch, tmp_path, tmp_path / "g.sock").count("proxy_read_timeout 600s;")
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1800")
+    assert ServingSettings.from_env().timeout == 1800
+    monkeypatch.setenv("SAGEMAKER_BATCH", "yes")
+    with pytest.raises(EnvironmentVariableError, match="SAGEMAKER_BATCH='yes' is not valid"):
+        ServingSettings.from_env()
+
+
 def test_nginx_config_carries_port_body_limit_and_timeout(tmp_path: Path) -> None:
     text = nginx_config(
         settings_for(tmp_path, port=8123, timeout=77, max_payload_mb=30),

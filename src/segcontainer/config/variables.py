@@ -154,12 +154,29 @@ MODEL_SERVER_WORKERS = Integer(
     reason="gunicorn workers, each loading the model",
     shown_default="one per GPU",
 )
+# SageMaker passes no timeout to the container: a real-time endpoint waits 60 s (InvokeEndpoint
+# API), an asynchronous one InvokeEndpointAsync's InvocationTimeoutSeconds (default 900 s, at
+# most 3600: DG async-inference-invoke-endpoint), a batch transform job ModelClientConfig's
+# InvocationsTimeoutInSeconds (default 600 s, 1-3600: API ModelClientConfig). The user sets this
+# variable in the model's environment to match; batch transform gets its default below.
 MODEL_SERVER_TIMEOUT = Integer(
     name="SAGEMAKER_MODEL_SERVER_TIMEOUT",
     aliases=("MODEL_SERVER_TIMEOUT",),
     default=60,
     low=1,
-    reason="seconds a request may take (gunicorn and nginx)",
+    reason="seconds a request may take (nginx, gunicorn, the app's queue); 600 by default "
+    "when SAGEMAKER_BATCH is true",
+)
+# The timeout's default under SAGEMAKER_BATCH=true: as long as SageMaker waits by default.
+BATCH_TIMEOUT_S = 600
+# Set by SageMaker in a batch transform job's container (DG your-algorithms-batch-code: "true";
+# the SDK's local mode writes "True"), with SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_BATCH_STRATEGY
+# and SAGEMAKER_MAX_CONCURRENT_TRANSFORMS only when the job sets them (only the first is read).
+BATCH = Choice(
+    name="SAGEMAKER_BATCH",
+    default="false",
+    choices=("true", "false"),
+    reason="set by SageMaker in batch transform: the timeout's default becomes 600 s",
 )
 # A 4K PNG frame fits in 20 MB; batch transform allows up to 100.
 MAX_PAYLOAD_IN_MB = Integer(
@@ -241,6 +258,7 @@ VARIABLES: tuple[Variable, ...] = (
     BIND_TO_PORT,
     MODEL_SERVER_WORKERS,
     MODEL_SERVER_TIMEOUT,
+    BATCH,
     MAX_PAYLOAD_IN_MB,
     DEFAULT_INVOCATIONS_ACCEPT,
     INFERENCE_SIZE,

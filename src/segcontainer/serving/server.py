@@ -137,11 +137,12 @@ def check_at_start() -> tuple[ServingSettings, EngineChoice]:
         settings.workers,
     )
     log.info(
-        "serving %s on port %d with %d workers (timeout %d s, body limit %s)",
+        "serving %s on port %d with %d workers (timeout %d s%s, body limit %s)",
         settings.model_dir,
         settings.port,
         settings.workers,
         settings.timeout,
+        ", batch transform" if settings.batch else "",
         "none" if settings.max_body_bytes is None else body_limit(settings),
     )
     return settings, engine

@@ -50,6 +50,7 @@ class ServingSettings:
     # threads are each worker's share of the cores for an ONNX engine.
     prediction: PredictionSettings = field(default_factory=lambda: PredictionSettings(threads=1))
     max_image_pixels: int = variables.MAX_IMAGE_PIXELS.default  # larger: 413 from the header
+    batch: bool = False  # SAGEMAKER_BATCH=true: a batch transform job
 
     @property
     def cpu_threads(self) -> int:
@@ -65,17 +66,23 @@ class ServingSettings:
             default=gpus if gpus else max(1, min(4, cpus // 2))
         )
         share = max(1, cpus // workers)
+        batch = variables.BATCH.read() == "true"
         return cls(
             model_dir=Paths.from_env().model_dir,
             port=variables.BIND_TO_PORT.read(),
             workers=workers,
-            timeout=variables.MODEL_SERVER_TIMEOUT.read(),
+            # Batch transform waits 600 s for an answer unless the job says otherwise; an
+            # endpoint (real-time: 60 s; asynchronous: as the user sets it) keeps the default.
+            timeout=variables.MODEL_SERVER_TIMEOUT.read(
+                default=variables.BATCH_TIMEOUT_S if batch else None
+            ),
             max_payload_mb=variables.MAX_PAYLOAD_IN_MB.read(),
             default_accept=variables.DEFAULT_INVOCATIONS_ACCEPT.read(ACCEPT_TYPES),
             torch_threads=share if not gpus else 1,
             # ONNX Runtime runs on the CPU even on a GPU host, so it always gets the CPU share.
             prediction=PredictionSettings.from_env(threads=share),
             max_image_pixels=variables.MAX_IMAGE_PIXELS.read(),
+            batch=batch,
         )
 
     @property
