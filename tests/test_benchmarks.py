@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,19 @@ def test_camvid_losses_table(learnable_data: Path, tmp_path: Path) -> None:
     for loss in ("cross_entropy", "lovasz"):
         assert re.search(rf"^\| `{loss}` \| \d+ \| 1 \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out
     assert "| bg | rect | ellipse |" in out
+
+
+def test_tta_table(trained_base: Path, tmp_path: Path) -> None:
+    """Each TTA setting evaluated and served from the shared trained model (a copy: the
+    server writes its log beside model/), the latency ratio against no TTA."""
+    shutil.copytree(trained_base / "model", tmp_path / "job" / "model")
+    out = run(
+        "tta.py",
+        *("--base", str(tmp_path / "job"), "--data", str(trained_base / "input" / "data")),
+        *("--requests", "2", "--settings", "none;flip"),
+    )
+    assert re.search(r"^\| `none` \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 1\.00x \|$", out, re.M), out
+    assert re.search(r"^\| `flip` \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", out, re.M)
 
 
 def test_classification_training_throughput_table(demo_data: Path) -> None:
