@@ -78,6 +78,13 @@ def upsampled_bands(
     at a time. Each band interpolates only the few source rows it needs, in both directions,
     so no buffer spans the whole output (a whole-width pass over all source rows would be
     21 x 512 x 4096 floats, 176 MiB, for a 4K answer)."""
+    if logits.shape[1:] == (height, width):
+        # Already the answer's size (a model that upsamples inside, such as LR-ASPP, at the
+        # input's size): the interpolation is the identity, and costs as much as the forward
+        # of a light model, so bands are views of the logits.
+        for top in range(0, height, band_rows):
+            yield slice(top, min(top + band_rows, height)), logits[:, top : top + band_rows]
+        return
     source_rows = logits.shape[1]
     scale = source_rows / height
     for top in range(0, height, band_rows):
@@ -106,5 +113,6 @@ def class_map(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     argmax of each band is taken before the next is computed)."""
     out = torch.empty(height, width, dtype=torch.uint8, device=logits.device)
     for rows, band in upsampled_bands(logits, height, width):
-        out[rows] = band.argmax(0)
+        # max's indices are argmax's (the first of equal maxima) at a quarter of its CPU cost
+        out[rows] = band.max(0).indices
     return out

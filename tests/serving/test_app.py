@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from segcontainer import inference
 from segcontainer.config.variables import EnvironmentVariableError
 from segcontainer.inference import tile_starts, tiled_logits, upsampled_bands
 from segcontainer.prediction import PredictionSettings
@@ -194,7 +195,8 @@ def test_tiled_prediction_keeps_every_pixel_and_the_input_size(model_dir, monkey
 
 
 def test_banded_upsampling_equals_whole_image_interpolation() -> None:
-    for h, w, height, width in [(5, 7, 333, 41), (20, 30, 600, 700), (10, 10, 7, 9)]:
+    sizes = [(5, 7, 333, 41), (20, 30, 600, 700), (10, 10, 7, 9), (130, 9, 130, 9)]
+    for h, w, height, width in sizes:  # the last: already the answer's size
         logits = torch.randn(3, h, w)
         whole = F.interpolate(
             logits[None], size=(height, width), mode="bilinear", align_corners=False
@@ -203,6 +205,18 @@ def test_banded_upsampling_equals_whole_image_interpolation() -> None:
         for rows, band in upsampled_bands(logits, height, width):
             banded[:, rows] = band
         assert torch.allclose(banded, whole, atol=1e-5)
+
+
+def test_class_map_is_the_argmax_with_ties_to_the_first_class() -> None:
+    """Logits already at the answer's size (LR-ASPP upsamples inside) and logits upsampled:
+    the class map is argmax's, the lowest class id where classes tie."""
+    logits = torch.randn(4, 150, 20)
+    logits[2, :70] = logits[1, :70] = logits[:, :70].max(0).values + 1  # 1 and 2 tie
+    for height, width in [(150, 20), (301, 33)]:
+        up = F.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
+        expected = up.argmax(0).to(torch.uint8)
+        assert torch.equal(inference.class_map(logits, height, width), expected)
+    assert (inference.class_map(logits, 150, 20)[:70] == 1).all()
 
 
 def test_max_payload_0_means_no_body_limit(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
