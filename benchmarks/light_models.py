@@ -31,29 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_engines import RECIPE as ENGINES_RECIPE  # noqa: E402
 from cpu_engines import measure_engine, request_body  # noqa: E402
 from jobs import CAMVID, device_line, lay_out, run_train  # noqa: E402
 
 from segcontainer.model_folder import select_engine  # noqa: E402
 
-CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
 # cpu_engines.py's recipe (small crops, Adam, class weights so rare classes are predicted),
 # with room for as many epochs as a budget allows: poly over 100 epochs decays the learning
 # rate by the same small amount for every model within a 15-minute budget.
-RECIPE = {
-    "use_pretrained_model": "False",
-    "num_classes": 11,
-    "class_names": CLASSES,
-    "crop_size": 96,
-    "base_size": 128,
-    "mini_batch_size": 8,
-    "validation_mini_batch_size": 8,
-    "optimizer": "adam",
-    "learning_rate": 0.001,
-    "lr_scheduler": "poly",
-    "class_weights": "auto",
-    "epochs": 100,
-}
+RECIPE = {**{k: v for k, v in ENGINES_RECIPE.items() if k != "backbone"}, "epochs": 100}
 
 
 @dataclass(frozen=True)
