@@ -215,17 +215,22 @@ def report(args, algorithms: list[str]) -> None:
         )
         per_class[algorithm] = info["validation_per_class_IOU"]
     print("\nPer-class validation IoU of the eager model (at the trained scale):\n")
-    names = list(next(iter(per_class.values())))
-    print("| model | " + " | ".join(names) + " |")
-    print("| --- " * (1 + len(names)) + "|")
-    for algorithm, iou in per_class.items():
-        cells = ["-" if iou.get(n) is None else f"{iou[n]:.3f}" for n in names]
-        print(f"| {NAMES.get(algorithm, algorithm)} | " + " | ".join(cells) + " |")
+    per_class_table({NAMES.get(a, a): iou for a, iou in per_class.items()})
     for algorithm in algorithms:
         measured = json.loads((args.models / algorithm / "measure.json").read_text())
         for row in measured["engines"]:
             if "log" in row:
                 print(f"{algorithm} {row['engine']}: " + " / ".join(row["log"]))
+
+
+def per_class_table(per_class: dict[str, dict]) -> None:
+    """One row per model (its display name -> model_info.json's per-class IoU)."""
+    names = list(next(iter(per_class.values())))
+    print("| model | " + " | ".join(names) + " |")
+    print("| --- " * (1 + len(names)) + "|")
+    for model, iou in per_class.items():
+        cells = ["-" if iou.get(n) is None else f"{iou[n]:.3f}" for n in names]
+        print(f"| {model} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_engines import RECIPE as ENGINES_RECIPE  # noqa: E402
-from cpu_engines import measure_engine, request_body  # noqa: E402
+from cpu_engines import measure_engine, per_class_table, request_body  # noqa: E402
 from jobs import CAMVID, device_line, lay_out, run_train  # noqa: E402
 
 from segcontainer.model_folder import select_engine  # noqa: E402
@@ -168,12 +168,8 @@ def accuracy_table(args, keys: list[str]) -> None:
             f"| {parameters(base / 'model'):.1f} | {int8_cell} |"
         )
         per_class[key] = info["validation_per_class_IOU"]
-    names = list(next(iter(per_class.values())))
-    print("\n| model | " + " | ".join(names) + " |")
-    print("| --- " * (1 + len(names)) + "|")
-    for key, iou in per_class.items():
-        cells = ["-" if iou.get(n) is None else f"{iou[n]:.3f}" for n in names]
-        print(f"| {MODELS[key].name} | " + " | ".join(cells) + " |")
+    print()
+    per_class_table({MODELS[key].name: iou for key, iou in per_class.items()})
 
 
 def main() -> None:
